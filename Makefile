@@ -1,0 +1,29 @@
+# Set-up, tests and demos.  `make demo` and `make test` each do all set-up on a
+# fresh machine: a local virtualenv with torch installed first (CPU build here,
+# the platform default elsewhere), then this package and its dependencies.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+MODE ?= quick
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rdrop-seq-installed
+
+.PHONY: install test demo demo-lm clean
+
+$(STAMP): setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install "torch==$(TORCH_VERSION)"
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
+	PIP_CONSTRAINT=$(abspath $(VENV)/constraints.txt) $(PY) -m pip install -e ".[test,demo]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest tests
+
+demo: install
+	$(PY) examples/translation/demo.py --mode $(MODE)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

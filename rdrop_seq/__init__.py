@@ -1,0 +1,14 @@
+"""rdrop-seq: R-Drop (Liang et al., 2021) for fairseq.
+
+This package is itself fairseq's ``--user-dir``: importing it registers the
+criterions.  ``python -m rdrop_seq --user-dir`` prints its path.
+"""
+
+from rdrop_seq.compat import allow_fairseq_checkpoints, require_fairseq
+
+__version__ = "0.1.0"
+
+allow_fairseq_checkpoints()
+require_fairseq()
+
+from rdrop_seq import criterions  # noqa: E402,F401  (registers the criterions)

@@ -1,0 +1,3 @@
+from rdrop_seq.cli import main
+
+main()

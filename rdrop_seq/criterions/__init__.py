@@ -1,0 +1,3 @@
+"""Criterions registered with fairseq when the package is imported."""
+
+from rdrop_seq.criterions import rdrop_label_smoothed_cross_entropy  # noqa: F401

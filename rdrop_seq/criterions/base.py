@@ -1,0 +1,208 @@
+"""What every R-Drop criterion shares: flags, schedule, the doubled forward, logging.
+
+A concrete criterion subclasses :class:`RDropCriterionBase` next to the stock
+fairseq criterion it extends and implements :meth:`loss_terms`, which gets the
+``m`` stacked copies' network output and returns the summed objective.  The
+base class decides, per update, whether R-Drop runs and with which weight,
+duplicates the batch (without touching the caller's sample), builds the
+logging outputs and reduces them.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from fairseq import utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+
+from rdrop_seq.batching import stack_copies
+from rdrop_seq.schedule import RDropSchedule
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RDropConfig(FairseqDataclass):
+    rdrop_alpha: float = field(
+        default=5.0,
+        metadata={
+            "help": "weight alpha of the symmetric KL between the dropout copies "
+            "(the paper: 5 for WMT14/IWSLT translation, 1 for language modelling); "
+            "0 trains on the copies with cross-entropy only"
+        },
+    )
+    rdrop_passes: int = field(
+        default=2,
+        metadata={
+            "help": "number m of dropout copies of each example (>= 2); the KL is "
+            "the mean over the m(m-1)/2 pairs"
+        },
+    )
+    rdrop_every: int = field(
+        default=1,
+        metadata={
+            "help": "apply R-Drop on every k-th update (updates 0, k, 2k, ...); the "
+            "other updates use the plain single-pass loss"
+        },
+    )
+    rdrop_alpha_warmup: int = field(
+        default=0,
+        metadata={"help": "alpha grows linearly from 0 over this many updates"},
+    )
+
+
+class RDropTerms(NamedTuple):
+    """Sums over non-pad target positions of all copies of one batch."""
+
+    loss: Tensor  # objective: sum of the copies' losses + alpha * kl
+    nll_loss: Tensor  # sum of the copies' negative log-likelihoods
+    kl: Tensor  # sum over positions of the pair-mean symmetric KL
+    n_correct: Optional[Tensor] = None  # argmax == target, over all copies
+    total: Optional[Tensor] = None  # positions counted for accuracy
+
+
+def _has_active_dropout(model) -> bool:
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        if type(module).__name__ == "FairseqDropout" and getattr(module, "p", 0) > 0:
+            return True
+    return False
+
+
+class RDropCriterionBase:
+    """Mixin placed before a :class:`FairseqCriterion` subclass in the bases."""
+
+    def init_rdrop(self, rdrop_alpha, rdrop_passes, rdrop_every, rdrop_alpha_warmup):
+        self.schedule = RDropSchedule(
+            alpha=float(rdrop_alpha),
+            passes=int(rdrop_passes),
+            every=int(rdrop_every),
+            warmup=int(rdrop_alpha_warmup),
+        )
+        self._num_updates = None
+        self._dropout_checked = False
+
+    # ---- schedule -------------------------------------------------------
+    def set_num_updates(self, num_updates: int) -> None:
+        """Pin the update counter (for use outside fairseq-train)."""
+        self._num_updates = num_updates
+
+    def num_updates(self) -> int:
+        """Index of the update being computed.
+
+        Set explicitly with :meth:`set_num_updates`, or else read from the
+        ``num_updates`` value that fairseq's trainer publishes after each update
+        and after restoring a checkpoint.
+        """
+        if self._num_updates is not None:
+            return self._num_updates
+        meter = metrics.get_meter("default", "num_updates")
+        return int(meter.val) if meter is not None and meter.val is not None else 0
+
+    def passes_and_alpha(self, model):
+        """(m, alpha) for this forward: R-Drop only while training, on its updates."""
+        if not model.training:
+            return 1, 0.0
+        if not self._dropout_checked:
+            self._dropout_checked = True
+            if self.schedule.alpha > 0 and not _has_active_dropout(model):
+                logger.warning(
+                    "R-Drop: --rdrop-alpha=%s but every dropout of the model is 0, so "
+                    "the dropout copies are identical and the KL term is identically "
+                    "zero; set --dropout (and/or --attention-dropout, "
+                    "--activation-dropout) > 0",
+                    self.schedule.alpha,
+                )
+        update = self.num_updates()
+        if not self.schedule.active(update):
+            return 1, 0.0
+        return self.schedule.passes, self.schedule.alpha_at(update)
+
+    # ---- forward --------------------------------------------------------
+    def loss_terms(self, model, net_input, sample, passes: int, alpha: float) -> RDropTerms:
+        raise NotImplementedError
+
+    def forward(self, model, sample, reduce=True):
+        """Loss over ``passes`` dropout copies in one forward over ``[x; x]``.
+
+        Returns ``(loss, sample_size, logging_output)`` like every fairseq
+        criterion; ``sample_size`` is the original batch's token (or sentence)
+        count, whatever the number of copies.
+        """
+        if not reduce:
+            raise ValueError("R-Drop criterions only support reduce=True")
+        passes, alpha = self.passes_and_alpha(model)
+        batch_size = sample["target"].size(0)
+        net_input = stack_copies(sample["net_input"], passes, batch_size)
+        terms = self.loss_terms(model, net_input, sample, passes, alpha)
+        ntokens = sample["ntokens"]
+        sample_size = batch_size if self.sentence_avg else ntokens
+        logging_output = {
+            "loss": terms.loss.data,
+            "nll_loss": terms.nll_loss.data,
+            "ntokens": ntokens,
+            "nsentences": batch_size,
+            "sample_size": sample_size,
+            # denominators over all copies, so the logged loss/ppl are per token
+            "copies_sample_size": passes * sample_size,
+            "copies_ntokens": passes * ntokens,
+        }
+        if passes > 1:
+            logging_output["rdrop_kl"] = terms.kl.data
+            logging_output["rdrop_ntokens"] = ntokens
+        if terms.n_correct is not None:
+            logging_output["n_correct"] = utils.item(terms.n_correct.data)
+            logging_output["total"] = utils.item(terms.total.data)
+        return terms.loss, sample_size, logging_output
+
+    # ---- logging --------------------------------------------------------
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Aggregate logging outputs, possibly already summed across workers.
+
+        ``loss`` and ``nll_loss`` are per target token of every copy (base 2), so
+        ``ppl`` is the true perplexity and validation figures equal the stock
+        criterion's; ``rdrop_kl`` is the pair-mean symmetric KL per token (base 2).
+        """
+
+        def total(key):
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        loss_sum, nll_sum = total("loss"), total("nll_loss")
+        ntokens, sample_size = total("ntokens"), total("sample_size")
+        copies_sample_size = total("copies_sample_size") or sample_size
+        copies_ntokens = total("copies_ntokens") or ntokens
+        metrics.log_scalar(
+            "loss", loss_sum / copies_sample_size / math.log(2), copies_sample_size, round=3
+        )
+        metrics.log_scalar(
+            "nll_loss", nll_sum / copies_ntokens / math.log(2), copies_ntokens, round=3
+        )
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+
+        rdrop_ntokens = total("rdrop_ntokens")
+        if rdrop_ntokens > 0:
+            metrics.log_scalar(
+                "rdrop_kl", total("rdrop_kl") / rdrop_ntokens / math.log(2), rdrop_ntokens, round=4
+            )
+
+        n_total = total("total")
+        if n_total > 0:
+            metrics.log_scalar("total", n_total)
+            metrics.log_scalar("n_correct", total("n_correct"))
+            metrics.log_derived(
+                "accuracy",
+                lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3)
+                if meters["total"].sum > 0
+                else float("nan"),
+            )
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

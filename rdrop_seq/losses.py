@@ -1,0 +1,132 @@
+"""R-Drop loss math on log-probabilities, in plain PyTorch (no fairseq import).
+
+Conventions, used by every criterion of this package:
+
+* The ``m`` dropout copies of a batch are stacked along the first dimension,
+  copy ``i`` holding rows ``i*N .. (i+1)*N - 1`` of an ``[m*N, V]`` tensor, where
+  ``N`` is the number of target positions of the original batch.
+* Every sum runs over non-pad target positions only.
+* The symmetric KL is computed in float32 (or float64 if given float64),
+  whatever the input dtype.
+
+The R-Drop objective for ``m`` copies is::
+
+    sum_i LS-CE(copy i)  +  alpha * sum_t mean_{i<j} 1/2 (KL(P_i||P_j) + KL(P_j||P_i))
+
+which for ``m = 2`` is the paper's (and the official implementation's)
+``CE_1 + CE_2 + alpha * 1/2 (KL(P_1||P_2) + KL(P_2||P_1))``.
+"""
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+
+def label_smoothed_nll_loss(
+    lprobs: Tensor,
+    target: Tensor,
+    epsilon: float,
+    ignore_index: Optional[int] = None,
+    reduce: bool = True,
+):
+    """fairseq's label-smoothed NLL (``eps_i = epsilon / (V - 1)``), pad-masked.
+
+    ``lprobs`` is ``[..., V]`` log-probabilities and ``target`` has the same
+    leading shape.  Returns ``(loss, nll_loss)``, summed when ``reduce``.  The
+    operations are the ones of fairseq's own function, in the same order, so
+    the result is bitwise identical to the stock criterion's.
+    """
+    if target.dim() == lprobs.dim() - 1:
+        target = target.unsqueeze(-1)
+    nll_loss = -lprobs.gather(dim=-1, index=target)
+    smooth_loss = -lprobs.sum(dim=-1, keepdim=True)
+    if ignore_index is not None:
+        pad_mask = target.eq(ignore_index)
+        nll_loss = nll_loss.masked_fill(pad_mask, 0.0)
+        smooth_loss = smooth_loss.masked_fill(pad_mask, 0.0)
+    nll_loss = nll_loss.squeeze(-1)
+    smooth_loss = smooth_loss.squeeze(-1)
+    if reduce:
+        nll_loss = nll_loss.sum()
+        smooth_loss = smooth_loss.sum()
+    eps_i = epsilon / (lprobs.size(-1) - 1)
+    loss = (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
+    return loss, nll_loss
+
+
+def _kl_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def symmetric_kl(
+    lprobs: Tensor, passes: int, mask: Optional[Tensor] = None, reduce: bool = True
+) -> Tensor:
+    """Mean over the ``m(m-1)/2`` copy pairs of ``1/2 (KL(P_i||P_j) + KL(P_j||P_i))``.
+
+    ``lprobs``: ``[m*N, V]`` log-probabilities of the ``m = passes`` copies,
+    stacked copy-major.  ``mask``: ``[N]`` bool, True at positions that count
+    (non-pad); None counts every position.  Returns the sum over counted
+    positions (``reduce``) or the ``[N]`` per-position values.
+
+    Uses ``1/2 (KL(a||b) + KL(b||a)) = 1/2 sum_v (p_a - p_b) (l_a - l_b)``,
+    computed in float32 whatever the input dtype.
+    """
+    if passes < 2:
+        raise ValueError(f"symmetric_kl needs at least 2 copies, got passes={passes}")
+    if lprobs.size(0) % passes != 0:
+        raise ValueError(
+            f"lprobs has {lprobs.size(0)} rows, not a multiple of passes={passes}"
+        )
+    lprobs = lprobs.to(_kl_dtype(lprobs.dtype))
+    copies = lprobs.view(passes, -1, lprobs.size(-1))
+    probs = copies.exp()
+    per_position = lprobs.new_zeros(copies.size(1))
+    for i in range(passes):
+        for j in range(i + 1, passes):
+            pair = ((probs[i] - probs[j]) * (copies[i] - copies[j])).sum(-1)
+            per_position = per_position + 0.5 * pair
+    per_position = per_position / (passes * (passes - 1) / 2)
+    if mask is not None:
+        per_position = per_position.masked_fill(~mask, 0.0)
+    return per_position.sum() if reduce else per_position
+
+
+class RDropLoss(NamedTuple):
+    """Summed terms of the R-Drop objective (over all copies, non-pad tokens)."""
+
+    loss: Tensor  # sum_i LS-CE(copy i) + alpha * kl
+    nll_loss: Tensor  # sum_i NLL(copy i), for the true perplexity
+    kl: Tensor  # sum over positions of the pair-mean symmetric KL
+
+
+def rdrop_label_smoothed_loss(
+    lprobs: Tensor,
+    target: Tensor,
+    epsilon: float,
+    alpha: float,
+    passes: int,
+    ignore_index: Optional[int] = None,
+) -> RDropLoss:
+    """The R-Drop objective on ``[m*N, V]`` log-probabilities and ``[N]`` targets.
+
+    With ``passes == 1`` (or ``alpha == 0``) no KL is computed and the result is
+    exactly fairseq's label-smoothed cross-entropy on the stacked batch.
+    ``epsilon = 0`` gives plain cross-entropy.
+    """
+    if lprobs.size(0) != passes * target.numel():
+        raise ValueError(
+            f"lprobs has {lprobs.size(0)} rows; expected passes * targets = "
+            f"{passes} * {target.numel()}"
+        )
+    stacked_target = target.reshape(-1).repeat(passes)
+    loss, nll_loss = label_smoothed_nll_loss(
+        lprobs, stacked_target, epsilon, ignore_index=ignore_index
+    )
+    if passes > 1 and alpha != 0:
+        mask = None if ignore_index is None else target.reshape(-1).ne(ignore_index)
+        kl = symmetric_kl(lprobs, passes, mask)
+        loss = loss.to(torch.promote_types(loss.dtype, kl.dtype)) + alpha * kl
+    else:
+        kl = loss.new_zeros(())
+    return RDropLoss(loss, nll_loss, kl)

@@ -1,0 +1,45 @@
+"""When R-Drop is applied and with which weight: every-k steps and alpha warm-up."""
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RDropSchedule:
+    """R-Drop settings shared by every criterion of this package.
+
+    alpha:   weight of the symmetric KL term (>= 0).
+    passes:  number of dropout copies m (>= 2).
+    every:   apply R-Drop on every k-th update (update 0, k, 2k, ...), a plain
+             single-pass loss otherwise (>= 1).
+    warmup:  alpha grows linearly from 0 to ``alpha`` over this many updates
+             (0 = full alpha from the first update).
+    """
+
+    alpha: float = 0.0
+    passes: int = 2
+    every: int = 1
+    warmup: int = 0
+
+    def __post_init__(self):
+        checks = (
+            ("--rdrop-alpha", self.alpha, math.isfinite(self.alpha) and self.alpha >= 0,
+             "must be a finite number >= 0"),
+            ("--rdrop-passes", self.passes, self.passes >= 2,
+             "must be >= 2 (R-Drop compares at least two dropout copies)"),
+            ("--rdrop-every", self.every, self.every >= 1, "must be >= 1"),
+            ("--rdrop-alpha-warmup", self.warmup, self.warmup >= 0, "must be >= 0"),
+        )
+        for flag, value, ok, why in checks:
+            if not ok:
+                raise ValueError(f"{flag}={value}: {why}")
+
+    def active(self, num_updates: int) -> bool:
+        """Whether the update with this index (0-based) runs the m copies."""
+        return num_updates % self.every == 0
+
+    def alpha_at(self, num_updates: int) -> float:
+        """Weight of the KL term at this update (0-based index)."""
+        if self.warmup == 0:
+            return self.alpha
+        return self.alpha * min(1.0, num_updates / self.warmup)

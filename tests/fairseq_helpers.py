@@ -1,0 +1,84 @@
+"""Tiny real fairseq models and batches for the criterion tests."""
+
+import copy
+
+import torch
+from fairseq.data import Dictionary, LanguagePairDataset
+from fairseq.models.transformer import TransformerModel
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+
+def tiny_dictionary(words=40):
+    d = Dictionary()
+    for i in range(words):
+        d.add_symbol(f"w{i}")
+    d.finalize(padding_factor=1)
+    return d
+
+
+def translation_task(words=40):
+    d = tiny_dictionary(words)
+    return TranslationTask(TranslationConfig(), d, d)
+
+
+def transformer_args(**overrides):
+    from argparse import Namespace
+
+    args = Namespace(
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_embed_dim=16,
+        decoder_embed_dim=16,
+        encoder_ffn_embed_dim=32,
+        decoder_ffn_embed_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        dropout=0.3,
+        attention_dropout=0.1,
+        activation_dropout=0.1,
+        share_all_embeddings=True,
+        max_source_positions=64,
+        max_target_positions=64,
+    )
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+def tiny_transformer(task, seed=0, **overrides):
+    from fairseq.models.transformer import base_architecture
+
+    torch.manual_seed(seed)
+    args = transformer_args(**overrides)
+    base_architecture(args)
+    return TransformerModel.build_model(args, task)
+
+
+def translation_batch(task, batch_size=4, seed=0, min_len=2, max_len=9):
+    """A collated sample with sentences of different lengths (so there is padding)."""
+    g = torch.Generator().manual_seed(seed)
+    d = task.src_dict
+    n_special = d.nspecial
+    srcs, tgts = [], []
+    for _ in range(batch_size):
+        for bucket in (srcs, tgts):
+            n = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+            toks = torch.randint(n_special, len(d), (n,), generator=g)
+            bucket.append(torch.cat([toks, torch.tensor([d.eos()])]))
+    ds = LanguagePairDataset(
+        srcs, [len(s) for s in srcs], d, tgts, [len(t) for t in tgts], d, shuffle=False
+    )
+    return ds.collater([ds[i] for i in range(batch_size)])
+
+
+def doubled(sample, passes=2):
+    """The sample with its batch repeated, as the stock criterion would need it."""
+    out = copy.deepcopy(sample)
+    b = sample["target"].size(0)
+    for k, v in list(out["net_input"].items()):
+        if torch.is_tensor(v) and v.size(0) == b:
+            out["net_input"][k] = v.repeat(passes, *([1] * (v.dim() - 1)))
+    out["target"] = sample["target"].repeat(passes, 1)
+    out["ntokens"] = sample["ntokens"] * passes
+    out["nsentences"] = b * passes
+    return out

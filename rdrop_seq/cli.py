@@ -1,7 +1,8 @@
 """Command-line entry points.
 
-``rdrop-train``: ``fairseq-train`` with this package already given as
-``--user-dir`` (every fairseq-train argument passes through unchanged).
+``rdrop-train``, ``rdrop-generate``, ``rdrop-eval-lm``: ``fairseq-train``,
+``fairseq-generate`` and ``fairseq-eval-lm`` with this package already given as
+``--user-dir`` (every fairseq argument passes through unchanged).
 ``python -m rdrop_seq --user-dir``: print the directory to pass as ``--user-dir``.
 """
 
@@ -24,14 +25,28 @@ def with_user_dir(argv):
     return ["--user-dir", user_dir()] + list(argv)
 
 
-def train(argv=None) -> None:
+def _run_fairseq_cli(name: str, module: str, argv) -> None:
+    import importlib
+
     argv = sys.argv[1:] if argv is None else argv
     try:
-        from fairseq_cli.train import cli_main
+        cli_main = importlib.import_module(module).cli_main
     except Exception as err:
-        sys.exit(f"rdrop-train: {INSTALL_HINT} (importing fairseq_cli failed: {err!r})")
-    sys.argv = [sys.argv[0]] + with_user_dir(argv)
+        sys.exit(f"{name}: {INSTALL_HINT} (importing {module} failed: {err!r})")
+    sys.argv = [name] + with_user_dir(argv)
     cli_main()
+
+
+def train(argv=None) -> None:
+    _run_fairseq_cli("rdrop-train", "fairseq_cli.train", argv)
+
+
+def generate(argv=None) -> None:
+    _run_fairseq_cli("rdrop-generate", "fairseq_cli.generate", argv)
+
+
+def eval_lm(argv=None) -> None:
+    _run_fairseq_cli("rdrop-eval-lm", "fairseq_cli.eval_lm", argv)
 
 
 def main(argv=None) -> None:

@@ -11,19 +11,37 @@ INSTALL_HINT = (
 )
 
 
+def _numpy_array_globals():
+    """What pickled numeric numpy arrays refer to, under numpy 1 and numpy 2 names."""
+    import numpy
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        numpy.ndarray,
+        numpy.dtype,
+    ] + [type(numpy.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]  # numeric dtypes
+
+
 def allow_fairseq_checkpoints() -> None:
     """Let torch's weights-only loader read fairseq checkpoints.
 
-    torch >= 2.6 loads checkpoints with ``weights_only=True``; fairseq's
-    translation checkpoints carry their training arguments as an
-    ``argparse.Namespace``, which the loader refuses unless allow-listed.  Only
-    that class is added; weights-only loading stays on.
+    torch >= 2.6 loads checkpoints with ``weights_only=True``.  fairseq's
+    checkpoints carry their training arguments as an ``argparse.Namespace``
+    and, when trained with ``--eval-bleu``, the BLEU n-gram counts of the
+    validation meters as plain numpy arrays; the loader refuses both unless
+    allow-listed.  Only these classes are added (the contents of an array are
+    still checked by the same loader); weights-only loading stays on.
     """
     import torch.serialization
 
     add_safe_globals = getattr(torch.serialization, "add_safe_globals", None)
     if add_safe_globals is not None:  # torch < 2.4 loads everything anyway
-        add_safe_globals([argparse.Namespace])
+        add_safe_globals([argparse.Namespace] + _numpy_array_globals())
 
 
 def require_fairseq():

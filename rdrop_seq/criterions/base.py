@@ -102,8 +102,15 @@ class RDropCriterionBase:
         """
         if self._num_updates is not None:
             return self._num_updates
-        meter = metrics.get_meter("default", "num_updates")
-        return int(meter.val) if meter is not None and meter.val is not None else 0
+        # The active aggregators, not ``metrics.get_meter("default", ...)``: after
+        # a checkpoint restore the registry holds the saved (stale) meters while
+        # the trainer keeps logging into the aggregators that were active.
+        values = [
+            agg["num_updates"].val
+            for agg in metrics.get_active_aggregators()
+            if "num_updates" in agg and agg["num_updates"].val is not None
+        ]
+        return int(max(values)) if values else 0
 
     def passes_and_alpha(self, model):
         """(m, alpha) for this forward: R-Drop only while training, on its updates."""

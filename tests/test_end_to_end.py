@@ -1,0 +1,119 @@
+"""fairseq's own command-line tools with the plugin, on a tiny slice of the real corpus."""
+
+import lzma
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SNAPSHOT = os.path.join(REPO, "examples", "translation", "data", "debian-de-en.tsv.xz")
+BIN = os.path.dirname(sys.executable)
+SIZES = {"train": 240, "valid": 24, "test": 24}
+
+
+def run(tool, *args, cwd):
+    proc = subprocess.run(
+        [os.path.join(BIN, tool), *map(str, args)], cwd=cwd, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"{tool} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def data_bin(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    pairs = {split: [] for split in SIZES}
+    with lzma.open(SNAPSHOT, "rt", encoding="utf-8") as f:
+        next(f)  # header
+        for line in f:
+            split, de, en = line.rstrip("\n").split("\t")
+            if len(pairs[split]) < SIZES[split] and len(de.split()) <= 20:
+                pairs[split].append((de, en))
+    for split, rows in pairs.items():
+        assert len(rows) == SIZES[split]
+        for side, lang in ((0, "de"), (1, "en")):
+            with open(work / f"{split}.{lang}", "w", encoding="utf-8") as f:
+                f.writelines(re.sub(r"([.,:;()])", r" \1 ", r[side]).lower() + "\n" for r in rows)
+    run(
+        "fairseq-preprocess", "--source-lang", "de", "--target-lang", "en",
+        "--trainpref", "train", "--validpref", "valid", "--testpref", "test",
+        "--joined-dictionary", "--destdir", "bin", "--workers", "1", cwd=work,
+    )
+    return work
+
+
+TRAIN_ARGS = [
+    "bin", "--task", "translation", "--arch", "transformer_iwslt_de_en",
+    "--encoder-layers", 1, "--decoder-layers", 1,
+    "--encoder-embed-dim", 32, "--decoder-embed-dim", 32,
+    "--encoder-ffn-embed-dim", 64, "--decoder-ffn-embed-dim", 64,
+    "--encoder-attention-heads", 2, "--decoder-attention-heads", 2,
+    "--share-all-embeddings", "--dropout", 0.3,
+    "--criterion", "rdrop_label_smoothed_cross_entropy", "--rdrop-alpha", 5,
+    "--label-smoothing", 0.1, "--report-accuracy",
+    "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt",
+    "--warmup-updates", 10, "--max-tokens", 600, "--seed", 1,
+    "--no-progress-bar", "--log-format", "simple", "--cpu", "--num-workers", 0,
+]
+BLEU_ARGS = [
+    "--eval-bleu", "--eval-bleu-detok", "space", "--eval-bleu-args", '{"beam": 1}',
+    "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+]
+
+
+def test_preprocess_train_generate_resume(data_bin):
+    args = TRAIN_ARGS + BLEU_ARGS + ["--save-dir", "ckpt", "--log-interval", 2]
+    log = run("rdrop-train", *args, "--max-epoch", 2, cwd=data_bin)
+    assert re.search(r"epoch 002 \| loss [\d.]+ \| nll_loss [\d.]+ \| rdrop_kl [\d.]+", log), log[-2000:]
+    assert re.search(r"valid on 'valid' subset \| loss .* \| bleu [\d.]+", log)
+    updates = int(re.findall(r"epoch 002 .*num_updates (\d+)", log)[-1])
+    for name in ("checkpoint1.pt", "checkpoint2.pt", "checkpoint_best.pt", "checkpoint_last.pt"):
+        assert (data_bin / "ckpt" / name).exists(), name
+
+    # fairseq-generate on torch >= 2.6, through the wrapper and with --user-dir
+    out = run(
+        "rdrop-generate", "bin", "--path", "ckpt/checkpoint_best.pt", "--beam", 2,
+        "--batch-size", 16, "--cpu", "--gen-subset", "test", cwd=data_bin,
+    )
+    assert re.search(r"BLEU4 = [\d.]+", out)
+    assert len(re.findall(r"^H-\d+\t", out, flags=re.M)) == SIZES["test"]
+    user_dir = subprocess.run(
+        [sys.executable, "-m", "rdrop_seq", "--user-dir"], capture_output=True, text=True
+    ).stdout.strip()
+    out = run(
+        "fairseq-generate", "bin", "--user-dir", user_dir, "--path", "ckpt/checkpoint_last.pt",
+        "--beam", 1, "--batch-size", 16, "--cpu", "--gen-subset", "valid", cwd=data_bin,
+    )
+    assert re.search(r"BLEU4 = [\d.]+", out)
+
+    # resume from checkpoint_last.pt for one more epoch
+    log = run("rdrop-train", *args, "--max-epoch", 3, cwd=data_bin)
+    assert re.search(rf"Loaded checkpoint \S*checkpoint_last.pt \(epoch \d+ @ {updates} updates\)", log)
+    resumed = int(re.findall(r"epoch 003 .*num_updates (\d+)", log)[-1])
+    assert resumed > updates
+    assert (data_bin / "ckpt" / "checkpoint3.pt").exists()
+
+
+def kl_logged_at_updates(log):
+    """{num_updates: whether rdrop_kl was logged} from per-update train_inner lines."""
+    seen = {}
+    for line in log.splitlines():
+        m = re.search(r"train_inner.*num_updates=(\d+)", line)
+        if m:
+            seen[int(m.group(1))] = re.search(r"rdrop_kl=[\d.]+", line) is not None
+    return seen
+
+
+def test_every_k_schedule_follows_the_trainers_updates_across_a_resume(data_bin):
+    common = TRAIN_ARGS + [
+        "--save-dir", "ckpt_every", "--log-interval", 1, "--rdrop-every", 3,
+        "--disable-validation",
+    ]
+    first = kl_logged_at_updates(run("rdrop-train", *common, "--max-update", 5, cwd=data_bin))
+    # the train_inner line at num_updates=n reports the update with index n - 1
+    assert first == {n: (n - 1) % 3 == 0 for n in range(1, 6)}, first
+    second = kl_logged_at_updates(run("rdrop-train", *common, "--max-update", 8, cwd=data_bin))
+    assert second == {n: (n - 1) % 3 == 0 for n in range(6, 9)}, second

@@ -55,10 +55,10 @@ def setup():
     return task, model, sample
 
 
-def test_alpha_zero_equals_stock_on_the_doubled_batch(setup):
+def test_alpha_zero_unfused_is_bitwise_stock_on_the_doubled_batch(setup):
     task, model, sample = setup
     model.train()
-    ours = make_criterion(task, rdrop_alpha=0.0)
+    ours = make_criterion(task, rdrop_alpha=0.0, rdrop_no_fused=True)
     torch.manual_seed(7)
     loss, sample_size, log = ours(model, sample)
     loss.backward()
@@ -77,41 +77,90 @@ def test_alpha_zero_equals_stock_on_the_doubled_batch(setup):
         assert torch.equal(ours_grads[name], g), name
 
 
-@pytest.mark.parametrize("passes", [2, 3])
-def test_loss_and_gradients_match_reference_inside_the_model(setup, passes):
+def test_alpha_zero_fused_equals_stock_on_the_doubled_batch(setup):
     task, model, sample = setup
     model.train()
-    crit = make_criterion(task, rdrop_passes=passes, rdrop_alpha=3.0)
-    pad = task.tgt_dict.pad()
+    torch.manual_seed(7)
+    loss, _, log = make_criterion(task, rdrop_alpha=0.0)(model, sample)
+    loss.backward()
+    ours_grads = grads(model)
+    model.zero_grad()
+    torch.manual_seed(7)
+    s_loss, _, s_log = stock_criterion(task)(model, doubled(sample))
+    s_loss.backward()
+    torch.testing.assert_close(loss, s_loss, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(log["nll_loss"], s_log["nll_loss"], rtol=1e-6, atol=1e-5)
+    assert log["n_correct"] == s_log["n_correct"] and log["total"] == s_log["total"]
+    for name, g in grads(model).items():
+        torch.testing.assert_close(ours_grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
 
-    # capture the logits of the m copies produced inside the criterion's forward
+
+@pytest.mark.parametrize("passes", [2, 3])
+def test_fused_step_equals_unfused_step(setup, passes):
+    """Same loss, logging and parameter update inside a real fairseq model."""
+    task, model, sample = setup
+    model.train()
+    results = []
+    for no_fused in (False, True):
+        m = copy.deepcopy(model)
+        # SGD: Adam would blow up the float noise of gradients that are zero in
+        # exact arithmetic (e.g. attention key biases) into full-size steps
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        crit = make_criterion(task, rdrop_passes=passes, rdrop_alpha=5.0, rdrop_no_fused=no_fused)
+        torch.manual_seed(21)
+        loss, size, log = crit(m, sample)
+        loss.backward()
+        opt.step()
+        results.append((loss.detach(), log, {n: p.detach().clone() for n, p in m.named_parameters()}))
+    (lf, logf, pf), (lu, logu, pu) = results
+    torch.testing.assert_close(lf, lu, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(logf["nll_loss"], logu["nll_loss"], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(logf["rdrop_kl"], logu["rdrop_kl"], rtol=1e-5, atol=1e-6)
+    assert (logf["n_correct"], logf["total"]) == (logu["n_correct"], logu["total"])
+    for name in pf:
+        torch.testing.assert_close(pf[name], pu[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("no_fused", [False, True])
+@pytest.mark.parametrize("passes", [2, 3])
+def test_loss_and_gradients_match_reference_inside_the_model(setup, passes, no_fused):
+    task, model, sample = setup
+    model.train()
+    crit = make_criterion(task, rdrop_passes=passes, rdrop_alpha=3.0, rdrop_no_fused=no_fused)
+    pad = task.tgt_dict.pad()
+    weight = model.decoder.output_projection.weight
+
+    # capture what the model returns inside the criterion's forward: logits
+    # (generic path) or the final hidden states (fused path)
     captured = {}
 
     def hook(_module, _inp, out):
         out[0].retain_grad()
-        captured["logits"] = out[0]
+        captured["out"] = out[0]
 
     handle = model.register_forward_hook(hook)
     torch.manual_seed(3)
     loss, _, log = crit(model, sample)
     handle.remove()
     loss.backward()
-    logits = captured["logits"]  # [m*B, T, V]
-    assert logits.size(0) == passes * sample["target"].size(0)
+    out = captured["out"]  # [m*B, T, V] logits or [m*B, T, H] features
+    assert out.size(0) == passes * sample["target"].size(0)
+    assert out.size(-1) == (weight.size(0) if no_fused else weight.size(1))
 
-    flat = logits.detach().reshape(-1, logits.size(-1)).double().requires_grad_()
+    ref_in = out.detach().reshape(-1, out.size(-1)).double().requires_grad_()
+    logits = ref_in if no_fused else ref_in @ weight.detach().double().t()
     ref_loss, ref_nll, ref_kl = reference_rdrop_loss(
-        flat, sample["target"].reshape(-1), 0.1, 3.0, passes, pad
+        logits, sample["target"].reshape(-1), 0.1, 3.0, passes, pad
     )
     ref_loss.backward()
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log["rdrop_kl"].double(), ref_kl, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(
-        logits.grad.reshape(-1, logits.size(-1)).double(), flat.grad, rtol=1e-4, atol=1e-7
+        out.grad.reshape(-1, out.size(-1)).double(), ref_in.grad, rtol=1e-4, atol=1e-7
     )
     # the copies really saw different dropout masks
-    copies = logits.detach().view(passes, -1, *logits.shape[1:])
+    copies = out.detach().view(passes, -1, *out.shape[1:])
     assert not torch.allclose(copies[0], copies[1])
     assert log["copies_ntokens"] == passes * sample["ntokens"]
 
@@ -169,13 +218,20 @@ def test_logged_training_ppl_is_per_token_over_copies(setup):
 def test_sentence_avg_and_ignore_prefix(setup):
     task, model, sample = setup
     model.train()
-    crit = make_criterion(task, sentence_avg=True, ignore_prefix_size=2, rdrop_alpha=0.0)
+    stock = stock_criterion(task, sentence_avg=True, ignore_prefix_size=2)
     torch.manual_seed(5)
-    loss, size, _ = crit(model, sample)
-    assert size == sample["target"].size(0)
-    torch.manual_seed(5)
-    s_loss, _, _ = stock_criterion(task, sentence_avg=True, ignore_prefix_size=2)(model, doubled(sample))
-    assert torch.equal(loss, s_loss)
+    s_loss, _, s_log = stock(model, doubled(sample))
+    for no_fused in (True, False):
+        crit = make_criterion(
+            task, sentence_avg=True, ignore_prefix_size=2, rdrop_alpha=0.0, rdrop_no_fused=no_fused
+        )
+        torch.manual_seed(5)
+        loss, size, log = crit(model, sample)
+        assert size == sample["target"].size(0)
+        if no_fused:
+            assert torch.equal(loss, s_loss)
+        torch.testing.assert_close(loss, s_loss, rtol=1e-6, atol=1e-5)
+        assert (log["n_correct"], log["total"]) == (s_log["n_correct"], s_log["total"])
 
 
 def test_every_k_and_alpha_warmup_follow_their_schedules(setup):

@@ -54,6 +54,34 @@ class RDropConfig(FairseqDataclass):
         default=0,
         metadata={"help": "alpha grows linearly from 0 over this many updates"},
     )
+    rdrop_no_fused: bool = field(
+        default=False,
+        metadata={
+            "help": "compute the training loss from the full log-probabilities instead "
+            "of the fused, chunked output layer + loss (for debugging; slower, more memory)"
+        },
+    )
+    rdrop_chunk_size: int = field(
+        default=0,
+        metadata={
+            "help": "target positions per chunk of the fused loss (0: chosen from the "
+            "vocabulary and hidden sizes)"
+        },
+    )
+
+
+@dataclass
+class RDropLMConfig(RDropConfig):
+    """:class:`RDropConfig` with the paper's language-modelling default alpha = 1."""
+
+    rdrop_alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight alpha of the symmetric KL between the dropout copies "
+            "(the paper: 1 for language modelling on WikiText-103); 0 trains on "
+            "the copies with cross-entropy only"
+        },
+    )
 
 
 class RDropTerms(NamedTuple):
@@ -78,13 +106,25 @@ def _has_active_dropout(model) -> bool:
 class RDropCriterionBase:
     """Mixin placed before a :class:`FairseqCriterion` subclass in the bases."""
 
-    def init_rdrop(self, rdrop_alpha, rdrop_passes, rdrop_every, rdrop_alpha_warmup):
+    def init_rdrop(
+        self,
+        rdrop_alpha,
+        rdrop_passes,
+        rdrop_every,
+        rdrop_alpha_warmup,
+        rdrop_no_fused=False,
+        rdrop_chunk_size=0,
+    ):
         self.schedule = RDropSchedule(
             alpha=float(rdrop_alpha),
             passes=int(rdrop_passes),
             every=int(rdrop_every),
             warmup=int(rdrop_alpha_warmup),
         )
+        if int(rdrop_chunk_size) < 0:
+            raise ValueError(f"--rdrop-chunk-size={rdrop_chunk_size}: must be >= 0 (0 = automatic)")
+        self.fused = not rdrop_no_fused
+        self.chunk_size = int(rdrop_chunk_size) or None
         self._num_updates = None
         self._dropout_checked = False
 

@@ -11,15 +11,14 @@ pass, so validation loss/ppl compare directly with a stock run.
 
 from dataclasses import dataclass
 
-import torch
-
 from fairseq.criterions import register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
 )
 
-from rdrop_seq.criterions.base import RDropConfig, RDropCriterionBase, RDropTerms
+from rdrop_seq.criterions.base import RDropConfig, RDropTerms
+from rdrop_seq.criterions.softmax_terms import SoftmaxRDropCriterion
 from rdrop_seq.losses import rdrop_label_smoothed_loss
 
 
@@ -34,7 +33,7 @@ class RDropLabelSmoothedCrossEntropyConfig(
     "rdrop_label_smoothed_cross_entropy", dataclass=RDropLabelSmoothedCrossEntropyConfig
 )
 class RDropLabelSmoothedCrossEntropyCriterion(
-    RDropCriterionBase, LabelSmoothedCrossEntropyCriterion
+    SoftmaxRDropCriterion, LabelSmoothedCrossEntropyCriterion
 ):
     def __init__(
         self,
@@ -47,6 +46,8 @@ class RDropLabelSmoothedCrossEntropyCriterion(
         rdrop_passes=2,
         rdrop_every=1,
         rdrop_alpha_warmup=0,
+        rdrop_no_fused=False,
+        rdrop_chunk_size=0,
     ):
         LabelSmoothedCrossEntropyCriterion.__init__(
             self,
@@ -56,19 +57,17 @@ class RDropLabelSmoothedCrossEntropyCriterion(
             ignore_prefix_size=ignore_prefix_size,
             report_accuracy=report_accuracy,
         )
-        self.init_rdrop(rdrop_alpha, rdrop_passes, rdrop_every, rdrop_alpha_warmup)
+        self.init_rdrop(
+            rdrop_alpha,
+            rdrop_passes,
+            rdrop_every,
+            rdrop_alpha_warmup,
+            rdrop_no_fused,
+            rdrop_chunk_size,
+        )
 
-    def loss_terms(self, model, net_input, sample, passes, alpha) -> RDropTerms:
-        net_output = model(**net_input)
-        # [m*B, T, V] copy-major -> [m*B*T, V]; target [B, T] -> [B*T]
-        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+    def generic_terms(self, lprobs, target, passes, alpha) -> RDropTerms:
         terms = rdrop_label_smoothed_loss(
             lprobs, target, self.eps, alpha, passes, ignore_index=self.padding_idx
         )
-        n_correct = total = None
-        if self.report_accuracy:
-            stacked = target.repeat(passes)
-            mask = stacked.ne(self.padding_idx)
-            n_correct = torch.sum(lprobs.argmax(1).masked_select(mask).eq(stacked.masked_select(mask)))
-            total = torch.sum(mask)
-        return RDropTerms(terms.loss, terms.nll_loss, terms.kl, n_correct, total)
+        return RDropTerms(terms.loss, terms.nll_loss, terms.kl)

@@ -1,0 +1,207 @@
+"""Train-step benchmark: a real fairseq step with R-Drop vs the floor.
+
+The floor is the stock criterion on the *same doubled batch* (R-Drop has to run
+the model on twice the tokens; whatever a R-Drop criterion costs on top of that
+is overhead).  Entries:
+
+  floor     stock label_smoothed_cross_entropy (cross_entropy for LMs) on [x; x]
+  rdrop     ours, default settings (fused output layer where the model allows)
+  unfused   ours with --rdrop-no-fused (log-probabilities, then the loss)
+  upstream  fairseq's label_smoothed_cross_entropy_with_rdrop (translation only)
+
+A step is: forward, loss, backward, Adam update.  Method: see harness.py.
+
+    python -m benchmarks.train_step_bench            # full run, writes results/
+    python -m benchmarks.train_step_bench --quick    # one repetition, smaller set
+"""
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import harness  # noqa: E402
+
+CONFIGS = {
+    "iwslt-8k": dict(kind="translation", arch="transformer_iwslt_de_en", vocab=8000),
+    "iwslt-32k": dict(kind="translation", arch="transformer_iwslt_de_en", vocab=32000),
+    "lm-32k": dict(kind="lm", arch="transformer_lm", vocab=32000,
+                   overrides=dict(decoder_layers=6, decoder_embed_dim=512,
+                                  decoder_ffn_embed_dim=2048, decoder_attention_heads=8)),
+}
+ENTRIES = {"translation": ["floor", "rdrop", "unfused", "upstream"],
+           "lm": ["floor", "rdrop", "unfused"]}
+TOKENS_PER_COPY = 2048
+SEQ_LEN = 32
+
+
+# ---- worker ----------------------------------------------------------------
+def _dictionary(vocab):
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(vocab - d.nspecial):
+        d.add_symbol(f"w{i}")
+    d.finalize(padding_factor=1)
+    return d
+
+
+def _translation_setup(cfg, batch_size, dropout):
+    import argparse as ap
+
+    import torch
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+    from fairseq.models.transformer import TransformerModel
+    from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+    d = _dictionary(cfg["vocab"])
+    task = TranslationTask(TranslationConfig(), d, d)
+    args = ap.Namespace(share_all_embeddings=True, dropout=dropout,
+                        max_source_positions=1024, max_target_positions=1024)
+    ARCH_CONFIG_REGISTRY[cfg["arch"]](args)
+    model = TransformerModel.build_model(args, task)
+    g = torch.Generator().manual_seed(0)
+    tokens = lambda: torch.randint(d.nspecial, len(d), (batch_size, SEQ_LEN), generator=g)  # noqa: E731
+    target = tokens()
+    prev = torch.cat([torch.full((batch_size, 1), d.eos()), target[:, :-1]], 1)
+    sample = {
+        "net_input": {"src_tokens": tokens(),
+                      "src_lengths": torch.full((batch_size,), SEQ_LEN),
+                      "prev_output_tokens": prev},
+        "target": target, "ntokens": target.numel(), "nsentences": batch_size,
+    }
+    return task, model, sample
+
+
+def _lm_setup(cfg, batch_size, dropout):
+    import argparse as ap
+
+    import torch
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+    from fairseq.models.transformer_lm import TransformerLanguageModel
+    from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
+
+    d = _dictionary(cfg["vocab"])
+    task = LanguageModelingTask(LanguageModelingConfig(), d, d)
+    args = ap.Namespace(dropout=dropout, tokens_per_sample=1024, max_target_positions=1024,
+                        **cfg.get("overrides", {}))
+    ARCH_CONFIG_REGISTRY[cfg["arch"]](args)
+    model = TransformerLanguageModel.build_model(args, task)
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(d.nspecial, len(d), (batch_size, SEQ_LEN + 1), generator=g)
+    sample = {
+        "net_input": {"src_tokens": seq[:, :-1], "src_lengths": torch.full((batch_size,), SEQ_LEN)},
+        "target": seq[:, 1:].contiguous(), "ntokens": batch_size * SEQ_LEN, "nsentences": batch_size,
+    }
+    return task, model, sample
+
+
+def _criterion(kind, entry, task):
+    import rdrop_seq  # noqa: F401
+    from fairseq.criterions import CRITERION_REGISTRY
+
+    if kind == "translation":
+        if entry == "floor":
+            return CRITERION_REGISTRY["label_smoothed_cross_entropy"](task, False, 0.1)
+        if entry == "upstream":
+            return CRITERION_REGISTRY["label_smoothed_cross_entropy_with_rdrop"](
+                task, False, 0.1, rdrop_alpha=5.0)
+        name, kw = "rdrop_label_smoothed_cross_entropy", dict(label_smoothing=0.1, rdrop_alpha=5.0)
+    else:
+        if entry == "floor":
+            return CRITERION_REGISTRY["cross_entropy"](task, False)
+        name, kw = "rdrop_cross_entropy", dict(rdrop_alpha=1.0)
+    if name not in CRITERION_REGISTRY:
+        raise SystemExit(f"criterion {name} is not available")
+    cls = CRITERION_REGISTRY[name]
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if "rdrop_no_fused" in params:
+        kw["rdrop_no_fused"] = entry == "unfused"
+    elif entry == "unfused":
+        raise SystemExit("this version has no --rdrop-no-fused")
+    crit = cls(task, sentence_avg=False, **kw)
+    crit.set_num_updates(0)
+    return crit
+
+
+def run_entry(spec):
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    cfg = CONFIGS[spec["config"]]
+    entry = spec["entry"]
+    batch = TOKENS_PER_COPY // SEQ_LEN
+    setup = _translation_setup if cfg["kind"] == "translation" else _lm_setup
+    # the floor sees the doubled batch; R-Drop entries duplicate it themselves
+    task, model, sample = setup(cfg, 2 * batch if entry == "floor" else batch, spec["dropout"])
+    device = spec["device"]
+    model.to(device).train()
+    sample = {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict)
+                  else v.to(device) if torch.is_tensor(v) else v) for k, v in sample.items()}
+    crit = _criterion(cfg["kind"], entry, task).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        # upstream's criterion rewrites sample["net_input"] in place: give it a fresh dict
+        s = dict(sample, net_input=dict(sample["net_input"]))
+        loss, _, _ = crit(model, s)
+        loss.backward()
+        opt.step()
+
+    result = harness.measure_step(step, device, spec["mode"], spec["warmup"], spec["steps"])
+    result["target_tokens"] = 2 * TOKENS_PER_COPY
+    return result
+
+
+# ---- driver ----------------------------------------------------------------
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="1 repetition, 1 timed step")
+    args = parser.parse_args()
+    if args.quick:
+        args.reps, args.steps, args.warmup = 1, 1, 1
+
+    all_results, rows = {}, []
+    for name in args.configs:
+        cfg = CONFIGS[name]
+        entries = ENTRIES[cfg["kind"]]
+        print(f"{name}: {cfg['arch']}, V={cfg['vocab']}, 2 x {TOKENS_PER_COPY} target tokens",
+              flush=True)
+        spec = dict(config=name, threads=args.threads, dropout=args.dropout,
+                    warmup=args.warmup, steps=args.steps)
+        res = harness.add_ratios(harness.measure_entries(
+            "benchmarks.train_step_bench", spec, entries, args.reps, args.device))
+        for entry, r in res.items():
+            r["tokens_per_second"] = round(2 * TOKENS_PER_COPY / r["seconds"], 1)
+            rows.append([name, entry, f"{r['seconds']:.3f}", f"{r['step_time_ratio']:.2f}x",
+                         f"{r['peak_bytes'] / 2**20:.0f}", f"{r['step_mem_ratio']:.2f}x",
+                         f"{r['tokens_per_second']:.0f}"])
+        all_results[name] = dict(cfg, entries=res)
+    table = harness.markdown_table(
+        rows, ["config", "entry", "step s", "time vs floor", "peak MiB", "mem vs floor", "tokens/s"])
+    print(table)
+    stem = harness.write_results(
+        "train-step", args.device,
+        dict(configs=all_results, reps=args.reps, steps=args.steps, threads=args.threads,
+             dropout=args.dropout, tokens_per_copy=TOKENS_PER_COPY), table)
+    print(f"wrote {os.path.relpath(stem, harness.REPO)}.json and .md")
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        harness.worker_main(run_entry)
+    else:
+        main()

@@ -1,0 +1,43 @@
+"""Which loss path a fairseq model allows: fused projection, logits, or log-probs.
+
+The fused loss needs the decoder's final hidden states and the weight of its
+output projection, and must compute exactly what the model would: logits =
+``output_projection(features)`` and log-probabilities = float32
+``log_softmax(logits)``.  That holds for fairseq's transformer decoders
+(translation ``transformer*`` and ``transformer_lm*``) when they use neither an
+adaptive softmax nor an overridden output layer or normalisation; anything else
+takes the generic path through ``model.get_normalized_probs``.
+"""
+
+from typing import Optional
+
+from torch import nn
+
+from fairseq.models.fairseq_decoder import FairseqDecoder
+from fairseq.models.transformer.transformer_decoder import TransformerDecoderBase
+
+
+def _stock_normalization(decoder) -> bool:
+    cls = type(decoder)
+    return (
+        getattr(decoder, "adaptive_softmax", None) is None
+        and cls.get_normalized_probs is FairseqDecoder.get_normalized_probs
+        and cls.get_normalized_probs_scriptable is FairseqDecoder.get_normalized_probs_scriptable
+    )
+
+
+def fusable_output_projection(model) -> Optional[nn.Linear]:
+    """The decoder's output projection if the fused loss reproduces the model exactly."""
+    decoder = getattr(model, "decoder", None)
+    if not isinstance(decoder, TransformerDecoderBase) or not _stock_normalization(decoder):
+        return None
+    if type(decoder).output_layer is not TransformerDecoderBase.output_layer:
+        return None
+    projection = getattr(decoder, "output_projection", None)
+    return projection if isinstance(projection, nn.Linear) else None
+
+
+def net_output_is_logits(model) -> bool:
+    """Whether ``net_output[0]`` holds logits normalised by a plain log-softmax."""
+    decoder = getattr(model, "decoder", None)
+    return isinstance(decoder, FairseqDecoder) and _stock_normalization(decoder)

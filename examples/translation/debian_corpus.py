@@ -1,0 +1,838 @@
+#!/usr/bin/env python3
+"""German-English segment pairs from Debian's package-description translations.
+
+Debian publishes the descriptions of its packages in apt index files, one per
+language: ``Translation-en`` (the originals) and ``Translation-de`` (German
+translations made by the Debian Description Translation Project).  Both are
+deb822 files with one stanza per package::
+
+    Package: apt
+    Description-md5: 9fb97a88cb7383934ef963352b53b4a7
+    Description-de: Paketverwaltung für die Befehlszeile
+     Dieses Paket enthält Befehlszeilenwerkzeuge, die ...
+     .
+     Das sind:
+      * apt-get für den Abruf von Paketen ...
+
+``Description-md5`` is the md5 of the English description, so it joins the two
+files.  This module turns the joined descriptions into aligned segment pairs:
+
+1. The first line (the synopsis) is one pair.
+2. The long description is split into paragraphs (lines holding only ``.``);
+   only when both sides have the same number of paragraphs are they paired,
+   paragraph by paragraph (otherwise only the synopsis is used).
+3. A paragraph is split into units: the text before the first list item and
+   each list item (a line starting with ``*``, ``-``, ``+``, ``•`` or ``o``
+   followed by a space).  When both sides have the same number of units, the
+   units are paired, otherwise the whole paragraph is one pair.
+4. A unit is split into sentences with a small deterministic splitter
+   (:func:`split_sentences`).  When both sides have the same number of
+   sentences, the sentences are paired, otherwise the whole unit is one pair.
+
+Cleaning (:func:`clean_pairs`): HTML entities are unescaped, text is NFC
+normalised and whitespace is collapsed; pairs with an empty side, identical
+sides, a side longer than ``MAX_WORDS`` (100) whitespace-separated words or a
+character-length ratio above ``MAX_RATIO`` (3) are dropped, and exact duplicate
+pairs are kept once.
+
+Split (:func:`split_corpus`): valid and test pairs are drawn, with a fixed
+seed, from the pairs whose German side and whose English side each occur in
+no other pair.  So no valid or test segment (either side) occurs in train, and
+valid and test share none either.  Everything else is train (shuffled with the
+same seed, so a prefix of train is a fair sample of it).
+
+Run as a script to rebuild the corpus from apt (``build --from-apt``) or from
+two given index files; the result is compared with the snapshot shipped in
+``data/``, and ``--update-snapshot`` rewrites that snapshot and its provenance.
+Each stage writes its output atomically and is skipped when its output is
+already there for the same inputs.
+
+Only the standard library is needed (plus the ``lz4`` command for lz4
+compressed index files, as apt may store them).
+"""
+
+import argparse
+import bz2
+import contextlib
+import datetime
+import gzip
+import hashlib
+import html
+import json
+import lzma
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unicodedata
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA_DIR = os.path.join(HERE, "data")
+SNAPSHOT = os.path.join(DATA_DIR, "debian-de-en.tsv.xz")
+PROVENANCE = os.path.join(DATA_DIR, "PROVENANCE.json")
+DEFAULT_WORK_DIR = os.path.join(HERE, "work", "corpus")
+
+MAX_WORDS = 100
+MAX_RATIO = 3.0
+SEED = 1
+N_VALID = 2000
+N_TEST = 2000
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SUITE = "bookworm"
+DEFAULT_COMPONENT = "main"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+SPLITS = ("train", "valid", "test")
+LANGS = ("de", "en")
+TSV_HEADER = "split\tde\ten"
+
+
+class CorpusError(Exception):
+    """Bad input to the corpus builder (the message names the file)."""
+
+
+# ---------------------------------------------------------------------------
+# atomic output and stage bookkeeping
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w", encoding="utf-8"):
+    """Open a temp file beside ``path``; on success it replaces ``path``.
+
+    On an exception the temp file is removed and ``path`` is left untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_key(**inputs):
+    """A short hash of a stage's inputs (file hashes, parameters)."""
+    blob = json.dumps(inputs, sort_keys=True).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def stage_done(output, key):
+    """True when ``output`` exists and its stamp records the same ``key``."""
+    stamp = output + ".stamp"
+    if not (os.path.exists(output) and os.path.exists(stamp)):
+        return False
+    try:
+        return read_json(stamp).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def mark_done(output, key, **info):
+    write_json(output + ".stamp", dict(key=key, **info))
+
+
+def say(msg):
+    print(f"[corpus] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# reading apt index files
+
+
+def read_index_text(path):
+    """The text of an index file, decompressed by its magic bytes.
+
+    apt stores lists plain or compressed (gz, xz, bz2, lz4) depending on its
+    settings; all are read.  lz4 needs the ``lz4`` command (no stdlib module).
+    """
+    if not os.path.exists(path):
+        raise CorpusError(f"index file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        elif raw[:6] == b"\xfd7zXZ\x00":
+            raw = lzma.decompress(raw)
+        elif raw[:3] == b"BZh":
+            raw = bz2.decompress(raw)
+        elif raw[:4] == b"\x04\x22\x4d\x18":
+            if not shutil.which("lz4"):
+                raise CorpusError(
+                    f"{path} is lz4-compressed and the 'lz4' command is missing; install lz4 "
+                    "or fetch with apt's Acquire::GzipIndexes=false"
+                )
+            raw = subprocess.run(["lz4", "-dc", path], check=True, stdout=subprocess.PIPE).stdout
+    except (OSError, EOFError, lzma.LZMAError, subprocess.CalledProcessError) as e:
+        raise CorpusError(f"cannot decompress index file {path}: {e}") from e
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"index file {path} is not UTF-8 text: {e}") from e
+
+
+def parse_index(path, lang):
+    """Parse a ``Translation-<lang>`` file into ``{md5: (synopsis, long_lines)}``.
+
+    ``long_lines`` are the continuation lines with their first space removed
+    (so a paragraph separator is ``"."``).  The first stanza of a
+    ``Description-md5`` wins (several packages may share one description).
+    Raises :class:`CorpusError` naming the file for empty or malformed input.
+    """
+    text = read_index_text(path)
+    field = f"Description-{lang}"
+    entries = {}
+    stanza = {}
+    current = None  # name of the field continuation lines belong to
+    n_stanzas = 0
+
+    def finish(lineno):
+        nonlocal n_stanzas
+        if not stanza:
+            return
+        n_stanzas += 1
+        other = [k for k in stanza if k.startswith("Description-") and k not in (field, "Description-md5")]
+        if field not in stanza:
+            if other:
+                raise CorpusError(
+                    f"{path}: stanza ending at line {lineno} has {other[0]} but no {field} "
+                    f"(is this really the '{lang}' index?)"
+                )
+            raise CorpusError(f"{path}: stanza ending at line {lineno} has no {field} field")
+        if "Description-md5" not in stanza:
+            raise CorpusError(f"{path}: stanza ending at line {lineno} has no Description-md5 field")
+        md5 = stanza["Description-md5"][0].strip()
+        if not re.fullmatch(r"[0-9a-f]{32}", md5):
+            raise CorpusError(f"{path}: bad Description-md5 {md5!r} in stanza ending at line {lineno}")
+        lines = stanza[field]
+        entries.setdefault(md5, (lines[0].strip(), lines[1:]))
+        stanza.clear()
+
+    lineno = 0
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            finish(lineno)
+            current = None
+            continue
+        if line[0] in " \t":
+            if current is None:
+                raise CorpusError(f"{path}:{lineno}: continuation line outside a field")
+            stanza[current].append(line[1:].rstrip())
+            continue
+        if ":" not in line:
+            raise CorpusError(f"{path}:{lineno}: not a deb822 field line: {line[:60]!r}")
+        name, value = line.split(":", 1)
+        current = name.strip()
+        stanza[current] = [value.strip()]
+    finish(lineno + 1)
+    if n_stanzas == 0:
+        raise CorpusError(f"index file {path} holds no stanzas (empty or not an apt Translation file)")
+    return entries
+
+
+# ---------------------------------------------------------------------------
+# paragraphs, list items, sentences
+
+_BULLET = re.compile(r"^(?:[*+\-•·]|o)\s+(?=\S)")
+
+# Tokens ending in "." after which a sentence does not end (lower-cased).
+ABBREVIATIONS = frozenset(
+    """
+    e.g. i.e. etc. vs. cf. mr. mrs. dr. prof. inc. ltd. co. corp. approx. no. nos. esp. incl.
+    ca. et al. fig. vol. ver. rev. jr. sr. st. resp. min. max. dept. misc. eds. ed. ibid.
+    z.b. d.h. bzw. usw. evtl. ggf. inkl. bspw. u.a. o.a. u.ä. o.ä. v.a. nr. vgl. sog. hrsg.
+    abs. std. mio. mrd. engl. dt. allg. bzgl. zzgl. ggü. insb. bzw. mind. ua. zb. dh.
+    """.split()
+)
+
+_SENT_BOUNDARY = re.compile(r"[.!?][\"'»«“”)\]]*\s+(?=[\"'„“«»(\[]?[A-ZÄÖÜ0-9])")
+
+
+def split_paragraphs(long_lines):
+    """Split continuation lines into paragraphs at lines holding only ``.``."""
+    paragraphs, current = [], []
+    for line in long_lines:
+        if line.strip() == ".":
+            if current:
+                paragraphs.append(current)
+            current = []
+        else:
+            current.append(line)
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+def split_units(paragraph_lines):
+    """Split a paragraph into units: leading text, then one unit per list item."""
+    units, current = [], []
+    for line in paragraph_lines:
+        stripped = line.strip()
+        if _BULLET.match(stripped):
+            if current:
+                units.append(" ".join(current))
+            current = [_BULLET.sub("", stripped)]
+        elif stripped:
+            current.append(stripped)
+    if current:
+        units.append(" ".join(current))
+    return units
+
+
+def _no_break_before(token):
+    t = token.lower().lstrip("\"'„“«»([")
+    if t in ABBREVIATIONS:
+        return True
+    if re.fullmatch(r"[^\W\d_]\.", t):  # an initial: "A.", "z.", "B."
+        return True
+    if re.fullmatch(r"\d+\.", t):  # German ordinal or list number: "3."
+        return True
+    if re.fullmatch(r"(?:[^\W\d_]{1,3}\.){2,}", t):  # "z.B.", "e.g.", "u.s.w."
+        return True
+    return False
+
+
+def split_sentences(text):
+    """Split text into sentences (deterministic, rule based).
+
+    A sentence ends at ``.``, ``!`` or ``?`` (plus closing quotes/brackets)
+    followed by whitespace and an upper-case letter or digit (optionally after
+    an opening quote or bracket), unless the token before it is a known
+    abbreviation, an initial or a number (``3.``).
+    """
+    text = " ".join(text.split())
+    sentences, start = [], 0
+    for m in _SENT_BOUNDARY.finditer(text):
+        end = m.start() + 1
+        head = text[start:end]
+        token = head.rsplit(None, 1)[-1] if head.strip() else ""
+        if text[m.start()] == "." and _no_break_before(token):
+            continue
+        sentence = text[start : m.end()].strip()
+        if sentence:
+            sentences.append(sentence)
+        start = m.end()
+    rest = text[start:].strip()
+    if rest:
+        sentences.append(rest)
+    return sentences
+
+
+def align_description(de, en):
+    """Raw segment pairs for one description; also returns a paragraph-mismatch flag.
+
+    ``de`` and ``en`` are ``(synopsis, long_lines)`` as from :func:`parse_index`.
+    """
+    pairs = [(de[0], en[0])]
+    de_paras, en_paras = split_paragraphs(de[1]), split_paragraphs(en[1])
+    if len(de_paras) != len(en_paras):
+        return pairs, True
+    for dp, ep in zip(de_paras, en_paras):
+        du, eu = split_units(dp), split_units(ep)
+        if len(du) != len(eu):
+            pairs.append((" ".join(du), " ".join(eu)))
+            continue
+        for d, e in zip(du, eu):
+            ds, es = split_sentences(d), split_sentences(e)
+            if len(ds) == len(es):
+                pairs.extend(zip(ds, es))
+            else:
+                pairs.append((d, e))
+    return pairs, False
+
+
+# ---------------------------------------------------------------------------
+# cleaning
+
+
+def clean_segment(text):
+    """Unescape HTML entities, NFC-normalise and collapse whitespace."""
+    text = html.unescape(text)
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Zs", "Zl", "Zp") else c for c in text)
+    return " ".join(text.split())
+
+
+def pair_problem(de, en, max_words=MAX_WORDS, max_ratio=MAX_RATIO):
+    """Why a cleaned pair is dropped (``None`` to keep it)."""
+    if not de or not en:
+        return "empty"
+    if de == en:
+        return "identical"
+    if len(de.split()) > max_words or len(en.split()) > max_words:
+        return "too_long"
+    if max(len(de), len(en)) > max_ratio * min(len(de), len(en)):
+        return "ratio"
+    return None
+
+
+def clean_pairs(raw_pairs, max_words=MAX_WORDS, max_ratio=MAX_RATIO, stats=None):
+    """Clean, filter and de-duplicate pairs (first occurrence kept, order kept)."""
+    stats = {} if stats is None else stats
+    seen, out = set(), []
+    for de, en in raw_pairs:
+        de, en = clean_segment(de), clean_segment(en)
+        problem = pair_problem(de, en, max_words, max_ratio)
+        if problem is None and (de, en) in seen:
+            problem = "duplicate"
+        if problem:
+            stats[f"dropped_{problem}"] = stats.get(f"dropped_{problem}", 0) + 1
+            continue
+        seen.add((de, en))
+        out.append((de, en))
+    stats["kept"] = len(out)
+    return out
+
+
+def extract_pairs(de_path, en_path, max_words=MAX_WORDS, max_ratio=MAX_RATIO):
+    """Join the two index files and return ``(clean pairs, stats)``."""
+    de_entries = parse_index(de_path, "de")
+    en_entries = parse_index(en_path, "en")
+    common = [md5 for md5 in de_entries if md5 in en_entries]
+    if not common:
+        raise CorpusError(
+            f"{de_path} and {en_path} share no Description-md5: the files are misaligned "
+            "(different releases, or not a Translation-de / Translation-en pair)"
+        )
+    stats = {
+        "descriptions_de": len(de_entries),
+        "descriptions_en": len(en_entries),
+        "descriptions_joined": len(common),
+        "paragraph_count_mismatch": 0,
+    }
+    raw = []
+    for md5 in common:
+        pairs, mismatch = align_description(de_entries[md5], en_entries[md5])
+        stats["paragraph_count_mismatch"] += int(mismatch)
+        raw.extend(pairs)
+    stats["raw_pairs"] = len(raw)
+    return clean_pairs(raw, max_words, max_ratio, stats), stats
+
+
+# ---------------------------------------------------------------------------
+# train / valid / test split
+
+
+def split_corpus(pairs, n_valid=N_VALID, n_test=N_TEST, seed=SEED):
+    """Deterministic split; no valid/test segment (either side) occurs in train.
+
+    Valid and test are drawn from the pairs whose German side and English side
+    each occur in no other pair; if there are too few, the sizes shrink (a
+    small corpus still gets a split, with about a tenth each at most).
+    """
+    de_count, en_count = {}, {}
+    for de, en in pairs:
+        de_count[de] = de_count.get(de, 0) + 1
+        en_count[en] = en_count.get(en, 0) + 1
+    unique = [i for i, (de, en) in enumerate(pairs) if de_count[de] == 1 and en_count[en] == 1]
+    rng = random.Random(seed)
+    rng.shuffle(unique)
+    cap = max(1, len(pairs) // 10) if len(pairs) >= 10 else 0
+    n_test = min(n_test, cap, len(unique) // 2)
+    n_valid = min(n_valid, cap, len(unique) - n_test)
+    test_idx = unique[:n_test]
+    valid_idx = unique[n_test : n_test + n_valid]
+    held = set(test_idx) | set(valid_idx)
+    train_idx = [i for i in range(len(pairs)) if i not in held]
+    rng.shuffle(train_idx)
+    return {
+        "train": [pairs[i] for i in train_idx],
+        "valid": [pairs[i] for i in valid_idx],
+        "test": [pairs[i] for i in test_idx],
+    }
+
+
+def check_disjoint(splits):
+    """Raise if a valid/test segment occurs in train (or test in valid)."""
+    train_de = {de for de, _ in splits["train"]}
+    train_en = {en for _, en in splits["train"]}
+    for name in ("valid", "test"):
+        for de, en in splits[name]:
+            if de in train_de or en in train_en:
+                raise AssertionError(f"{name} segment occurs in train: {de!r} / {en!r}")
+    valid_de = {de for de, _ in splits["valid"]}
+    valid_en = {en for _, en in splits["valid"]}
+    for de, en in splits["test"]:
+        if de in valid_de or en in valid_en:
+            raise AssertionError(f"test segment occurs in valid: {de!r} / {en!r}")
+
+
+# ---------------------------------------------------------------------------
+# TSV files (split <TAB> de <TAB> en)
+
+
+def _open_text(path, mode):
+    if path.endswith(".xz"):
+        return lzma.open(path, mode + "t", encoding="utf-8", newline="\n")
+    return open(path, mode, encoding="utf-8", newline="\n")
+
+
+def write_tsv(path, rows):
+    """Write ``(split, de, en)`` rows atomically (xz-compressed if ``*.xz``)."""
+    with atomic_write(path, "wb") as raw:
+        stream = lzma.open(raw, "w", preset=9 | lzma.PRESET_EXTREME) if path.endswith(".xz") else raw
+        try:
+            stream.write((TSV_HEADER + "\n").encode("utf-8"))
+            for row in rows:
+                if any("\t" in x or "\n" in x for x in row):
+                    raise ValueError(f"tab or newline inside a field: {row!r}")
+                stream.write(("\t".join(row) + "\n").encode("utf-8"))
+        finally:
+            if stream is not raw:
+                stream.close()
+
+
+def read_tsv(path):
+    """Read a corpus TSV into ``{split: [(de, en), ...]}``."""
+    if not os.path.exists(path):
+        raise CorpusError(f"corpus file not found: {path}")
+    splits = {s: [] for s in SPLITS}
+    try:
+        with _open_text(path, "r") as f:
+            header = f.readline().rstrip("\n")
+            if header != TSV_HEADER:
+                raise CorpusError(f"{path}: expected header {TSV_HEADER!r}, got {header[:60]!r}")
+            for lineno, line in enumerate(f, 2):
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) != 3 or fields[0] not in splits:
+                    raise CorpusError(f"{path}:{lineno}: expected 'split<TAB>de<TAB>en', got {line[:60]!r}")
+                splits[fields[0]].append((fields[1], fields[2]))
+    except (lzma.LZMAError, EOFError, UnicodeDecodeError) as e:
+        raise CorpusError(f"cannot read corpus file {path}: {e}") from e
+    return splits
+
+
+def splits_to_rows(splits):
+    for name in SPLITS:
+        for de, en in splits[name]:
+            yield (name, de, en)
+
+
+def corpus_digest(splits):
+    """sha256 of the corpus content (independent of compression)."""
+    h = hashlib.sha256()
+    for row in splits_to_rows(splits):
+        h.update(("\t".join(row) + "\n").encode("utf-8"))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# fetching the index files with apt
+
+
+def apt_list_name(mirror, suite, component, lang):
+    """apt's file name in its lists dir for a Translation index."""
+    uri = re.sub(r"^[a-z]+://", "", mirror.rstrip("/"))
+    return f"{uri}/dists/{suite}/{component}/i18n/Translation-{lang}".replace("/", "_")
+
+
+def fetch_indexes(apt_dir, mirror=DEFAULT_MIRROR, suite=DEFAULT_SUITE, component=DEFAULT_COMPONENT):
+    """Run ``apt-get update`` into a private dir; return ``(de_path, en_path, release)``.
+
+    Nothing of the system's apt state is touched: lists, cache, status file
+    and sources list all live under ``apt_dir``.  Indexes are stored
+    uncompressed (``Acquire::GzipIndexes=false``) and only the translations
+    are fetched (no Packages index).
+    """
+    apt_get = shutil.which("apt-get")
+    if not apt_get:
+        raise CorpusError("apt-get not found: cannot rebuild the corpus from apt (use the snapshot)")
+    lists = os.path.join(apt_dir, "lists")
+    os.makedirs(os.path.join(lists, "partial"), exist_ok=True)
+    os.makedirs(os.path.join(apt_dir, "cache", "archives", "partial"), exist_ok=True)
+    status = os.path.join(apt_dir, "status")
+    if not os.path.exists(status):
+        open(status, "w").close()
+    sources = os.path.join(apt_dir, "sources.list")
+    signed = f"[signed-by={DEBIAN_KEYRING}] " if os.path.exists(DEBIAN_KEYRING) else ""
+    with atomic_write(sources) as f:
+        f.write(f"deb {signed}{mirror} {suite} {component}\n")
+    cmd = [
+        apt_get, "update", "-q",
+        "-o", f"Dir::State::Lists={lists}",
+        "-o", f"Dir::State::status={status}",
+        "-o", f"Dir::Cache={os.path.join(apt_dir, 'cache')}",
+        "-o", "Dir::Cache::pkgcache=",
+        "-o", "Dir::Cache::srcpkgcache=",
+        "-o", f"Dir::Etc::SourceList={sources}",
+        "-o", "Dir::Etc::SourceParts=/dev/null",
+        "-o", "Acquire::Languages=en,de",
+        "-o", "Acquire::GzipIndexes=false",
+        "-o", "Acquire::IndexTargets::deb::Packages::DefaultEnabled=false",
+        "-o", "APT::Get::List-Cleanup=0",
+    ]  # fmt: skip
+    say("apt-get update into a private lists dir (" + f"{mirror} {suite} {component}, languages en,de)")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise CorpusError(f"apt-get update failed (exit {proc.returncode}):\n{proc.stdout.strip()}")
+    de_path = os.path.join(lists, apt_list_name(mirror, suite, component, "de"))
+    en_path = os.path.join(lists, apt_list_name(mirror, suite, component, "en"))
+    for p in (de_path, en_path):
+        if not os.path.exists(p):
+            found = [n for n in os.listdir(lists) if "Translation" in n]
+            raise CorpusError(f"apt-get update did not produce index file {p} (found: {found or 'none'})")
+    uri = re.sub(r"^[a-z]+://", "", mirror.rstrip("/"))
+    release = read_release(os.path.join(lists, f"{uri}/dists/{suite}/InRelease".replace("/", "_")))
+    release.update(mirror=mirror, component=component, fetched=_now())
+    listed = release.pop("sha256", {})
+    for lang, p in (("de", de_path), ("en", en_path)):
+        want = listed.get(f"{component}/i18n/Translation-{lang}")
+        if want and want != sha256_file(p):
+            raise CorpusError(f"{p} does not match the sha256 listed in the suite's InRelease (a broken download?)")
+        release[f"inrelease_lists_sha256_{lang}"] = bool(want)
+    return de_path, en_path, release
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_release(path):
+    """Fields of an (In)Release file: origin, suite, codename, version, date,
+    and ``sha256`` (``{path in the suite: sha256}`` from its SHA256 list)."""
+    info = {"sha256": {}}
+    if not os.path.exists(path):
+        return info
+    section = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = re.match(r"^(Origin|Label|Suite|Codename|Version|Date):\s*(.*)$", line)
+            if m:
+                info[m.group(1).lower()] = m.group(2).strip()
+            if line.startswith("-----BEGIN PGP SIGNATURE"):
+                break
+            if line[:1] not in (" ", "\t"):
+                section = line.split(":", 1)[0]
+            elif section == "SHA256":
+                parts = line.split()
+                if len(parts) == 3:
+                    info["sha256"][parts[2]] = parts[0]
+    return info
+
+
+# ---------------------------------------------------------------------------
+# the build
+
+
+def build(
+    de_path,
+    en_path,
+    work_dir=DEFAULT_WORK_DIR,
+    max_words=MAX_WORDS,
+    max_ratio=MAX_RATIO,
+    n_valid=N_VALID,
+    n_test=N_TEST,
+    seed=SEED,
+):
+    """Build the corpus from two index files; returns ``(corpus_tsv, info)``.
+
+    Stages (each atomic, skipped when done for the same inputs):
+    ``pairs.tsv`` (joined, aligned, cleaned) and ``debian-de-en.tsv`` (split).
+    """
+    os.makedirs(work_dir, exist_ok=True)
+    for p in (de_path, en_path):
+        if not os.path.exists(p):
+            raise CorpusError(f"index file not found: {p}")
+    hashes = {"Translation-de": sha256_file(de_path), "Translation-en": sha256_file(en_path)}
+
+    pairs_tsv = os.path.join(work_dir, "pairs.tsv")
+    key = stage_key(stage="pairs", hashes=hashes, max_words=max_words, max_ratio=max_ratio)
+    if stage_done(pairs_tsv, key):
+        say(f"pairs: done already ({pairs_tsv})")
+    else:
+        say("pairs: joining, aligning and cleaning the descriptions")
+        pairs, stats = extract_pairs(de_path, en_path, max_words, max_ratio)
+        with atomic_write(pairs_tsv) as f:
+            f.write("de\ten\n")
+            for de, en in pairs:
+                f.write(f"{de}\t{en}\n")
+        mark_done(pairs_tsv, key, stats=stats)
+        say(f"pairs: {len(pairs)} pairs from {stats['descriptions_joined']} joined descriptions")
+    stats = read_json(pairs_tsv + ".stamp")["stats"]
+
+    corpus_tsv = os.path.join(work_dir, "debian-de-en.tsv")
+    key2 = stage_key(stage="split", pairs=key, n_valid=n_valid, n_test=n_test, seed=seed)
+    if stage_done(corpus_tsv, key2):
+        say(f"split: done already ({corpus_tsv})")
+    else:
+        with open(pairs_tsv, encoding="utf-8") as f:
+            next(f)
+            pairs = [tuple(line.rstrip("\n").split("\t")) for line in f]
+        splits = split_corpus(pairs, n_valid, n_test, seed)
+        check_disjoint(splits)
+        write_tsv(corpus_tsv, splits_to_rows(splits))
+        mark_done(corpus_tsv, key2, counts={s: len(splits[s]) for s in SPLITS}, digest=corpus_digest(splits))
+        say("split: " + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS))
+    stamp = read_json(corpus_tsv + ".stamp")
+    info = {
+        "index_sha256": hashes,
+        "stats": stats,
+        "counts": stamp["counts"],
+        "corpus_sha256": stamp["digest"],
+        "params": {"max_words": max_words, "max_ratio": max_ratio, "n_valid": n_valid, "n_test": n_test, "seed": seed},
+    }
+    return corpus_tsv, info
+
+
+def compare_with_snapshot(corpus_tsv, snapshot=SNAPSHOT):
+    """Print whether the built corpus equals the snapshot; return True if equal."""
+    if not os.path.exists(snapshot):
+        say(f"no snapshot at {snapshot} to compare with")
+        return False
+    built, snap = read_tsv(corpus_tsv), read_tsv(snapshot)
+    if corpus_digest(built) == corpus_digest(snap):
+        say("the rebuilt corpus is identical to the shipped snapshot")
+        return True
+    say("the rebuilt corpus DIFFERS from the shipped snapshot:")
+    for s in SPLITS:
+        a, b = set(built[s]), set(snap[s])
+        say(f"  {s}: rebuilt {len(built[s])}, snapshot {len(snap[s])}, only in rebuilt {len(a - b)}, only in snapshot {len(b - a)}")
+    say("  (use --update-snapshot to replace the snapshot)")
+    return False
+
+
+def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PROVENANCE):
+    """Write the xz snapshot and its provenance (atomically)."""
+    splits = read_tsv(corpus_tsv)
+    write_tsv(snapshot, splits_to_rows(splits))
+    prov = {
+        "description": "German-English segment pairs from Debian package-description translations "
+        "(apt index files Translation-de and Translation-en), built by examples/translation/debian_corpus.py",
+        "source": {
+            "archive": release.get("origin", "Debian"),
+            "mirror": release.get("mirror"),
+            "suite": release.get("suite"),
+            "codename": release.get("codename"),
+            "version": release.get("version"),
+            "component": release.get("component"),
+            "release_date": release.get("date"),
+            "fetched": release.get("fetched"),
+            "index_files": ["i18n/Translation-de", "i18n/Translation-en"],
+            "index_sha256": info["index_sha256"],
+            "index_sha256_note": "sha256 of the uncompressed index files as read; checked against the "
+            "SHA256 list of the suite's signed InRelease file when fetched with apt",
+        },
+        "rebuild": "python examples/translation/debian_corpus.py build --from-apt --suite "
+        f"{release.get('codename') or DEFAULT_SUITE}",
+        "built": _now(),
+        "terms": "Debian package descriptions (from the packages' maintainers) and their German translations "
+        "(from the Debian Description Translation Project, DDTP), as published in the Debian archive's i18n "
+        "index files; see the Debian archive and the DDTP for their terms",
+        "params": info["params"],
+        "stats": info["stats"],
+        "counts": info["counts"],
+        "corpus_sha256": info["corpus_sha256"],
+        "snapshot_sha256": sha256_file(snapshot),
+        "format": "xz-compressed TSV with header 'split<TAB>de<TAB>en'; split is train, valid or test",
+    }
+    write_json(provenance, prov)
+    say(f"snapshot written: {os.path.relpath(snapshot)} ({os.path.getsize(snapshot) / 1e6:.2f} MB)")
+
+
+def load_snapshot(snapshot=SNAPSHOT):
+    """The shipped corpus as ``{split: [(de, en), ...]}``."""
+    return read_tsv(snapshot)
+
+
+def export_plain(splits, out_dir):
+    """Write ``{split}.de`` / ``{split}.en`` line-aligned text files atomically."""
+    os.makedirs(out_dir, exist_ok=True)
+    for s in SPLITS:
+        for i, lang in enumerate(LANGS):
+            with atomic_write(os.path.join(out_dir, f"{s}.{lang}")) as f:
+                for pair in splits[s]:
+                    f.write(pair[i] + "\n")
+
+
+# ---------------------------------------------------------------------------
+# command line
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the corpus (from apt or from two index files)")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-apt", action="store_true", help="fetch the index files with apt-get update (private dir)")
+    src.add_argument("--de", metavar="FILE", help="a Translation-de index file (use with --en)")
+    b.add_argument("--en", metavar="FILE", help="a Translation-en index file (use with --de)")
+    b.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="where the stages write (default: %(default)s)")
+    b.add_argument("--mirror", default=DEFAULT_MIRROR)
+    b.add_argument("--suite", default=DEFAULT_SUITE)
+    b.add_argument("--component", default=DEFAULT_COMPONENT)
+    b.add_argument("--max-words", type=int, default=MAX_WORDS)
+    b.add_argument("--max-ratio", type=float, default=MAX_RATIO)
+    b.add_argument("--valid-size", type=int, default=N_VALID)
+    b.add_argument("--test-size", type=int, default=N_TEST)
+    b.add_argument("--seed", type=int, default=SEED)
+    b.add_argument("--snapshot", default=SNAPSHOT, help="snapshot to compare with / update")
+    b.add_argument("--update-snapshot", action="store_true", help="replace the snapshot and PROVENANCE.json")
+    b.add_argument("--export", metavar="DIR", help="also write {train,valid,test}.{de,en} into DIR")
+    e = sub.add_parser("export", help="write the snapshot as {train,valid,test}.{de,en} text files")
+    e.add_argument("out_dir")
+    e.add_argument("--snapshot", default=SNAPSHOT)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "export":
+            splits = load_snapshot(args.snapshot)
+            export_plain(splits, args.out_dir)
+            say("exported " + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS) + f" to {args.out_dir}")
+            return 0
+        if args.de and not args.en:
+            parser.error("--de needs --en")
+        release = {}
+        if args.from_apt:
+            de_path, en_path, release = fetch_indexes(os.path.join(args.work_dir, "apt"), args.mirror, args.suite, args.component)
+        else:
+            de_path, en_path = args.de, args.en
+        corpus_tsv, info = build(
+            de_path, en_path, args.work_dir, args.max_words, args.max_ratio, args.valid_size, args.test_size, args.seed
+        )
+        say(f"stats: {json.dumps(info['stats'])}")
+        same = compare_with_snapshot(corpus_tsv, args.snapshot)
+        if args.update_snapshot and not same:
+            update_snapshot(corpus_tsv, info, release, args.snapshot, os.path.join(os.path.dirname(args.snapshot), "PROVENANCE.json"))
+        if args.export:
+            export_plain(read_tsv(corpus_tsv), args.export)
+            say(f"exported to {args.export}")
+    except CorpusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """rdrop-seq: R-Drop (Liang et al., 2021) for fairseq.
 
 This package is itself fairseq's ``--user-dir``: importing it registers the
-criterions.  ``python -m rdrop_seq --user-dir`` prints its path.
+criterions and model architectures.  ``python -m rdrop_seq --user-dir``
+prints its path.
 """
 
 from rdrop_seq.compat import allow_fairseq_checkpoints, require_fairseq
@@ -12,3 +13,4 @@ allow_fairseq_checkpoints()
 require_fairseq()
 
 from rdrop_seq import criterions  # noqa: E402,F401  (registers the criterions)
+from rdrop_seq import models  # noqa: E402,F401  (registers the architectures)

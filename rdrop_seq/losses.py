@@ -20,6 +20,7 @@ which for ``m = 2`` is the paper's (and the official implementation's)
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -100,6 +101,33 @@ class RDropLoss(NamedTuple):
     kl: Tensor  # sum over positions of the pair-mean symmetric KL
 
 
+def _check_copies(lprobs: Tensor, target: Tensor, passes: int) -> None:
+    if lprobs.size(0) != passes * target.numel():
+        raise ValueError(
+            f"lprobs has {lprobs.size(0)} rows; expected passes * targets = "
+            f"{passes} * {target.numel()}"
+        )
+
+
+def _add_symmetric_kl(
+    loss: Tensor,
+    nll_loss: Tensor,
+    lprobs: Tensor,
+    target: Tensor,
+    alpha: float,
+    passes: int,
+    ignore_index: Optional[int],
+) -> RDropLoss:
+    """``loss + alpha * symmetric_kl`` over the non-pad positions of ``target``."""
+    if passes > 1 and alpha != 0:
+        mask = None if ignore_index is None else target.reshape(-1).ne(ignore_index)
+        kl = symmetric_kl(lprobs, passes, mask)
+        loss = loss.to(torch.promote_types(loss.dtype, kl.dtype)) + alpha * kl
+    else:
+        kl = loss.new_zeros(())
+    return RDropLoss(loss, nll_loss, kl)
+
+
 def rdrop_label_smoothed_loss(
     lprobs: Tensor,
     target: Tensor,
@@ -114,19 +142,35 @@ def rdrop_label_smoothed_loss(
     exactly fairseq's label-smoothed cross-entropy on the stacked batch.
     ``epsilon = 0`` gives plain cross-entropy.
     """
-    if lprobs.size(0) != passes * target.numel():
-        raise ValueError(
-            f"lprobs has {lprobs.size(0)} rows; expected passes * targets = "
-            f"{passes} * {target.numel()}"
-        )
+    _check_copies(lprobs, target, passes)
     stacked_target = target.reshape(-1).repeat(passes)
     loss, nll_loss = label_smoothed_nll_loss(
         lprobs, stacked_target, epsilon, ignore_index=ignore_index
     )
-    if passes > 1 and alpha != 0:
-        mask = None if ignore_index is None else target.reshape(-1).ne(ignore_index)
-        kl = symmetric_kl(lprobs, passes, mask)
-        loss = loss.to(torch.promote_types(loss.dtype, kl.dtype)) + alpha * kl
-    else:
-        kl = loss.new_zeros(())
-    return RDropLoss(loss, nll_loss, kl)
+    return _add_symmetric_kl(loss, nll_loss, lprobs, target, alpha, passes, ignore_index)
+
+
+def rdrop_cross_entropy_loss(
+    lprobs: Tensor,
+    target: Tensor,
+    alpha: float,
+    passes: int,
+    ignore_index: Optional[int] = None,
+) -> RDropLoss:
+    """The R-Drop objective with plain cross-entropy (language modelling).
+
+    ``lprobs``: ``[m*N, V]`` log-probabilities of the ``m = passes`` copies,
+    copy-major; ``target``: ``[N]``.  The cross-entropy is
+    ``F.nll_loss(..., reduction="sum")`` on the stacked target, the operation of
+    fairseq's ``cross_entropy`` criterion, so with ``passes == 1`` or
+    ``alpha == 0`` the result is bitwise that criterion's on the stacked batch.
+    ``nll_loss`` is the same sum (there is no smoothing).
+    """
+    _check_copies(lprobs, target, passes)
+    nll_loss = F.nll_loss(
+        lprobs,
+        target.reshape(-1).repeat(passes),
+        ignore_index=-100 if ignore_index is None else ignore_index,
+        reduction="sum",
+    )
+    return _add_symmetric_kl(nll_loss, nll_loss, lprobs, target, alpha, passes, ignore_index)

@@ -14,14 +14,20 @@ BIN = os.path.dirname(sys.executable)
 SIZES = {"train": 240, "valid": 24, "test": 24}
 
 
-def run(tool, *args, cwd, env=None):
-    """Run a console script of this virtualenv; fail the test with its output if it fails."""
+def run_tool(tool, *args, cwd, env=None):
+    """Run a console script of this virtualenv; return (exit code, stdout + stderr)."""
     proc = subprocess.run(
         [os.path.join(BIN, tool), *map(str, args)],
         cwd=cwd, capture_output=True, text=True, env=env,
     )
-    assert proc.returncode == 0, f"{tool} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def run(tool, *args, cwd, env=None):
+    """:func:`run_tool` that fails the test with the tool's output if it fails."""
+    code, out = run_tool(tool, *args, cwd=cwd, env=env)
+    assert code == 0, f"{tool} failed:\n{out[-6000:]}"
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -157,7 +157,7 @@ def test_loss_and_gradients_match_reference_inside_the_model(setup, passes, no_f
     torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log["rdrop_kl"].double(), ref_kl, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(
-        out.grad.reshape(-1, out.size(-1)).double(), ref_in.grad, rtol=1e-4, atol=1e-7
+        out.grad.reshape(-1, out.size(-1)).double(), ref_in.grad, rtol=1e-4, atol=1e-6
     )
     # the copies really saw different dropout masks
     copies = out.detach().view(passes, -1, *out.shape[1:])

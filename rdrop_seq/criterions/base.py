@@ -54,20 +54,6 @@ class RDropConfig(FairseqDataclass):
         default=0,
         metadata={"help": "alpha grows linearly from 0 over this many updates"},
     )
-    rdrop_no_fused: bool = field(
-        default=False,
-        metadata={
-            "help": "compute the training loss from the full log-probabilities instead "
-            "of the fused, chunked output layer + loss (for debugging; slower, more memory)"
-        },
-    )
-    rdrop_chunk_size: int = field(
-        default=0,
-        metadata={
-            "help": "target positions per chunk of the fused loss (0: chosen from the "
-            "vocabulary and hidden sizes)"
-        },
-    )
 
 
 @dataclass
@@ -80,6 +66,26 @@ class RDropLMConfig(RDropConfig):
             "help": "weight alpha of the symmetric KL between the dropout copies "
             "(the paper: 1 for language modelling on WikiText-103); 0 trains on "
             "the copies with cross-entropy only"
+        },
+    )
+
+
+@dataclass
+class FusedLossConfig(FairseqDataclass):
+    """Flags of the criterions whose model ends in a full softmax (fused loss)."""
+
+    rdrop_no_fused: bool = field(
+        default=False,
+        metadata={
+            "help": "compute the training loss from the full log-probabilities instead "
+            "of the fused, chunked output layer + loss (for debugging; slower, more memory)"
+        },
+    )
+    rdrop_chunk_size: int = field(
+        default=0,
+        metadata={
+            "help": "target positions per chunk of the fused loss (0: chosen from the "
+            "vocabulary and hidden sizes)"
         },
     )
 

@@ -17,14 +17,14 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterionConfig,
 )
 
-from rdrop_seq.criterions.base import RDropConfig, RDropTerms
+from rdrop_seq.criterions.base import FusedLossConfig, RDropConfig, RDropTerms
 from rdrop_seq.criterions.softmax_terms import SoftmaxRDropCriterion
 from rdrop_seq.losses import rdrop_label_smoothed_loss
 
 
 @dataclass
 class RDropLabelSmoothedCrossEntropyConfig(
-    LabelSmoothedCrossEntropyCriterionConfig, RDropConfig
+    LabelSmoothedCrossEntropyCriterionConfig, RDropConfig, FusedLossConfig
 ):
     pass
 

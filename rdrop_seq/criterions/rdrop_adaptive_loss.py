@@ -1,0 +1,177 @@
+"""``rdrop_adaptive_loss``: R-Drop for language models with an adaptive softmax.
+
+Objective for m = 2, summed over non-pad target tokens::
+
+    CE(copy 1) + CE(copy 2) + alpha * KL
+
+where CE is fairseq's ``adaptive_loss`` (head cross-entropy plus the
+cross-entropy inside the target word's tail cluster, i.e. the negative
+log-likelihood of the adaptive softmax) and KL the pair-mean symmetric KL
+chosen by ``--rdrop-adaptive-kl``:
+
+``head`` (default)
+    of the head distributions at every position, plus that of the target's own
+    tail cluster's conditional distributions where the target is a tail word:
+    no more scoring than the cross-entropy needs.  By the chain rule the full
+    KL is the head's KL plus the expectation, over the tail clusters, of their
+    conditional KLs; ``head`` takes the target's cluster in place of that
+    expectation;
+``full``
+    of the full-vocabulary distributions: exact, but every tail cluster is
+    scored at every position and ``[m*N, V]`` log-probabilities are held (for
+    PTB's 10k words the softmax part then costs 2-3x that of ``head`` on CPU;
+    at WikiText-103's 267k words, gigabytes per batch).
+
+One forward over ``[x; x]``; ``sample_size`` is the original batch's token
+count (as stock ``adaptive_loss``: non-pad targets).  Validation runs the stock
+single pass.  Default alpha: 1, the paper's WikiText-103 setting.
+
+Differences from the stock criterion, both deliberate:
+
+* Tail-cluster targets are *not* masked with the pad index.  The stock
+  criterion passes ``ignore_index=pad`` to the tail clusters too, where the
+  targets are shifted in-cluster indices: the word ``c_i + pad`` (e.g. 2001
+  with cutoffs 2000,6000) collides with the pad index and silently gets no
+  tail loss.  Tail clusters never contain padding (pad < c_0), so here every
+  word counts.  On batches without such a word, ``--rdrop-alpha 0`` gives
+  bitwise the stock loss and gradients on the doubled batch.
+* Low-precision (fp16/bf16) scores are turned into log-probabilities in float32.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions.adaptive_loss import AdaptiveLossConfig
+from fairseq.dataclass import ChoiceEnum
+
+from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
+from rdrop_seq.criterions.base import RDropCriterionBase, RDropLMConfig, RDropTerms
+from rdrop_seq.losses import rdrop_cross_entropy_loss
+
+KL_MODES = ("full", "head")
+INCOMPATIBLE_DDP_BACKENDS = ("c10d", "pytorch_ddp")
+
+
+@dataclass
+class RDropAdaptiveLossConfig(AdaptiveLossConfig, RDropLMConfig):
+    rdrop_adaptive_kl: ChoiceEnum(KL_MODES) = field(
+        default="head",
+        metadata={
+            "help": "KL between the copies' adaptive softmaxes: 'head' = of the head "
+            "distributions plus the target cluster's conditional distributions "
+            "(cheap: no extra scoring), 'full' = of the full-vocabulary "
+            "distributions (exact; scores every tail cluster at every position, "
+            "[copies*tokens, vocab] memory)"
+        },
+    )
+
+
+def ddp_backend_error(backend) -> str:
+    return (
+        f"rdrop_adaptive_loss needs --ddp-backend legacy_ddp, got {backend} (fairseq's "
+        "default is pytorch_ddp). An adaptive softmax's tail clusters get no gradient "
+        "on batches without their words, which PyTorch's DistributedDataParallel does "
+        "not allow; like fairseq's adaptive_loss, this criterion therefore requires "
+        "--ddp-backend legacy_ddp, also on a single device or CPU (where it changes "
+        "nothing)."
+    )
+
+
+def _float_scores(scores):
+    """Scores to turn into log-probabilities: float32 for fp16/bf16, else as they are."""
+    return scores.to(torch.promote_types(scores.dtype, torch.float32))
+
+
+@register_criterion("rdrop_adaptive_loss", dataclass=RDropAdaptiveLossConfig)
+class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        rdrop_adaptive_kl="head",
+        rdrop_alpha=1.0,
+        rdrop_passes=2,
+        rdrop_every=1,
+        rdrop_alpha_warmup=0,
+    ):
+        FairseqCriterion.__init__(self, task)
+        self.sentence_avg = sentence_avg
+        if str(rdrop_adaptive_kl) not in KL_MODES:
+            raise ValueError(
+                f"--rdrop-adaptive-kl={rdrop_adaptive_kl}: must be one of {', '.join(KL_MODES)}"
+            )
+        self.kl_mode = str(rdrop_adaptive_kl)
+        self.init_rdrop(rdrop_alpha, rdrop_passes, rdrop_every, rdrop_alpha_warmup)
+
+    @classmethod
+    def build_criterion(cls, cfg, task):
+        backend = str(getattr(cfg, "ddp_backend", "legacy_ddp"))
+        if backend in INCOMPATIBLE_DDP_BACKENDS:
+            raise ValueError(ddp_backend_error(backend))
+        return super().build_criterion(cfg, task)
+
+    @staticmethod
+    def adaptive_softmax(model):
+        asm = getattr(getattr(model, "decoder", None), "adaptive_softmax", None)
+        if asm is None:
+            raise ValueError(
+                "rdrop_adaptive_loss needs a model with an adaptive softmax (e.g. "
+                "--adaptive-softmax-cutoff, or --arch rdrop_transformer_lm_adaptive_small); "
+                "for a full softmax use --criterion rdrop_cross_entropy"
+            )
+        return asm
+
+    def forward(self, model, sample, reduce=True):
+        self.adaptive_softmax(model)
+        # token count as stock adaptive_loss: the non-pad targets
+        ntokens = int(sample["target"].ne(self.padding_idx).sum())
+        return super().forward(model, dict(sample, ntokens=ntokens), reduce)
+
+    def loss_terms(self, model, net_input, sample, passes, alpha) -> RDropTerms:
+        asm = self.adaptive_softmax(model)
+        net_output = model(**net_input)
+        features = net_output[0]  # [m*B, T, d], copy-major
+        target = model.get_targets(sample, net_output).reshape(-1)  # original [B*T]
+        if passes > 1 and alpha != 0 and self.kl_mode == "full":
+            return self._full_terms(asm, features, target, passes, alpha)
+        return self._head_terms(asm, features, target, passes, alpha)
+
+    def _head_terms(self, asm, features, target, passes, alpha) -> RDropTerms:
+        """The stock scoring (tails only where needed); ``head`` KL if R-Drop is on."""
+        scores, targets = asm(features, target.repeat(passes))
+        lprobs = [None if s is None else F.log_softmax(_float_scores(s), dim=-1) for s in scores]
+        nll = None
+        for i, (lp, tgt) in enumerate(zip(lprobs, targets)):
+            if tgt is None:
+                continue
+            # the head's targets hold the pad index at padding; tail clusters hold
+            # no padding, so nothing is ignored there (see the module docstring)
+            cluster_nll = F.nll_loss(
+                lp, tgt, ignore_index=self.padding_idx if i == 0 else -100, reduction="sum"
+            )
+            nll = cluster_nll if nll is None else nll + cluster_nll
+        if passes > 1 and alpha != 0:
+            kl = adaptive_head_kl(
+                lprobs[0],
+                lprobs[1:],
+                cluster_positions(target, asm.cutoff),
+                passes,
+                mask=target.ne(self.padding_idx),
+            )
+            loss = nll + alpha * kl
+        else:
+            kl = nll.new_zeros(())
+            loss = nll
+        return RDropTerms(loss, nll, kl)
+
+    def _full_terms(self, asm, features, target, passes, alpha) -> RDropTerms:
+        """Every tail scored at every position: full-vocabulary CE and KL."""
+        x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
+        lprobs = adaptive_log_probs(asm.head(x), [tail(x) for tail in asm.tail], asm.cutoff)
+        terms = rdrop_cross_entropy_loss(
+            lprobs, target, alpha, passes, ignore_index=self.padding_idx
+        )
+        return RDropTerms(terms.loss, terms.nll_loss, terms.kl)

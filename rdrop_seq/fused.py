@@ -94,20 +94,25 @@ def auto_chunk_size(
     The float32 ``[rows, V]`` buffers of a chunk (log-probabilities/gradient and
     probabilities of every copy, plus one per-position buffer for the KL, plus
     the low-precision logits when the inputs are bf16/fp16) are kept around
-    ``budget_bytes``; but a chunk has at least ``clamp(hidden_dim / 4, 32, 256)``
-    rows, so that the matrix products stay efficient and re-reading the
-    ``[V, H]`` weight once per chunk stays small against the chunk's own work.
+    ``budget_bytes``; but a chunk has at least ``clamp(hidden_dim / 2, 64, 512)``
+    rows, so that its ``[rows, H] x [H, V]`` products stay efficient and
+    re-reading the ``[V, H]`` weight once per chunk stays small against the
+    chunk's own work.  Multiples of 8 positions from 16 on.
     """
     vocab = max(int(vocab), 1)
-    per_position = 4 * vocab * (2 * passes + (1 if with_kl and passes > 1 else 0))
-    if low_precision:
-        per_position += 2 * vocab * passes
-    rows_budget = (budget_bytes // per_position) * passes
-    rows_min = min(max(hidden_dim // 4, 32), 256)
-    positions = max(rows_budget, rows_min) // passes
+    per_position = _bytes_per_position(vocab, passes, with_kl, low_precision)
+    rows_min = min(max(hidden_dim // 2, 64), 512)
+    positions = max(budget_bytes // per_position, rows_min // passes)
     if positions >= 16:
         positions -= positions % 8
     return max(positions, 1)
+
+
+def _bytes_per_position(vocab, passes, with_kl, low_precision):
+    per_position = 4 * vocab * (2 * passes + (1 if with_kl and passes > 1 else 0))
+    if low_precision:
+        per_position += 2 * vocab * passes
+    return per_position
 
 
 # ---- low-precision matrix products -------------------------------------------
@@ -454,20 +459,29 @@ def fused_linear_rdrop_loss(
         )
     if bias is not None and bias.shape != (weight.size(0),):
         raise ValueError(f"bias must be [V] = [{weight.size(0)}], got {tuple(bias.shape)}")
-    if weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        # what F.linear does under autocast: everything in the autocast dtype
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    elif weight.dtype != hidden.dtype or (bias is not None and bias.dtype != hidden.dtype):
         raise ValueError("hidden, weight and bias must have the same dtype")
     hidden2d = hidden.reshape(-1, hdim)
+    if not hidden2d.is_contiguous():
+        hidden2d = hidden2d.contiguous()
     target1d = target.reshape(-1)
     _check_shapes(hidden2d.size(0), target1d, passes, "hidden")
     args = (target1d, float(epsilon), float(alpha), int(passes), ignore_index, chunk_size,
             bool(report_accuracy))
     inputs = (hidden2d, weight) + (() if bias is None else (bias,))
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        loss, nll, kl, n_correct = _FusedLinearRDrop.apply(hidden2d, weight, bias, *args)
-    else:
-        (loss, nll, kl, n_correct), _ = _fused_forward(
-            hidden2d, weight, bias, *args, False, False, False
-        )
+    with torch.autocast(device_type, enabled=False):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            loss, nll, kl, n_correct = _FusedLinearRDrop.apply(hidden2d, weight, bias, *args)
+        else:
+            (loss, nll, kl, n_correct), _ = _fused_forward(
+                hidden2d, weight, bias, *args, False, False, False
+            )
     return FusedRDropLoss(loss, nll, kl, n_correct)
 
 
@@ -581,8 +595,9 @@ def chunked_rdrop_loss(
     _check_shapes(logits2d.size(0), target1d, passes, "logits")
     args = (target1d, float(epsilon), float(alpha), int(passes), ignore_index, chunk_size,
             bool(report_accuracy))
-    if torch.is_grad_enabled() and logits2d.requires_grad:
-        loss, nll, kl, n_correct = _ChunkedRDrop.apply(logits2d, *args)
-    else:
-        (loss, nll, kl, n_correct), _, _ = _chunked_forward(logits2d, *args, False)
+    with torch.autocast(logits2d.device.type, enabled=False):
+        if torch.is_grad_enabled() and logits2d.requires_grad:
+            loss, nll, kl, n_correct = _ChunkedRDrop.apply(logits2d, *args)
+        else:
+            (loss, nll, kl, n_correct), _, _ = _chunked_forward(logits2d, *args, False)
     return FusedRDropLoss(loss, nll, kl, n_correct)

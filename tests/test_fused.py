@@ -1,0 +1,449 @@
+"""The fused and the chunked R-Drop losses against float64 references and the unfused path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rdrop_seq.fused as fused_mod
+from rdrop_seq.fused import auto_chunk_size, chunked_rdrop_loss, fused_linear_rdrop_loss
+from rdrop_seq.losses import rdrop_label_smoothed_loss
+from tests.reference import random_batch, reference_rdrop_loss
+
+PAD = 1
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _problem(passes, n=10, hdim=8, vocab=13, seed=0, bias=True, dtype=torch.float64):
+    """Hidden states whose logits are peaked at the target often enough to have hits."""
+    _, target = random_batch(passes, n, vocab, PAD, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    weight = torch.randn(vocab, hdim, generator=g, dtype=torch.float64)
+    base = weight[target] * 0.8 + torch.randn(n, hdim, generator=g, dtype=torch.float64)
+    hidden = torch.cat([base + 0.5 * torch.randn(n, hdim, generator=g, dtype=torch.float64)
+                        for _ in range(passes)])
+    b = 0.3 * torch.randn(vocab, generator=g, dtype=torch.float64) if bias else None
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return cast(hidden), cast(weight), cast(b), target
+
+
+def _reference(hidden, weight, bias, target, epsilon, alpha, passes):
+    """Float64 reference values and gradients w.r.t. hidden, weight, bias."""
+    leaves = [t.detach().double().requires_grad_() for t in (hidden, weight)]
+    if bias is not None:
+        leaves.append(bias.detach().double().requires_grad_())
+    logits = leaves[0] @ leaves[1].T + (leaves[2] if bias is not None else 0.0)
+    loss, nll, kl = reference_rdrop_loss(logits, target, epsilon, alpha, passes, PAD)
+    grads = torch.autograd.grad(loss, leaves)
+    return loss.detach(), nll.detach(), kl.detach(), grads
+
+
+def _unfused(hidden, weight, bias, target, epsilon, alpha, passes, ignore_index=PAD):
+    """The unfused path's logging values: rdrop_label_smoothed_loss and argmax accuracy."""
+    with torch.no_grad():
+        lprobs = F.log_softmax(F.linear(hidden, weight, bias).float(), -1)
+        out = rdrop_label_smoothed_loss(lprobs, target, epsilon, alpha, passes, ignore_index)
+        stacked = target.repeat(passes)
+        keep = torch.ones_like(stacked, dtype=torch.bool) if ignore_index is None \
+            else stacked.ne(ignore_index)
+        n_correct = lprobs.argmax(-1).eq(stacked)[keep].sum()
+    return out, n_correct
+
+
+def _assert_close(ours, ref, rtol):
+    """``ours`` equals ``ref`` to ``rtol``, measured against ``ref``'s largest entry."""
+    ours = ours.detach().double()
+    scale = max(float(ref.abs().max()), 1e-30)
+    torch.testing.assert_close(ours, ref, rtol=rtol, atol=rtol * scale)
+
+
+# ---- fused: values and gradients ---------------------------------------------
+@pytest.mark.parametrize("passes", [1, 2, 3])
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("chunk_size", [3, None])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-11)])
+def test_fused_matches_float64_reference(passes, alpha, epsilon, chunk_size, dtype, rtol):
+    hidden, weight, bias, target = _problem(passes, seed=passes, dtype=dtype)
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    out = fused_linear_rdrop_loss(
+        leaves[0], leaves[1], target, bias=leaves[2], epsilon=epsilon, alpha=alpha,
+        passes=passes, ignore_index=PAD, chunk_size=chunk_size,
+    )
+    assert out.loss.dtype == dtype and out.loss.requires_grad
+    assert not out.nll_loss.requires_grad and not out.kl.requires_grad
+    ref_loss, ref_nll, ref_kl, ref_grads = _reference(
+        hidden, weight, bias, target, epsilon, alpha, passes)
+    _assert_close(out.loss, ref_loss, rtol)
+    _assert_close(out.nll_loss, ref_nll, rtol)
+    if passes > 1 and alpha > 0:
+        _assert_close(out.kl, ref_kl, rtol)
+        assert out.kl > 0
+    else:
+        assert out.kl == 0
+    out.loss.backward()
+    for leaf, ref in zip(leaves, ref_grads):
+        assert leaf.grad.dtype == dtype
+        _assert_close(leaf.grad, ref, 10 * rtol)
+    # the rows of pad positions get exactly zero gradient, in every copy
+    pad_rows = target.eq(PAD).repeat(passes)
+    assert pad_rows.any() and leaves[0].grad[pad_rows].abs().max() == 0
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 64])
+def test_fused_logging_values_equal_unfused(passes, with_bias, chunk_size):
+    hidden, weight, bias, target = _problem(
+        passes, n=23, vocab=17, seed=7, bias=with_bias, dtype=torch.float32)
+    out = fused_linear_rdrop_loss(
+        hidden, weight, target, bias=bias, epsilon=0.1, alpha=5.0, passes=passes,
+        ignore_index=PAD, chunk_size=chunk_size,
+    )
+    ref, n_correct = _unfused(hidden, weight, bias, target, 0.1, 5.0, passes)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.nll_loss, ref.nll_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.kl, ref.kl, rtol=1e-5, atol=1e-7)
+    assert out.n_correct.dtype == torch.int64
+    assert 0 < int(n_correct) < passes * int(target.ne(PAD).sum())
+    assert int(out.n_correct) == int(n_correct)
+
+
+def test_fused_batch_time_shapes_and_no_padding_index():
+    hidden, weight, bias, target = _problem(2, n=12, seed=3, dtype=torch.float32)
+    flat = fused_linear_rdrop_loss(hidden, weight, target, bias=bias, epsilon=0.1, alpha=1.0,
+                                   passes=2, ignore_index=PAD, chunk_size=5)
+    shaped = fused_linear_rdrop_loss(hidden.view(4, 6, -1), weight, target.view(2, 6),
+                                     bias=bias, epsilon=0.1, alpha=1.0, passes=2,
+                                     ignore_index=PAD, chunk_size=5)
+    strided = hidden.view(4, 6, -1).transpose(0, 1).contiguous().transpose(0, 1)
+    assert not strided.is_contiguous()
+    shaped_strided = fused_linear_rdrop_loss(strided, weight, target.view(2, 6), bias=bias,
+                                             epsilon=0.1, alpha=1.0, passes=2,
+                                             ignore_index=PAD, chunk_size=5)
+    for a, b, c in zip(flat, shaped, shaped_strided):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, c)
+    # ignore_index=None: every position counts, pads included
+    ref_loss, ref_nll, _, _ = _reference(hidden, weight, bias, target.clone(), 0.1, 1.0, 2)
+    everything = fused_linear_rdrop_loss(hidden, weight, target, bias=bias, epsilon=0.1,
+                                         alpha=1.0, passes=2, chunk_size=5)
+    unmasked, _ = _unfused(hidden, weight, bias, target, 0.1, 1.0, 2, ignore_index=None)
+    torch.testing.assert_close(everything.loss, unmasked.loss, rtol=1e-6, atol=0)
+    assert everything.loss > flat.loss
+    assert float(ref_loss) == pytest.approx(float(flat.loss), rel=1e-5)
+    assert float(ref_nll) == pytest.approx(float(flat.nll_loss), rel=1e-5)
+
+
+def test_fused_ignore_index_outside_vocabulary():
+    hidden, weight, bias, target = _problem(2, n=10, seed=4, dtype=torch.float32)
+    t100 = target.masked_fill(target.eq(PAD), -100)
+    a = fused_linear_rdrop_loss(hidden, weight, target, bias=bias, epsilon=0.1, alpha=2.0,
+                                passes=2, ignore_index=PAD, chunk_size=3)
+    b = fused_linear_rdrop_loss(hidden, weight, t100, bias=bias, epsilon=0.1, alpha=2.0,
+                                passes=2, ignore_index=-100, chunk_size=3)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+
+
+def test_fused_only_padding_gives_zero_loss_and_gradient():
+    hidden, weight, bias, target = _problem(2, n=6, seed=5, dtype=torch.float32)
+    target = torch.full_like(target, PAD)
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    out = fused_linear_rdrop_loss(leaves[0], leaves[1], target, bias=leaves[2], epsilon=0.1,
+                                  alpha=1.0, passes=2, ignore_index=PAD)
+    assert out.loss.item() == 0 and out.nll_loss.item() == 0 and int(out.n_correct) == 0
+    out.loss.backward()
+    for leaf in leaves:
+        assert leaf.grad.abs().max() == 0
+
+
+def test_fused_gradients_only_where_required_and_none_without_grad(monkeypatch):
+    hidden, weight, bias, target = _problem(2, n=10, seed=6, dtype=torch.float32)
+    kwargs = dict(bias=bias, epsilon=0.1, alpha=1.0, passes=2, ignore_index=PAD, chunk_size=4)
+    full = fused_linear_rdrop_loss(hidden, weight, target, **kwargs)
+
+    calls = []
+    real = fused_mod._fused_forward
+    monkeypatch.setattr(fused_mod, "_fused_forward",
+                        lambda *a: calls.append(a[-3:]) or real(*a))
+    h = hidden.clone().requires_grad_()
+    with torch.no_grad():
+        out = fused_linear_rdrop_loss(h, weight, target, **kwargs)
+    assert not out.loss.requires_grad and calls[-1] == (False, False, False)
+    for a, b in zip(out, full):
+        torch.testing.assert_close(a, b)
+
+    # frozen output layer (weight and bias need no gradient): only grad(hidden)
+    out = fused_linear_rdrop_loss(h, weight, target, **kwargs)
+    assert calls[-1] == (True, False, False)
+    out.loss.backward()
+    _, _, _, ref_grads = _reference(hidden, weight, bias, target, 0.1, 1.0, 2)
+    _assert_close(h.grad, ref_grads[0], 1e-4)
+
+
+def test_fused_backward_scales_by_grad_output_and_accumulates_with_other_uses():
+    hidden, weight, bias, target = _problem(2, n=10, seed=8, dtype=torch.float64)
+    w = weight.clone().requires_grad_()
+    out = fused_linear_rdrop_loss(hidden, w, target, epsilon=0.1, alpha=1.0, passes=2,
+                                  ignore_index=PAD, chunk_size=3)
+    (2.5 * out.loss + (w ** 2).sum()).backward()  # tied weight used elsewhere too
+    _, _, _, ref_grads = _reference(hidden, weight, None, target, 0.1, 1.0, 2)
+    _assert_close(w.grad, 2.5 * ref_grads[1] + 2 * weight, 1e-10)
+
+
+def test_fused_under_autocast_computes_in_the_autocast_dtype():
+    hidden, weight, bias, target = _problem(2, n=20, hdim=16, vocab=30, seed=14,
+                                            dtype=torch.float32)
+    kwargs = dict(epsilon=0.1, alpha=2.0, passes=2, ignore_index=PAD, chunk_size=6)
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_linear_rdrop_loss(leaves[0], leaves[1], target, bias=leaves[2], **kwargs)
+    out.loss.backward()
+    low = [t.bfloat16().requires_grad_() for t in (hidden, weight, bias)]
+    ref = fused_linear_rdrop_loss(low[0], low[1], target, bias=low[2], **kwargs)
+    ref.loss.backward()
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b)
+    for leaf, r in zip(leaves, low):
+        assert leaf.grad.dtype == torch.float32
+        torch.testing.assert_close(leaf.grad, r.grad.float())
+
+
+def test_backward_runs_once():
+    hidden, weight, bias, target = _problem(2, n=6, seed=9, dtype=torch.float32)
+    h = hidden.clone().requires_grad_()
+    out = fused_linear_rdrop_loss(h, weight, target, epsilon=0.1, alpha=1.0, passes=2,
+                                  ignore_index=PAD)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward called twice"):
+        out.loss.backward()
+    logits = (hidden @ weight.T).requires_grad_()
+    out = chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=1.0, passes=2, ignore_index=PAD)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward called twice"):
+        out.loss.backward()
+
+
+def test_report_accuracy_off_and_bad_shapes():
+    hidden, weight, bias, target = _problem(2, n=6, seed=10, dtype=torch.float32)
+    out = fused_linear_rdrop_loss(hidden, weight, target, epsilon=0.1, alpha=1.0, passes=2,
+                                  ignore_index=PAD, report_accuracy=False)
+    assert out.n_correct is None
+    with pytest.raises(ValueError, match="passes"):
+        fused_linear_rdrop_loss(hidden, weight, target, epsilon=0.1, alpha=1.0, passes=3)
+    with pytest.raises(ValueError, match="passes"):
+        chunked_rdrop_loss(hidden @ weight.T, target, epsilon=0.1, alpha=1.0, passes=3)
+
+
+# ---- the logits fallback -----------------------------------------------------
+@pytest.mark.parametrize("passes", [1, 2, 3])
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("chunk_size", [3, None])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-11)])
+def test_chunked_matches_float64_reference(passes, alpha, epsilon, chunk_size, dtype, rtol):
+    logits, target = random_batch(passes, n=10, vocab=13, pad=PAD, seed=passes + 20)
+    ours_in = logits.to(dtype).requires_grad_()
+    ref_in = logits.to(dtype).double().requires_grad_()
+    out = chunked_rdrop_loss(ours_in, target, epsilon=epsilon, alpha=alpha, passes=passes,
+                             ignore_index=PAD, chunk_size=chunk_size)
+    ref_loss, ref_nll, ref_kl = reference_rdrop_loss(ref_in, target, epsilon, alpha, passes, PAD)
+    _assert_close(out.loss, ref_loss.detach(), rtol)
+    _assert_close(out.nll_loss, ref_nll.detach(), rtol)
+    if passes > 1 and alpha > 0:
+        _assert_close(out.kl, ref_kl.detach(), rtol)
+    else:
+        assert out.kl == 0
+    out.loss.backward()
+    ref_loss.backward()
+    assert ours_in.grad.dtype == dtype
+    _assert_close(ours_in.grad, ref_in.grad, 10 * rtol)
+    pad_rows = target.eq(PAD).repeat(passes)
+    assert ours_in.grad[pad_rows].abs().max() == 0
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+@pytest.mark.parametrize("chunk_size", [1, 4, 64])
+def test_chunked_logging_values_equal_unfused(passes, chunk_size):
+    hidden, weight, bias, target = _problem(passes, n=23, vocab=17, seed=11, dtype=torch.float32)
+    logits = F.linear(hidden, weight, bias)
+    out = chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=5.0, passes=passes,
+                             ignore_index=PAD, chunk_size=chunk_size)
+    ref, n_correct = _unfused(hidden, weight, bias, target, 0.1, 5.0, passes)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.nll_loss, ref.nll_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.kl, ref.kl, rtol=1e-5, atol=1e-7)
+    assert 0 < int(n_correct) and int(out.n_correct) == int(n_correct)
+
+
+def test_chunked_ignore_index_outside_vocabulary_and_no_grad():
+    logits, target = random_batch(2, n=10, vocab=13, pad=PAD, seed=30)
+    logits = logits.float()
+    t100 = target.masked_fill(target.eq(PAD), -100)
+    a = chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=2.0, passes=2, ignore_index=PAD,
+                           chunk_size=3)
+    b = chunked_rdrop_loss(logits, t100, epsilon=0.1, alpha=2.0, passes=2, ignore_index=-100,
+                           chunk_size=3)
+    with torch.no_grad():
+        c = chunked_rdrop_loss(logits.requires_grad_(), target, epsilon=0.1, alpha=2.0,
+                               passes=2, ignore_index=PAD, chunk_size=3)
+    assert not c.loss.requires_grad
+    for x, y, z in zip(a, b, c):
+        torch.testing.assert_close(x, y)
+        torch.testing.assert_close(x, z)
+
+
+# ---- bf16 / fp16 inputs ------------------------------------------------------
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("device_gemm", [False, True])
+def test_fused_low_precision_close_to_float32(dtype, tol, device_gemm, monkeypatch):
+    # device_gemm: the accelerator strategy (gradient products in the input dtype, fp16
+    # gradients scaled), exercised here on the CPU
+    monkeypatch.setattr(fused_mod, "_use_low_precision_gemm", lambda device: device_gemm)
+    hidden, weight, bias, target = _problem(2, n=40, hdim=16, vocab=50, seed=12,
+                                            dtype=torch.float32)
+    results = {}
+    for dt in (torch.float32, dtype):
+        leaves = [t.detach().to(dt).clone().requires_grad_() for t in (hidden, weight, bias)]
+        out = fused_linear_rdrop_loss(leaves[0], leaves[1], target, bias=leaves[2],
+                                      epsilon=0.1, alpha=5.0, passes=2, ignore_index=PAD,
+                                      chunk_size=7)
+        (1024.0 * out.loss).backward()  # a loss scale, as in mixed-precision training
+        results[dt] = out, [leaf.grad for leaf in leaves]
+    (ref, ref_grads), (low, low_grads) = results[torch.float32], results[dtype]
+    assert low.loss.dtype == torch.float32
+    torch.testing.assert_close(low.loss, ref.loss, rtol=tol / 5, atol=0)
+    torch.testing.assert_close(low.nll_loss, ref.nll_loss, rtol=tol / 5, atol=0)
+    torch.testing.assert_close(low.kl, ref.kl, rtol=tol, atol=0)
+    for g, r in zip(low_grads, ref_grads):
+        assert g.dtype == dtype and torch.isfinite(g).all()
+        _assert_close(g.float(), r.double(), tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_chunked_low_precision_close_to_float32(dtype, tol):
+    hidden, weight, bias, target = _problem(2, n=40, hdim=16, vocab=50, seed=13,
+                                            dtype=torch.float32)
+    logits = F.linear(hidden, weight, bias)
+    results = {}
+    for dt in (torch.float32, dtype):
+        x = logits.detach().to(dt).clone().requires_grad_()
+        out = chunked_rdrop_loss(x, target, epsilon=0.1, alpha=5.0, passes=2, ignore_index=PAD,
+                                 chunk_size=7)
+        (1024.0 * out.loss).backward()
+        results[dt] = out, x.grad
+    (ref, ref_grad), (low, low_grad) = results[torch.float32], results[dtype]
+    torch.testing.assert_close(low.loss, ref.loss, rtol=tol / 5, atol=0)
+    assert low_grad.dtype == dtype and torch.isfinite(low_grad).all()
+    _assert_close(low_grad.float(), ref_grad.double(), tol)
+
+
+def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
+    # confident predictions: most entries of the logit gradient are far below fp16's
+    # smallest normal number (6e-5) before the loss scale multiplies them
+    logits, target = random_batch(2, n=16, vocab=64, pad=PAD, seed=40, scale=6.0)
+    ref_in = logits.half().float().requires_grad_()
+    out = chunked_rdrop_loss(ref_in, target, epsilon=0.0, alpha=0.0, passes=2, ignore_index=PAD)
+    (4096.0 * out.loss).backward()
+    x = logits.half().requires_grad_()
+    out = chunked_rdrop_loss(x, target, epsilon=0.0, alpha=0.0, passes=2, ignore_index=PAD)
+    (4096.0 * out.loss).backward()
+    ref = ref_in.grad
+    # unscaled, these entries would be fp16 subnormals (< 6.1e-5: few significant bits);
+    # FP16_GRAD_SCALE lifts them into the normal range
+    unscaled = ref.abs() / 4096.0
+    tiny = (unscaled < 6.1e-5) & (unscaled >= 6.1e-5 / fused_mod.FP16_GRAD_SCALE)
+    assert tiny.sum() > 100
+    rel = (x.grad.float()[tiny] - ref[tiny]).abs() / ref[tiny].abs()
+    assert rel.max() < 2e-3
+
+
+# ---- chunk size ---------------------------------------------------------------
+def test_auto_chunk_size_budget_and_minimum():
+    budget = fused_mod.CHUNK_BUDGET_BYTES
+    for hdim in (256, 512, 1024):
+        rows_min = min(max(hdim // 2, 64), 512)
+        for vocab in (1000, 8000, 32000, 250000):
+            for passes in (1, 2, 3):
+                c = auto_chunk_size(vocab, hdim, passes)
+                working_set = 4 * vocab * (2 * passes + (passes > 1)) * c
+                # within the budget, or no more than the minimum number of rows
+                assert working_set <= budget or c <= rows_min // passes
+                # and never needlessly small
+                assert c >= min(budget // (working_set // c), rows_min // passes) - 7
+    assert auto_chunk_size(8000, 512, 2) >= 400  # small vocabulary: large chunks
+    assert auto_chunk_size(250000, 512, 2) == 128  # huge one: 256 rows, the minimum
+    assert auto_chunk_size(16000, 512, 2, low_precision=True) < auto_chunk_size(16000, 512, 2)
+
+
+# ---- memory -------------------------------------------------------------------
+_MEMORY_SCRIPT = r"""
+import importlib.util, json, os, sys
+import torch
+import torch.nn.functional as F
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(sys.argv[1], "rdrop_seq", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+torch.set_num_threads(2)
+which = sys.argv[2]
+n, hdim, vocab = 2048, 256, 8000
+g = torch.Generator().manual_seed(0)
+hidden = torch.randn(2 * n, hdim, generator=g).requires_grad_()
+weight = (torch.randn(vocab, hdim, generator=g) / hdim ** 0.5).requires_grad_()
+target = torch.randint(2, vocab, (n,), generator=g)
+target[:100] = 1
+if which == "fused":
+    fused = load("fused")
+    loss_fn = lambda: fused.fused_linear_rdrop_loss(
+        hidden, weight, target, epsilon=0.1, alpha=5.0, passes=2, ignore_index=1).loss
+else:
+    losses = load("losses")
+    loss_fn = lambda: losses.rdrop_label_smoothed_loss(
+        F.log_softmax(hidden @ weight.T, -1), target, 0.1, 5.0, 2, 1).loss
+
+def step():
+    hidden.grad = weight.grad = None
+    loss_fn().backward()
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+
+step()
+hidden.grad = weight.grad = None
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+step()
+print(json.dumps({"step_bytes": status("VmHWM:") - before}))
+"""
+
+
+def _step_peak_bytes(which):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, REPO, which],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])["step_bytes"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_fused_peak_memory_far_below_unfused():
+    logits_bytes = 2 * 2048 * 8000 * 4  # one float32 [m*N, V] tensor: 131 MB
+    unfused = _step_peak_bytes("unfused")
+    fused = _step_peak_bytes("fused")
+    # unfused: logits, log-probs, their gradients... (about 5 such tensors at the peak)
+    assert unfused > 3 * logits_bytes
+    # fused: not even one of them (the default chunks keep ~64 MB of buffers)
+    assert fused < 0.75 * logits_bytes
+    assert fused < 0.2 * unfused

@@ -4,6 +4,11 @@
 ``fairseq-generate`` and ``fairseq-eval-lm`` with this package already given as
 ``--user-dir`` (every fairseq argument passes through unchanged).
 ``python -m rdrop_seq --user-dir``: print the directory to pass as ``--user-dir``.
+
+``rdrop-train`` also chooses the process layout (torchrun, SLURM,
+``--distributed-world-size``; several ranks on CPU) and the settings that make
+fairseq's distributed and bfloat16 training run where it is started; see
+:mod:`rdrop_seq.launch`.  Each decision is logged on one line.
 """
 
 import argparse
@@ -37,8 +42,66 @@ def _run_fairseq_cli(name: str, module: str, argv) -> None:
     cli_main()
 
 
+def _cuda_devices():
+    """(available, visible device count) without failing when torch is broken."""
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+        return available, (torch.cuda.device_count() if available else 0)
+    except Exception as err:
+        sys.exit(f"rdrop-train: {INSTALL_HINT} (importing torch failed: {err!r})")
+
+
+def _keep_bf16_off_tpu():
+    """fairseq 0.12 parses ``--bf16`` as ``--bf16 --tpu``; undo the ``--tpu`` part."""
+    from fairseq import options
+
+    parse = options.parse_args_and_arch
+    if getattr(parse, "_rdrop_bf16_not_tpu", False):
+        return
+
+    def parse_args_and_arch(*args, **kwargs):
+        result = parse(*args, **kwargs)
+        parsed = result[0] if isinstance(result, tuple) else result
+        if getattr(parsed, "bf16", False):
+            parsed.tpu = False
+        return result
+
+    parse_args_and_arch._rdrop_bf16_not_tpu = True
+    options.parse_args_and_arch = parse_args_and_arch
+
+
 def train(argv=None) -> None:
-    _run_fairseq_cli("rdrop-train", "fairseq_cli.train", argv)
+    import logging
+    import os
+
+    from rdrop_seq import launch
+
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    cuda_available, cuda_count = _cuda_devices()
+    try:
+        plan = launch.plan_launch(argv, os.environ, cuda_available, cuda_count)
+    except launch.LaunchError as err:
+        sys.exit(f"rdrop-train: {err}")
+    if plan.log_reasons:
+        log = logging.getLogger("rdrop_seq.launch")
+        for reason in plan.reasons:
+            log.info(reason)
+    if plan.local_ranks:
+        port = plan.local_port or launch.free_port()
+        init = f"tcp://127.0.0.1:{port}"
+        argvs = [launch.rank_argv(plan.argv, r, init) for r in range(plan.local_ranks)]
+        logging.getLogger("rdrop_seq.launch").info(
+            "starting %d rank processes, rendezvous %s", plan.local_ranks, init
+        )
+        sys.exit(launch.run_local_ranks(argvs))
+    if plan.bf16_not_tpu:
+        try:
+            _keep_bf16_off_tpu()
+        except Exception as err:
+            sys.exit(f"rdrop-train: {INSTALL_HINT} (importing fairseq failed: {err!r})")
+    _run_fairseq_cli("rdrop-train", "fairseq_cli.train", plan.argv)
 
 
 def generate(argv=None) -> None:

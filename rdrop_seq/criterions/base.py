@@ -109,6 +109,20 @@ def _has_active_dropout(model) -> bool:
     return False
 
 
+def _data_parallel_rank() -> int:
+    """This process's data-parallel rank (0 when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0
+    from fairseq.distributed import utils as distributed_utils
+
+    return distributed_utils.get_data_parallel_rank()
+
+
+def rank_seed(update_seed: int, rank: int) -> int:
+    """A seed for ``rank`` derived from the trainer's per-update seed (odd-multiplier mix)."""
+    return (update_seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9) % (2**63 - 1)
+
+
 class RDropCriterionBase:
     """Mixin placed before a :class:`FairseqCriterion` subclass in the bases."""
 
@@ -133,6 +147,7 @@ class RDropCriterionBase:
         self.chunk_size = int(rdrop_chunk_size) or None
         self._num_updates = None
         self._dropout_checked = False
+        self._rank_seed = None
 
     # ---- schedule -------------------------------------------------------
     def set_num_updates(self, num_updates: int) -> None:
@@ -177,6 +192,26 @@ class RDropCriterionBase:
             return 1, 0.0
         return self.schedule.passes, self.schedule.alpha_at(update)
 
+    def decorrelate_rank_dropout(self) -> None:
+        """Give every data-parallel rank its own dropout masks.
+
+        fairseq's trainer seeds torch with ``seed + num_updates`` before each
+        update on every rank alike, so two ranks whose batches have the same
+        shape would draw the same dropout masks for different examples.  On
+        rank r > 0 the first forward of each update reseeds from that seed and
+        r (reproducible on resume, as the trainer's own seeding); the later
+        micro-batches of the update (``--update-freq``) continue the stream.
+        Rank 0 keeps the trainer's stream, so a single process is unchanged.
+        """
+        rank = _data_parallel_rank()
+        if rank == 0:
+            return
+        update_seed = torch.initial_seed()
+        if update_seed == self._rank_seed:
+            return  # a later micro-batch of this update
+        self._rank_seed = rank_seed(update_seed, rank)
+        torch.manual_seed(self._rank_seed)
+
     # ---- forward --------------------------------------------------------
     def loss_terms(self, model, net_input, sample, passes: int, alpha: float) -> RDropTerms:
         raise NotImplementedError
@@ -191,6 +226,8 @@ class RDropCriterionBase:
         if not reduce:
             raise ValueError("R-Drop criterions only support reduce=True")
         passes, alpha = self.passes_and_alpha(model)
+        if model.training:
+            self.decorrelate_rank_dropout()
         batch_size = sample["target"].size(0)
         net_input = stack_copies(sample["net_input"], passes, batch_size)
         terms = self.loss_terms(model, net_input, sample, passes, alpha)

@@ -1,0 +1,584 @@
+#!/usr/bin/env python3
+"""R-Drop vs. a stock baseline on German->English Debian package descriptions.
+
+Trains the same small transformer twice, with the same seed and settings:
+
+* baseline: fairseq's stock ``--criterion label_smoothed_cross_entropy``;
+* R-Drop:   ``--criterion rdrop_label_smoothed_cross_entropy --rdrop-alpha A``
+            from this repository's plugin (``--user-dir rdrop_seq``).
+
+Validation BLEU is computed by fairseq every epoch (``--eval-bleu``) and picks
+the best checkpoint; the test set is then decoded with ``fairseq-generate``
+(beam 5), sentencepiece is removed and sacrebleu scores BLEU and chrF.
+
+Modes:
+
+* ``quick`` (default): a 10k-pair slice, a 2-layer 128-dim transformer and a
+  few epochs; about 10-15 minutes on 2 CPU cores including data preparation.
+  It shows the whole pipeline; it is far too short for R-Drop to pay off.
+* ``full``: the whole corpus, a 3-layer 256-dim transformer, trained to
+  convergence with early stopping on validation BLEU (``--patience``); both
+  runs get the same (large) epoch budget, which R-Drop, converging more
+  slowly, needs.  Hours on a CPU; use a GPU if you have one.
+* ``tiny``: a few hundred pairs, one epoch each, a tiny model (for tests).
+
+Everything is written under ``examples/translation/work/<mode>/`` (ignored by
+git); the results go to ``examples/translation/results/<mode>.json`` and
+``<mode>.png``.  Re-running skips finished stages (data preparation, finished
+training runs, decoding) and resumes an interrupted training run; earlier
+results files are kept (renamed with their date), never deleted.
+
+Usage::
+
+    python examples/translation/demo.py                 # quick
+    python examples/translation/demo.py --mode full
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import debian_corpus as dc  # noqa: E402
+import prepare as prep  # noqa: E402
+
+USER_DIR = os.path.join(REPO, "rdrop_seq")
+RDROP_CRITERION = "rdrop_label_smoothed_cross_entropy"
+RUNS = ("baseline", "rdrop")
+
+# Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
+# are fairseq-train flags shared by both runs.
+MODES = {
+    "tiny": {
+        "data": {"limit": 300, "valid_limit": 40, "test_limit": 40, "vocab_size": 400},
+        "model": {
+            "encoder-layers": 1, "decoder-layers": 1,
+            "encoder-embed-dim": 32, "decoder-embed-dim": 32,
+            "encoder-ffn-embed-dim": 64, "decoder-ffn-embed-dim": 64,
+            "encoder-attention-heads": 2, "decoder-attention-heads": 2,
+        },
+        "train": {"lr": "1e-3", "warmup-updates": 10, "max-tokens": 2048, "max-epoch": 1},
+        "eval_beam": 1,
+        "max_len_b": 20,
+    },
+    "quick": {
+        "data": {"limit": 10000, "valid_limit": 300, "test_limit": 1000, "vocab_size": 4000},
+        "model": {
+            "encoder-layers": 2, "decoder-layers": 2,
+            "encoder-embed-dim": 128, "decoder-embed-dim": 128,
+            "encoder-ffn-embed-dim": 512, "decoder-ffn-embed-dim": 512,
+            "encoder-attention-heads": 4, "decoder-attention-heads": 4,
+        },
+        "train": {"lr": "2e-3", "warmup-updates": 200, "max-tokens": 2048, "max-epoch": 3},
+        "eval_beam": 1,
+        "max_len_b": 10,
+    },
+    "full": {
+        "data": {"limit": None, "valid_limit": None, "test_limit": None, "vocab_size": 8000},
+        "model": {
+            "encoder-layers": 3, "decoder-layers": 3,
+            "encoder-embed-dim": 256, "decoder-embed-dim": 256,
+            "encoder-ffn-embed-dim": 1024, "decoder-ffn-embed-dim": 1024,
+            "encoder-attention-heads": 4, "decoder-attention-heads": 4,
+        },
+        "train": {"lr": "1e-3", "warmup-updates": 1000, "max-tokens": 4096, "max-epoch": 200, "patience": 10},
+        "eval_beam": 5,
+        "max_len_b": 10,
+    },
+}  # fmt: skip
+
+
+class DemoError(Exception):
+    pass
+
+
+def say(msg):
+    print(f"[demo] {msg}", flush=True)
+
+
+def rel(path):
+    """A path relative to the repository (for what is written into results)."""
+    r = os.path.relpath(os.path.abspath(path), REPO)
+    return path if r.startswith("..") else r
+
+
+def flags(d):
+    out = []
+    for k, v in d.items():
+        if v is None or v is False:
+            continue
+        out.append(f"--{k}")
+        if v is not True:
+            out.append(str(v))
+    return out
+
+
+def has_cuda():
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# checks before anything runs
+
+
+def check_setup(args):
+    """Refuse bad input before any data preparation or training."""
+    if args.alpha < 0:
+        raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
+    if args.threads < 1:
+        raise DemoError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_epoch is not None and args.max_epoch < 1:
+        raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
+    if args.limit is not None and args.limit < 10:
+        raise DemoError(f"--limit must be >= 10, got {args.limit}")
+    if not args.from_apt and not os.path.exists(args.snapshot):
+        raise DemoError(f"corpus snapshot not found: {args.snapshot} (use --from-apt to rebuild it)")
+    if not os.path.isdir(USER_DIR):
+        raise DemoError(f"plugin directory not found: {USER_DIR}")
+    for tool in ("preprocess", "train", "generate"):
+        cmd = prep.fairseq_command(tool)
+        if len(cmd) == 1 and not os.path.exists(cmd[0]):
+            raise DemoError(f"fairseq-{tool} not found")
+    # the criterion must register (imports fairseq; a few seconds)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import rdrop_seq; "
+        "from fairseq.criterions import CRITERION_REGISTRY as R; "
+        f"sys.exit(0 if '{RDROP_CRITERION}' in R else 3)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True, env=child_env(args))
+    if proc.returncode != 0:
+        raise DemoError(
+            f"the criterion {RDROP_CRITERION} is not available from {rel(USER_DIR)}:\n{proc.stderr.strip()[-2000:]}"
+        )
+    results_dir = os.path.abspath(args.results_dir)
+    work_dir = os.path.abspath(args.work_dir)
+    if results_dir == work_dir or results_dir.startswith(work_dir + os.sep):
+        raise DemoError("--results-dir must not be inside --work-dir")
+    os.makedirs(results_dir, exist_ok=True)
+    if not os.access(results_dir, os.W_OK):
+        raise DemoError(f"results dir is not writable: {results_dir}")
+
+
+def child_env(args):
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    # idle OpenMP threads sleep instead of spinning: on a CPU shared with
+    # other jobs, spinning threads slow training down by up to ten times
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else REPO
+    return env
+
+
+# ---------------------------------------------------------------------------
+# training
+
+
+def train_command(args, setting, data_bin, save_dir, run):
+    eval_args = {"beam": setting["eval_beam"], "max_len_a": 1.2, "max_len_b": setting["max_len_b"]}
+    train = dict(setting["train"])
+    if args.max_epoch is not None:
+        train["max-epoch"] = args.max_epoch
+    if args.patience is not None:
+        train["patience"] = args.patience
+    cmd = prep.fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
+    cmd += flags(setting["model"])
+    cmd += [
+        "--share-all-embeddings", "--dropout", "0.3", "--weight-decay", "0.0001",
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
+        "--lr-scheduler", "inverse_sqrt",
+        "--label-smoothing", "0.1", "--report-accuracy",
+        "--eval-bleu", "--eval-bleu-args", json.dumps(eval_args),
+        "--eval-bleu-detok", "space", "--eval-bleu-remove-bpe", "sentencepiece",
+        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+        "--no-epoch-checkpoints", "--seed", str(args.seed), "--num-workers", "0",
+        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
+        "--log-file", os.path.join(save_dir, "train.log"),
+        # the plugin dir: it registers the R-Drop criterion, and makes torch's
+        # weights-only loader accept fairseq checkpoints when a run resumes
+        "--user-dir", USER_DIR,
+    ]  # fmt: skip
+    cmd += flags(train)
+    if run == "rdrop":
+        cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
+    else:
+        cmd += ["--criterion", "label_smoothed_cross_entropy"]
+    if not has_cuda():
+        cmd.append("--cpu")
+    return cmd
+
+
+def run_key(cmd):
+    """The part of a training command that defines the run (not its paths)."""
+    return dc.stage_key(cmd=[c for c in cmd[1:] if not os.path.isabs(c)])
+
+
+def train_run(args, setting, data_bin, run):
+    save_dir = os.path.join(args.work_dir, run)
+    cmd = train_command(args, setting, data_bin, save_dir, run)
+    key = run_key(cmd)
+    done = os.path.join(save_dir, "done.json")
+    started = os.path.join(save_dir, "started.json")
+    if os.path.exists(done) and dc.read_json(done).get("key") == key:
+        say(f"train {run}: done already ({rel(save_dir)})")
+        return dc.read_json(done)
+    resumed = os.path.exists(started) and dc.read_json(started).get("key") == key
+    if not resumed and os.path.exists(save_dir):
+        shutil.rmtree(save_dir)  # a finished or broken run of other settings: start afresh
+    os.makedirs(save_dir, exist_ok=True)
+    if not resumed:
+        dc.write_json(started, {"key": key})
+    say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
+    say("  " + display(cmd))
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=child_env(args))
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise DemoError(f"fairseq-train ({run}) failed with exit code {proc.returncode}; see {rel(save_dir)}/train.log")
+    if not os.path.exists(os.path.join(save_dir, "checkpoint_best.pt")):
+        raise DemoError(f"fairseq-train ({run}) wrote no checkpoint_best.pt in {rel(save_dir)}")
+    log = parse_train_log(os.path.join(save_dir, "train.log"))
+    info = {
+        "key": key,
+        "seconds": round(seconds, 1),
+        "resumed": resumed,
+        "updates": log["updates"],
+        "epochs": log["epochs"],
+        "command": display(cmd),
+    }
+    dc.write_json(done, info)
+    say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {len(log['epochs'])} epochs")
+    return info
+
+
+def display(cmd):
+    """A command as shown and recorded: tool names bare, repository paths relative."""
+    head = os.path.basename(cmd[0])
+    head = "python" if cmd[0] == sys.executable else head if head.startswith("fairseq-") else rel(cmd[0])
+    return " ".join([head] + [shell_quote(rel(c)) for c in cmd[1:]])
+
+
+def shell_quote(s):
+    return s if re.fullmatch(r"[\w@%+=:,./-]+", s) else "'" + s.replace("'", "'\\''") + "'"
+
+
+def parse_train_log(path):
+    """Per-epoch validation metrics and the update count from a json-format fairseq log."""
+    epochs, updates = [], 0
+    if not os.path.exists(path):
+        return {"epochs": epochs, "updates": updates}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            # the log file holds bare json records; stdout prefixes them with "| valid | "
+            m = re.search(r"(\{\".*\})\s*$", line)
+            if not m:
+                continue
+            try:
+                rec = json.loads(m.group(1))
+            except ValueError:
+                continue
+            if "train_num_updates" in rec:
+                updates = max(updates, int(float(rec["train_num_updates"])))
+            if "valid_loss" not in rec or "epoch" not in rec:
+                continue
+            row = {"epoch": int(rec["epoch"])}
+            for k in ("loss", "nll_loss", "ppl", "bleu", "accuracy"):
+                if f"valid_{k}" in rec:
+                    row[k] = float(rec[f"valid_{k}"])
+            if "valid_num_updates" in rec:
+                row["updates"] = int(float(rec["valid_num_updates"]))
+                updates = max(updates, row["updates"])
+            epochs = [e for e in epochs if e["epoch"] != row["epoch"]] + [row]  # a resumed epoch replaces
+    return {"epochs": epochs, "updates": updates}
+
+
+# ---------------------------------------------------------------------------
+# decoding and scoring
+
+
+def generate(args, setting, data_bin, run):
+    save_dir = os.path.join(args.work_dir, run)
+    out_dir = os.path.join(save_dir, "test")
+    ckpt = os.path.join(save_dir, "checkpoint_best.pt")
+    key = dc.stage_key(ckpt=dc.sha256_file(ckpt), beam=args.beam, max_len_b=setting["max_len_b"])
+
+    def build(tmp):
+        cmd = prep.fairseq_command("generate") + [
+            data_bin, "--task", "translation", "--source-lang", "de", "--target-lang", "en",
+            "--path", ckpt, "--gen-subset", "test", "--beam", str(args.beam),
+            "--max-len-a", "1.2", "--max-len-b", str(setting["max_len_b"]),
+            "--batch-size", "64", "--remove-bpe", "sentencepiece", "--num-workers", "0",
+            "--results-path", tmp, "--user-dir", USER_DIR, "--seed", str(args.seed),
+        ]  # fmt: skip
+        if not has_cuda():
+            cmd.append("--cpu")
+        say("  " + display(cmd))
+        proc = subprocess.run(cmd, env=child_env(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise DemoError(f"fairseq-generate ({run}) failed:\n{proc.stdout[-3000:]}")
+        return {}
+
+    prep.dir_stage(f"generate {run}", out_dir, key, build, f"beam {args.beam} on the test set", log=say)
+    return os.path.join(out_dir, "generate-test.txt")
+
+
+def read_hypotheses(path, n):
+    """Detokenised hypotheses from fairseq-generate output, in test-set order."""
+    hyps = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(("D-", "H-")):
+                tag, _score, text = (line.rstrip("\n").split("\t") + ["", ""])[:3]
+                idx = int(tag[2:])
+                if line.startswith("D-") or idx not in hyps:
+                    hyps[idx] = text
+    missing = [i for i in range(n) if i not in hyps]
+    if missing:
+        raise DemoError(f"{path}: no hypothesis for {len(missing)} of {n} test sentences (e.g. #{missing[0]})")
+    return [" ".join(hyps[i].replace("\u2581", " ").split()) for i in range(n)]
+
+
+def score(hyps, refs):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, chrf = BLEU(), CHRF()
+    b = bleu.corpus_score(hyps, [refs])
+    c = chrf.corpus_score(hyps, [refs])
+    return {
+        "bleu": round(b.score, 2),
+        "chrf": round(c.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+# ---------------------------------------------------------------------------
+# results
+
+
+def summarise(train_info, log, scores):
+    epochs = log["epochs"]
+    best = min(epochs, key=lambda e: e.get("loss", float("inf"))) if epochs else {}
+    bleus = [e["bleu"] for e in epochs if "bleu" in e]
+    return {
+        "test_bleu": scores["bleu"],
+        "test_chrf": scores["chrf"],
+        "valid_loss": best.get("loss"),
+        "valid_ppl": best.get("ppl"),
+        "best_valid_bleu": max(bleus) if bleus else None,
+        "updates": log["updates"] or train_info.get("updates"),
+        "epochs": len(epochs),
+        "seconds": train_info["seconds"],
+        "curve": epochs,
+        "train_command": train_info["command"],
+    }
+
+
+def print_table(res):
+    rows = [
+        ("test BLEU", "test_bleu", "{:.2f}"),
+        ("test chrF", "test_chrf", "{:.2f}"),
+        ("best valid loss", "valid_loss", "{:.3f}"),
+        ("best valid ppl", "valid_ppl", "{:.2f}"),
+        ("best valid BLEU", "best_valid_bleu", "{:.2f}"),
+        ("epochs", "epochs", "{:d}"),
+        ("updates", "updates", "{:d}"),
+        ("train time (s)", "seconds", "{:.0f}"),
+    ]
+
+    def fmt(f, v):
+        return "-" if v is None else f.format(v)
+
+    lines = [f"{'':18}{'baseline':>12}{'R-Drop':>12}{'delta':>10}", "-" * 52]
+    for label, key, f in rows:
+        a, b = res["baseline"].get(key), res["rdrop"].get(key)
+        d = "-" if a is None or b is None else (f.format(b - a) if "d" not in f else f"{b - a:+d}")
+        if d != "-" and not d.startswith(("-", "+")):
+            d = "+" + d
+        lines.append(f"{label:18}{fmt(f, a):>12}{fmt(f, b):>12}{d:>10}")
+    print("\n".join(lines), flush=True)
+
+
+def plot(res, path, mode, alpha):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for run, label, style in (("baseline", "baseline", "o-"), ("rdrop", f"R-Drop (alpha={alpha:g})", "s-")):
+        curve = res[run]["curve"]
+        ep = [e["epoch"] for e in curve]
+        ax1.plot(ep, [e.get("loss") for e in curve], style, label=label)
+        ax2.plot(ep, [e.get("bleu") for e in curve], style, label=label)
+    ax1.set(title="validation loss", xlabel="epoch", ylabel="label-smoothed loss (base 2)")
+    ax2.set(title="validation BLEU", xlabel="epoch", ylabel="BLEU")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"De->En Debian descriptions, mode '{mode}'")
+    fig.tight_layout()
+    with dc.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def keep_previous(path):
+    """Rename an existing results file to ``name.<its date>.ext`` (never delete it)."""
+    if not os.path.exists(path):
+        return
+    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
+    base, ext = os.path.splitext(path)
+    target = f"{base}.{stamp}{ext}"
+    n = 1
+    while os.path.exists(target):
+        target = f"{base}.{stamp}-{n}{ext}"
+        n += 1
+    os.replace(path, target)
+    say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
+
+
+def machine_info(args):
+    info = {
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:
+        pass
+    try:
+        from importlib.metadata import version
+
+        info["fairseq"] = next(
+            (f"{d} {version(d)}" for d in ("ve-fairseq", "fairseq-fixed", "fairseq") if _has_dist(d)), None
+        )
+    except Exception:
+        pass
+    return info
+
+
+def _has_dist(name):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(name)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--mode", default="quick", choices=sorted(MODES), help="default: %(default)s")
+    p.add_argument("--alpha", type=float, default=5.0, help="R-Drop KL weight (default: %(default)s, the paper's IWSLT De-En value)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--beam", type=int, default=5, help="beam size for the test set (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
+    p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
+    p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
+    p.add_argument("--limit", type=int, help="override the mode's number of train pairs")
+    p.add_argument("--from-apt", action="store_true", help="rebuild the corpus from apt instead of the snapshot")
+    p.add_argument("--snapshot", default=dc.SNAPSHOT, help=argparse.SUPPRESS)
+    p.add_argument("--work-dir", help="default: examples/translation/work/<mode>")
+    p.add_argument("--results-dir", default=os.path.join(HERE, "results"), help="default: examples/translation/results")
+    args = p.parse_args(argv)
+    args.work_dir = os.path.abspath(args.work_dir or os.path.join(HERE, "work", args.mode))
+    args.results_dir = os.path.abspath(args.results_dir)
+    if args.beam < 1:
+        p.error(f"--beam must be >= 1, got {args.beam}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv=None):
+    t_start = time.time()
+    args = parse_args(argv)
+    setting = MODES[args.mode]
+    try:
+        say(f"mode {args.mode}: checking the setup")
+        check_setup(args)
+        say("data: preparing (each stage is skipped when done)")
+        data = dict(setting["data"])
+        if args.limit is not None:
+            data["limit"] = args.limit
+        d = prep.prepare(
+            os.path.join(args.work_dir, "data"), from_apt=args.from_apt, snapshot=args.snapshot, workers=args.threads, **data
+        )
+        with open(os.path.join(d["text"], "test.en"), encoding="utf-8") as f:
+            refs = [line.rstrip("\n") for line in f]
+        res = {}
+        for run in RUNS:
+            info = train_run(args, setting, d["data_bin"], run)
+            gen = generate(args, setting, d["data_bin"], run)
+            scores = score(read_hypotheses(gen, len(refs)), refs)
+            log = parse_train_log(os.path.join(args.work_dir, run, "train.log"))
+            res[run] = summarise(info, log, scores)
+            say(f"{run}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
+    except (DemoError, prep.PrepareError, dc.CorpusError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    print()
+    say(f"BLEU signature: {scores['bleu_signature']}")
+    say(f"chrF signature: {scores['chrf_signature']}")
+    print_table(res)
+    results = {
+        "baseline": res["baseline"],
+        "rdrop": dict(res["rdrop"], alpha=args.alpha),
+        "delta_bleu": round(res["rdrop"]["test_bleu"] - res["baseline"]["test_bleu"], 2),
+        "delta_chrf": round(res["rdrop"]["test_chrf"] - res["baseline"]["test_chrf"], 2),
+        "bleu_signature": scores["bleu_signature"],
+        "chrf_signature": scores["chrf_signature"],
+        "mode": args.mode,
+        "data": {"pairs": d["counts"], "corpus": rel(args.snapshot) if not args.from_apt else "rebuilt from apt"},
+        "command": " ".join(["python", rel(os.path.abspath(__file__))] + [shell_quote(rel(a)) for a in args.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "total_seconds": round(time.time() - t_start, 1),
+        "machine": machine_info(args),
+    }
+    os.makedirs(args.results_dir, exist_ok=True)
+    json_path = os.path.join(args.results_dir, f"{args.mode}.json")
+    png_path = os.path.join(args.results_dir, f"{args.mode}.png")
+    keep_previous(json_path)
+    keep_previous(png_path)
+    plot(res, png_path, args.mode, args.alpha)
+    dc.write_json(json_path, results)
+    say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The translation demo end to end (``--mode tiny``) and its data preparation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.join(REPO, "examples", "translation")
+sys.path.insert(0, HERE)
+
+import prepare as prep  # noqa: E402
+
+DEMO = os.path.join(HERE, "demo.py")
+RUN_KEYS = {"test_bleu", "test_chrf", "valid_ppl", "valid_loss", "updates", "seconds", "epochs", "curve"}
+
+
+def run_demo(*args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
+
+
+# --- preparation: bad input ----------------------------------------------------
+
+
+def write_split_files(d, n=3, skew=None):
+    d.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            k = n + 1 if (split, lang) == skew else n
+            (d / f"{split}.{lang}").write_text("".join(f"{split} {lang} {i}\n" for i in range(k)))
+
+
+def test_misaligned_text_files_name_the_file(tmp_path):
+    write_split_files(tmp_path / "text", skew=("valid", "en"))
+    with pytest.raises(prep.PrepareError, match=r"misaligned input: .*valid\.en has 4 lines but .*valid\.de has 3"):
+        prep.check_aligned(str(tmp_path / "text"))
+    r = subprocess.run(
+        [sys.executable, os.path.join(HERE, "prepare.py"), "--work-dir", str(tmp_path / "w"),
+         "--text-dir", str(tmp_path / "text")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "valid.en has 4 lines" in r.stderr
+    assert not (tmp_path / "w" / "corpus").exists()
+
+
+def test_missing_text_file_is_named(tmp_path):
+    write_split_files(tmp_path / "text")
+    os.remove(tmp_path / "text" / "test.de")
+    with pytest.raises(prep.PrepareError, match=r"missing input file: .*test\.de"):
+        prep.check_aligned(str(tmp_path / "text"))
+
+
+def test_missing_snapshot_is_named(tmp_path):
+    with pytest.raises(prep.PrepareError, match=r"corpus snapshot not found: .*nope\.tsv\.xz"):
+        prep.stage_corpus(str(tmp_path), snapshot=str(tmp_path / "nope.tsv.xz"))
+
+
+def test_dir_stage_is_atomic_and_skips_when_done(tmp_path, capsys):
+    out = str(tmp_path / "stage")
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        with open(os.path.join(tmp, "x"), "w") as f:
+            f.write("1")
+
+    prep.dir_stage("s", out, "k1", build)
+    prep.dir_stage("s", out, "k1", build)
+    assert len(calls) == 1 and "s: done already" in capsys.readouterr().out
+
+    def broken(tmp):
+        with open(os.path.join(tmp, "x"), "w") as f:
+            f.write("half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        prep.dir_stage("s", out, "k2", broken)
+    assert open(os.path.join(out, "x")).read() == "1"  # the finished output survives
+    assert sorted(os.listdir(tmp_path)) == ["stage"]  # no temp dir left behind
+    prep.dir_stage("s", out, "k2", build)  # new inputs: rebuilt
+    assert len(calls) == 2
+
+
+# --- the demo -------------------------------------------------------------------
+
+
+def test_unknown_mode_is_refused_before_anything_runs(tmp_path):
+    r = run_demo("--mode", "huge", "--work-dir", tmp_path / "w", "--results-dir", tmp_path / "r")
+    assert r.returncode == 2 and "invalid choice: 'huge'" in r.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+
+
+def test_bad_alpha_is_refused_before_training(tmp_path):
+    r = run_demo("--mode", "tiny", "--alpha", "-1", "--work-dir", tmp_path / "w", "--results-dir", tmp_path / "r")
+    assert r.returncode == 2 and "--alpha must be >= 0" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    pytest.importorskip("fairseq")
+    base = tmp_path_factory.mktemp("demo")
+    r = run_demo("--mode", "tiny", "--threads", "1", "--work-dir", base / "work", "--results-dir", base / "results")
+    assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return base, r
+
+
+def test_tiny_demo_end_to_end(tiny_run):
+    base, r = tiny_run
+    out = r.stdout
+    for stage in ("corpus:", "slice:", "spm:", "encode:", "binarize:", "train baseline:", "train rdrop:",
+                  "generate baseline:", "generate rdrop:"):  # fmt: skip
+        assert stage in out, stage
+    assert "BLEU signature: nrefs:1" in out and "chrF signature: nrefs:1" in out
+    assert "test BLEU" in out and "delta" in out
+
+    res = json.loads((base / "results" / "tiny.json").read_text())
+    assert {"baseline", "rdrop", "delta_bleu", "command", "date", "machine"} <= set(res)
+    for run in ("baseline", "rdrop"):
+        assert RUN_KEYS <= set(res[run]), run
+        assert res[run]["epochs"] == 1 and res[run]["updates"] > 0
+        assert 0 <= res[run]["test_bleu"] <= 100 and 0 <= res[run]["test_chrf"] <= 100
+        assert res[run]["valid_ppl"] > 1
+    assert res["delta_bleu"] == pytest.approx(res["rdrop"]["test_bleu"] - res["baseline"]["test_bleu"], abs=0.011)
+    assert "--criterion label_smoothed_cross_entropy" in res["baseline"]["train_command"]
+    assert "--criterion rdrop_label_smoothed_cross_entropy --rdrop-alpha 5.0" in res["rdrop"]["train_command"]
+    assert res["command"].startswith("python examples/translation/demo.py --mode tiny")
+    png = base / "results" / "tiny.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the test set was decoded completely
+    n_test = len((base / "work" / "data" / "text" / "test.en").read_text().splitlines())
+    gen = (base / "work" / "rdrop" / "test" / "generate-test.txt").read_text()
+    assert sum(line.startswith("H-") for line in gen.splitlines()) == n_test
+
+
+def test_tiny_demo_rerun_skips_work_and_keeps_old_results(tiny_run):
+    base, _ = tiny_run
+    before = json.loads((base / "results" / "tiny.json").read_text())
+    r = run_demo("--mode", "tiny", "--threads", "1", "--work-dir", base / "work", "--results-dir", base / "results")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in ("binarize", "train baseline", "train rdrop", "generate rdrop"):
+        assert f"{stage}: done already" in r.stdout
+    after = json.loads((base / "results" / "tiny.json").read_text())
+    assert after["baseline"]["test_bleu"] == before["baseline"]["test_bleu"]
+    kept = [n for n in os.listdir(base / "results") if n.startswith("tiny.") and n not in ("tiny.json", "tiny.png")]
+    assert any(n.endswith(".json") for n in kept) and any(n.endswith(".png") for n in kept)

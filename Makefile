@@ -25,5 +25,8 @@ test: install
 demo: install
 	$(PY) examples/translation/demo.py --mode $(MODE)
 
+demo-lm: install
+	$(PY) examples/language_model/demo.py --mode $(MODE)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

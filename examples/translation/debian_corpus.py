@@ -53,7 +53,6 @@ compressed index files, as apt may store them).
 
 import argparse
 import bz2
-import contextlib
 import datetime
 import gzip
 import hashlib
@@ -66,10 +65,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import unicodedata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from pipeline_stages import atomic_write, read_json, sha256_file, stage_key, write_json  # noqa: E402,F401
 DATA_DIR = os.path.join(HERE, "data")
 SNAPSHOT = os.path.join(DATA_DIR, "debian-de-en.tsv.xz")
 PROVENANCE = os.path.join(DATA_DIR, "PROVENANCE.json")
@@ -97,54 +98,6 @@ class CorpusError(Exception):
 
 # ---------------------------------------------------------------------------
 # atomic output and stage bookkeeping
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode="w", encoding="utf-8"):
-    """Open a temp file beside ``path``; on success it replaces ``path``.
-
-    On an exception the temp file is removed and ``path`` is left untouched.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path, obj):
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
-        f.write("\n")
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def stage_key(**inputs):
-    """A short hash of a stage's inputs (file hashes, parameters)."""
-    blob = json.dumps(inputs, sort_keys=True).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def stage_done(output, key):

@@ -35,26 +35,26 @@ Usage::
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import re
-import shutil
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
 
 import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
+from demo_runs import (  # noqa: E402
+    RUNS, USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env,
+    command_line, display, flags, has_cuda, machine_info, parse_train_log, plot_curves,
+    print_table, rel, say, train_run, utc_now, write_results,
+)
 
-USER_DIR = os.path.join(REPO, "rdrop_seq")
 RDROP_CRITERION = "rdrop_label_smoothed_cross_entropy"
-RUNS = ("baseline", "rdrop")
+VALID_METRICS = ("loss", "nll_loss", "ppl", "bleu", "accuracy")
 
 # Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
 # are fairseq-train flags shared by both runs.
@@ -98,40 +98,6 @@ MODES = {
 }  # fmt: skip
 
 
-class DemoError(Exception):
-    pass
-
-
-def say(msg):
-    print(f"[demo] {msg}", flush=True)
-
-
-def rel(path):
-    """A path relative to the repository (for what is written into results)."""
-    r = os.path.relpath(os.path.abspath(path), REPO)
-    return path if r.startswith("..") else r
-
-
-def flags(d):
-    out = []
-    for k, v in d.items():
-        if v is None or v is False:
-            continue
-        out.append(f"--{k}")
-        if v is not True:
-            out.append(str(v))
-    return out
-
-
-def has_cuda():
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
-        return False
-
-
 # ---------------------------------------------------------------------------
 # checks before anything runs
 
@@ -154,35 +120,8 @@ def check_setup(args):
         cmd = prep.fairseq_command(tool)
         if len(cmd) == 1 and not os.path.exists(cmd[0]):
             raise DemoError(f"fairseq-{tool} not found")
-    # the criterion must register (imports fairseq; a few seconds)
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import rdrop_seq; "
-        "from fairseq.criterions import CRITERION_REGISTRY as R; "
-        f"sys.exit(0 if '{RDROP_CRITERION}' in R else 3)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True, env=child_env(args))
-    if proc.returncode != 0:
-        raise DemoError(
-            f"the criterion {RDROP_CRITERION} is not available from {rel(USER_DIR)}:\n{proc.stderr.strip()[-2000:]}"
-        )
-    results_dir = os.path.abspath(args.results_dir)
-    work_dir = os.path.abspath(args.work_dir)
-    if results_dir == work_dir or results_dir.startswith(work_dir + os.sep):
-        raise DemoError("--results-dir must not be inside --work-dir")
-    os.makedirs(results_dir, exist_ok=True)
-    if not os.access(results_dir, os.W_OK):
-        raise DemoError(f"results dir is not writable: {results_dir}")
-
-
-def child_env(args):
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    # idle OpenMP threads sleep instead of spinning: on a CPU shared with
-    # other jobs, spinning threads slow training down by up to ten times
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else REPO
-    return env
+    check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
+    check_results_dir(args.results_dir, args.work_dir)
 
 
 # ---------------------------------------------------------------------------
@@ -223,88 +162,10 @@ def train_command(args, setting, data_bin, save_dir, run):
     return cmd
 
 
-def run_key(cmd):
-    """The part of a training command that defines the run (not its paths)."""
-    return dc.stage_key(cmd=[c for c in cmd[1:] if not os.path.isabs(c)])
-
-
-def train_run(args, setting, data_bin, run):
+def train(args, setting, data_bin, run):
     save_dir = os.path.join(args.work_dir, run)
     cmd = train_command(args, setting, data_bin, save_dir, run)
-    key = run_key(cmd)
-    done = os.path.join(save_dir, "done.json")
-    started = os.path.join(save_dir, "started.json")
-    if os.path.exists(done) and dc.read_json(done).get("key") == key:
-        say(f"train {run}: done already ({rel(save_dir)})")
-        return dc.read_json(done)
-    resumed = os.path.exists(started) and dc.read_json(started).get("key") == key
-    if not resumed and os.path.exists(save_dir):
-        shutil.rmtree(save_dir)  # a finished or broken run of other settings: start afresh
-    os.makedirs(save_dir, exist_ok=True)
-    if not resumed:
-        dc.write_json(started, {"key": key})
-    say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
-    say("  " + display(cmd))
-    t0 = time.time()
-    proc = subprocess.run(cmd, env=child_env(args))
-    seconds = time.time() - t0
-    if proc.returncode != 0:
-        raise DemoError(f"fairseq-train ({run}) failed with exit code {proc.returncode}; see {rel(save_dir)}/train.log")
-    if not os.path.exists(os.path.join(save_dir, "checkpoint_best.pt")):
-        raise DemoError(f"fairseq-train ({run}) wrote no checkpoint_best.pt in {rel(save_dir)}")
-    log = parse_train_log(os.path.join(save_dir, "train.log"))
-    info = {
-        "key": key,
-        "seconds": round(seconds, 1),
-        "resumed": resumed,
-        "updates": log["updates"],
-        "epochs": log["epochs"],
-        "command": display(cmd),
-    }
-    dc.write_json(done, info)
-    say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {len(log['epochs'])} epochs")
-    return info
-
-
-def display(cmd):
-    """A command as shown and recorded: tool names bare, repository paths relative."""
-    head = os.path.basename(cmd[0])
-    head = "python" if cmd[0] == sys.executable else head if head.startswith("fairseq-") else rel(cmd[0])
-    return " ".join([head] + [shell_quote(rel(c)) for c in cmd[1:]])
-
-
-def shell_quote(s):
-    return s if re.fullmatch(r"[\w@%+=:,./-]+", s) else "'" + s.replace("'", "'\\''") + "'"
-
-
-def parse_train_log(path):
-    """Per-epoch validation metrics and the update count from a json-format fairseq log."""
-    epochs, updates = [], 0
-    if not os.path.exists(path):
-        return {"epochs": epochs, "updates": updates}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            # the log file holds bare json records; stdout prefixes them with "| valid | "
-            m = re.search(r"(\{\".*\})\s*$", line)
-            if not m:
-                continue
-            try:
-                rec = json.loads(m.group(1))
-            except ValueError:
-                continue
-            if "train_num_updates" in rec:
-                updates = max(updates, int(float(rec["train_num_updates"])))
-            if "valid_loss" not in rec or "epoch" not in rec:
-                continue
-            row = {"epoch": int(rec["epoch"])}
-            for k in ("loss", "nll_loss", "ppl", "bleu", "accuracy"):
-                if f"valid_{k}" in rec:
-                    row[k] = float(rec[f"valid_{k}"])
-            if "valid_num_updates" in rec:
-                row["updates"] = int(float(rec["valid_num_updates"]))
-                updates = max(updates, row["updates"])
-            epochs = [e for e in epochs if e["epoch"] != row["epoch"]] + [row]  # a resumed epoch replaces
-    return {"epochs": epochs, "updates": updates}
+    return train_run(cmd, save_dir, run, args.threads, VALID_METRICS)
 
 
 # ---------------------------------------------------------------------------
@@ -328,7 +189,7 @@ def generate(args, setting, data_bin, run):
         if not has_cuda():
             cmd.append("--cpu")
         say("  " + display(cmd))
-        proc = subprocess.run(cmd, env=child_env(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, env=child_env(args.threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             raise DemoError(f"fairseq-generate ({run}) failed:\n{proc.stdout[-3000:]}")
         return {}
@@ -389,108 +250,20 @@ def summarise(train_info, log, scores):
     }
 
 
-def print_table(res):
-    rows = [
-        ("test BLEU", "test_bleu", "{:.2f}"),
-        ("test chrF", "test_chrf", "{:.2f}"),
-        ("best valid loss", "valid_loss", "{:.3f}"),
-        ("best valid ppl", "valid_ppl", "{:.2f}"),
-        ("best valid BLEU", "best_valid_bleu", "{:.2f}"),
-        ("epochs", "epochs", "{:d}"),
-        ("updates", "updates", "{:d}"),
-        ("train time (s)", "seconds", "{:.0f}"),
-    ]
-
-    def fmt(f, v):
-        return "-" if v is None else f.format(v)
-
-    lines = [f"{'':18}{'baseline':>12}{'R-Drop':>12}{'delta':>10}", "-" * 52]
-    for label, key, f in rows:
-        a, b = res["baseline"].get(key), res["rdrop"].get(key)
-        d = "-" if a is None or b is None else (f.format(b - a) if "d" not in f else f"{b - a:+d}")
-        if d != "-" and not d.startswith(("-", "+")):
-            d = "+" + d
-        lines.append(f"{label:18}{fmt(f, a):>12}{fmt(f, b):>12}{d:>10}")
-    print("\n".join(lines), flush=True)
-
-
-def plot(res, path, mode, alpha):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for run, label, style in (("baseline", "baseline", "o-"), ("rdrop", f"R-Drop (alpha={alpha:g})", "s-")):
-        curve = res[run]["curve"]
-        ep = [e["epoch"] for e in curve]
-        ax1.plot(ep, [e.get("loss") for e in curve], style, label=label)
-        ax2.plot(ep, [e.get("bleu") for e in curve], style, label=label)
-    ax1.set(title="validation loss", xlabel="epoch", ylabel="label-smoothed loss (base 2)")
-    ax2.set(title="validation BLEU", xlabel="epoch", ylabel="BLEU")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"De->En Debian descriptions, mode '{mode}'")
-    fig.tight_layout()
-    with dc.atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-
-
-def keep_previous(path):
-    """Rename an existing results file to ``name.<its date>.ext`` (never delete it)."""
-    if not os.path.exists(path):
-        return
-    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
-    base, ext = os.path.splitext(path)
-    target = f"{base}.{stamp}{ext}"
-    n = 1
-    while os.path.exists(target):
-        target = f"{base}.{stamp}-{n}{ext}"
-        n += 1
-    os.replace(path, target)
-    say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
-
-
-def machine_info(args):
-    info = {
-        "system": platform.system(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except Exception:
-        pass
-    try:
-        from importlib.metadata import version
-
-        info["fairseq"] = next(
-            (f"{d} {version(d)}" for d in ("ve-fairseq", "fairseq-fixed", "fairseq") if _has_dist(d)), None
-        )
-    except Exception:
-        pass
-    return info
-
-
-def _has_dist(name):
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(name)
-        return True
-    except PackageNotFoundError:
-        return False
+TABLE_ROWS = (
+    ("test BLEU", "test_bleu", "{:.2f}"),
+    ("test chrF", "test_chrf", "{:.2f}"),
+    ("best valid loss", "valid_loss", "{:.3f}"),
+    ("best valid ppl", "valid_ppl", "{:.2f}"),
+    ("best valid BLEU", "best_valid_bleu", "{:.2f}"),
+    ("epochs", "epochs", "{:d}"),
+    ("updates", "updates", "{:d}"),
+    ("train time (s)", "seconds", "{:.0f}"),
+)
+CURVES = (
+    ("loss", "validation loss", "label-smoothed loss (base 2)"),
+    ("bleu", "validation BLEU", "BLEU"),
+)
 
 
 # ---------------------------------------------------------------------------
@@ -541,10 +314,10 @@ def main(argv=None):
             refs = [line.rstrip("\n") for line in f]
         res = {}
         for run in RUNS:
-            info = train_run(args, setting, d["data_bin"], run)
+            info = train(args, setting, d["data_bin"], run)
             gen = generate(args, setting, d["data_bin"], run)
             scores = score(read_hypotheses(gen, len(refs)), refs)
-            log = parse_train_log(os.path.join(args.work_dir, run, "train.log"))
+            log = parse_train_log(os.path.join(args.work_dir, run, "train.log"), VALID_METRICS)
             res[run] = summarise(info, log, scores)
             say(f"{run}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
     except (DemoError, prep.PrepareError, dc.CorpusError) as e:
@@ -554,7 +327,7 @@ def main(argv=None):
     print()
     say(f"BLEU signature: {scores['bleu_signature']}")
     say(f"chrF signature: {scores['chrf_signature']}")
-    print_table(res)
+    print_table(res, TABLE_ROWS)
     results = {
         "baseline": res["baseline"],
         "rdrop": dict(res["rdrop"], alpha=args.alpha),
@@ -564,18 +337,16 @@ def main(argv=None):
         "chrf_signature": scores["chrf_signature"],
         "mode": args.mode,
         "data": {"pairs": d["counts"], "corpus": rel(args.snapshot) if not args.from_apt else "rebuilt from apt"},
-        "command": " ".join(["python", rel(os.path.abspath(__file__))] + [shell_quote(rel(a)) for a in args.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command_line(__file__, args.argv),
+        "date": utc_now(),
         "total_seconds": round(time.time() - t_start, 1),
-        "machine": machine_info(args),
+        "machine": machine_info(args.threads),
     }
-    os.makedirs(args.results_dir, exist_ok=True)
-    json_path = os.path.join(args.results_dir, f"{args.mode}.json")
-    png_path = os.path.join(args.results_dir, f"{args.mode}.png")
-    keep_previous(json_path)
-    keep_previous(png_path)
-    plot(res, png_path, args.mode, args.alpha)
-    dc.write_json(json_path, results)
+    title = f"De->En Debian descriptions, mode '{args.mode}'"
+    json_path, png_path = write_results(
+        args.results_dir, args.mode, results,
+        lambda path: plot_curves(res, path, CURVES, title, args.alpha),
+    )
     say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")
     return 0
 

@@ -27,11 +27,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import debian_corpus as dc  # noqa: E402
+from pipeline_stages import dir_stage, fairseq_command, show_path  # noqa: E402,F401
 
 SRC, TGT = "de", "en"
 
@@ -42,23 +42,6 @@ class PrepareError(Exception):
 
 def say(msg):
     print(f"[prepare] {msg}", flush=True)
-
-
-def _show(path):
-    """A path as shown on screen: relative to the current dir when below it."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
-def fairseq_command(tool):
-    """How to run a fairseq CLI tool (``preprocess``, ``train``, ``generate``)."""
-    script = os.path.join(os.path.dirname(sys.executable), f"fairseq-{tool}")
-    if os.path.exists(script):
-        return [script]
-    found = shutil.which(f"fairseq-{tool}")
-    if found:
-        return [found]
-    return [sys.executable, "-m", f"fairseq_cli.{tool}"]
 
 
 def count_lines(path):
@@ -97,46 +80,6 @@ def text_names(splits=dc.SPLITS):
     return [f"{s}.{lang}" for s in splits for lang in (SRC, TGT)]
 
 
-def dir_stage(name, out_dir, key, build, detail="", log=None):
-    """Run ``build(tmp_dir)`` unless ``out_dir`` is done for ``key``; swap in atomically.
-
-    The stage writes into a temp dir beside ``out_dir``; only when it succeeds
-    does that dir replace ``out_dir`` (an interrupted stage leaves the old
-    output, or none, never a half-written one).
-    """
-    say = log or globals()["say"]
-    stamp = os.path.join(out_dir, ".stage.json")
-    if os.path.exists(stamp):
-        try:
-            if dc.read_json(stamp).get("key") == key:
-                say(f"{name}: done already ({_show(out_dir)})")
-                return out_dir
-        except (OSError, ValueError):
-            pass
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    t0 = time.time()
-    say(f"{name}: {detail}..." if detail else f"{name}: ...")
-    try:
-        info = build(tmp) or {}
-        dc.write_json(os.path.join(tmp, ".stage.json"), dict(key=key, stage=name, **info))
-        if os.path.exists(out_dir):
-            old = f"{out_dir}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    say(f"{name}: done in {time.time() - t0:.1f}s ({_show(out_dir)})")
-    return out_dir
-
-
 def stage_info(out_dir):
     return dc.read_json(os.path.join(out_dir, ".stage.json"))
 
@@ -169,7 +112,7 @@ def stage_corpus(work_dir, from_apt=False, text_dir=None, snapshot=dc.SNAPSHOT):
         if not os.path.exists(snapshot):
             raise PrepareError(f"corpus snapshot not found: {snapshot} (use --from-apt to rebuild it)")
         key = dc.stage_key(stage="corpus", snapshot=dc.sha256_file(snapshot))
-        source, detail = snapshot, f"reading the snapshot {_show(snapshot)}"
+        source, detail = snapshot, f"reading the snapshot {show_path(snapshot)}"
 
     def build(tmp):
         splits = dc.read_tsv(source)

@@ -1,0 +1,293 @@
+"""What the two demos share: baseline-vs-R-Drop training runs, their logs and results.
+
+A demo trains the same model twice with the same seed and settings (stock
+criterion, then the R-Drop criterion), evaluates both and writes a results
+JSON and a PNG of the validation curves.  This module holds the parts that do
+not depend on the task: resumable training runs, reading fairseq's json log,
+the results table, plot and bookkeeping.
+"""
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from pipeline_stages import atomic_write, read_json, stage_key, write_json
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(REPO, "rdrop_seq")
+RUNS = ("baseline", "rdrop")
+
+
+class DemoError(Exception):
+    """Something the user has to fix, or a failed tool; the message says which."""
+
+
+def say(msg):
+    print(f"[demo] {msg}", flush=True)
+
+
+def rel(path):
+    """A path relative to the repository (for what is written into results)."""
+    r = os.path.relpath(os.path.abspath(path), REPO)
+    return path if r.startswith("..") else r
+
+
+def flags(d):
+    """``{"max-epoch": 3, "cpu": True}`` -> ``["--max-epoch", "3", "--cpu"]``."""
+    out = []
+    for k, v in d.items():
+        if v is None or v is False:
+            continue
+        out.append(f"--{k}")
+        if v is not True:
+            out.append(str(v))
+    return out
+
+
+def shell_quote(s):
+    return s if re.fullmatch(r"[\w@%+=:,./-]+", s) else "'" + s.replace("'", "'\\''") + "'"
+
+
+def display(cmd):
+    """A command as shown and recorded: tool names bare, repository paths relative."""
+    head = os.path.basename(cmd[0])
+    head = "python" if cmd[0] == sys.executable else head if head.startswith("fairseq-") else rel(cmd[0])
+    return " ".join([head] + [shell_quote(rel(c)) for c in cmd[1:]])
+
+
+def has_cuda():
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def child_env(threads):
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    # idle OpenMP threads sleep instead of spinning: on a CPU shared with
+    # other jobs, spinning threads slow training down by up to ten times
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore")
+    env["PYTHONPATH"] = REPO + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else REPO
+    return env
+
+
+def check_criterion_registers(criterion, threads):
+    """Fail early unless importing the plugin registers ``criterion`` (imports fairseq)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import rdrop_seq; "
+        "from fairseq.criterions import CRITERION_REGISTRY as R; "
+        f"sys.exit(0 if '{criterion}' in R else 3)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True,
+                          env=child_env(threads))
+    if proc.returncode != 0:
+        raise DemoError(
+            f"the criterion {criterion} is not available from {rel(USER_DIR)}:\n"
+            f"{proc.stderr.strip()[-2000:]}"
+        )
+
+
+def check_results_dir(results_dir, work_dir):
+    results_dir, work_dir = os.path.abspath(results_dir), os.path.abspath(work_dir)
+    if results_dir == work_dir or results_dir.startswith(work_dir + os.sep):
+        raise DemoError("--results-dir must not be inside --work-dir")
+    os.makedirs(results_dir, exist_ok=True)
+    if not os.access(results_dir, os.W_OK):
+        raise DemoError(f"results dir is not writable: {results_dir}")
+
+
+# ---------------------------------------------------------------------------
+# training runs
+
+
+def train_run(cmd, save_dir, run, threads, metrics):
+    """Run ``fairseq-train`` ``cmd`` (which saves into ``save_dir``), or skip/resume it.
+
+    A run finished with the same command (paths aside) is skipped; an
+    interrupted one resumes from its ``checkpoint_last.pt``; one of other
+    settings is started afresh.  Returns the run's info (seconds, updates,
+    per-epoch validation ``metrics`` from the json log, the command).
+    """
+    key = stage_key(cmd=[c for c in cmd[1:] if not os.path.isabs(c)])
+    done = os.path.join(save_dir, "done.json")
+    started = os.path.join(save_dir, "started.json")
+    if os.path.exists(done) and read_json(done).get("key") == key:
+        say(f"train {run}: done already ({rel(save_dir)})")
+        return read_json(done)
+    resumed = os.path.exists(started) and read_json(started).get("key") == key
+    if not resumed and os.path.exists(save_dir):
+        shutil.rmtree(save_dir)  # a finished or broken run of other settings: start afresh
+    os.makedirs(save_dir, exist_ok=True)
+    if not resumed:
+        write_json(started, {"key": key})
+    say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
+    say("  " + display(cmd))
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=child_env(threads))
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise DemoError(
+            f"fairseq-train ({run}) failed with exit code {proc.returncode}; see {rel(save_dir)}/train.log"
+        )
+    if not os.path.exists(os.path.join(save_dir, "checkpoint_best.pt")):
+        raise DemoError(f"fairseq-train ({run}) wrote no checkpoint_best.pt in {rel(save_dir)}")
+    log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
+    info = {
+        "key": key,
+        "seconds": round(seconds, 1),
+        "resumed": resumed,
+        "updates": log["updates"],
+        "epochs": log["epochs"],
+        "command": display(cmd),
+    }
+    write_json(done, info)
+    say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {len(log['epochs'])} epochs")
+    return info
+
+
+def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
+    """Per-epoch validation ``metrics`` and the update count from a json-format fairseq log."""
+    epochs, updates = [], 0
+    if not os.path.exists(path):
+        return {"epochs": epochs, "updates": updates}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            # the log file holds bare json records; stdout prefixes them with "| valid | "
+            m = re.search(r"(\{\".*\})\s*$", line)
+            if not m:
+                continue
+            try:
+                rec = json.loads(m.group(1))
+            except ValueError:
+                continue
+            if "train_num_updates" in rec:
+                updates = max(updates, int(float(rec["train_num_updates"])))
+            if "valid_loss" not in rec or "epoch" not in rec:
+                continue
+            row = {"epoch": int(rec["epoch"])}
+            for k in metrics:
+                if f"valid_{k}" in rec:
+                    row[k] = float(rec[f"valid_{k}"])
+            if "valid_num_updates" in rec:
+                row["updates"] = int(float(rec["valid_num_updates"]))
+                updates = max(updates, row["updates"])
+            epochs = [e for e in epochs if e["epoch"] != row["epoch"]] + [row]  # a resumed epoch replaces
+    return {"epochs": epochs, "updates": updates}
+
+
+# ---------------------------------------------------------------------------
+# results
+
+
+def print_table(res, rows):
+    """``rows``: (label, key, format) of the baseline and R-Drop values, with their delta."""
+
+    def fmt(f, v):
+        return "-" if v is None else f.format(v)
+
+    lines = [f"{'':18}{'baseline':>12}{'R-Drop':>12}{'delta':>10}", "-" * 52]
+    for label, key, f in rows:
+        a, b = res["baseline"].get(key), res["rdrop"].get(key)
+        d = "-" if a is None or b is None else (f.format(b - a) if "d" not in f else f"{b - a:+d}")
+        if d != "-" and not d.startswith(("-", "+")):
+            d = "+" + d
+        lines.append(f"{label:18}{fmt(f, a):>12}{fmt(f, b):>12}{d:>10}")
+    print("\n".join(lines), flush=True)
+
+
+def plot_curves(res, path, panels, title, alpha):
+    """One panel per (metric, panel title, y label) of ``panels``: both runs per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    axes = list(axes) if len(panels) > 1 else [axes]
+    for run, label, style in (("baseline", "baseline", "o-"), ("rdrop", f"R-Drop (alpha={alpha:g})", "s-")):
+        curve = res[run]["curve"]
+        for ax, (key, _, _) in zip(axes, panels):
+            ax.plot([e["epoch"] for e in curve], [e.get(key) for e in curve], style, label=label)
+    for ax, (_, panel_title, ylabel) in zip(axes, panels):
+        ax.set(title=panel_title, xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def keep_previous(path):
+    """Rename an existing results file to ``name.<its date>.ext`` (never delete it)."""
+    if not os.path.exists(path):
+        return
+    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
+    base, ext = os.path.splitext(path)
+    target = f"{base}.{stamp}{ext}"
+    n = 1
+    while os.path.exists(target):
+        target = f"{base}.{stamp}-{n}{ext}"
+        n += 1
+    os.replace(path, target)
+    say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
+
+
+def write_results(results_dir, mode, results, plot):
+    """``<mode>.json`` and ``<mode>.png`` (via ``plot(path)``), keeping earlier ones."""
+    os.makedirs(results_dir, exist_ok=True)
+    json_path = os.path.join(results_dir, f"{mode}.json")
+    png_path = os.path.join(results_dir, f"{mode}.png")
+    keep_previous(json_path)
+    keep_previous(png_path)
+    plot(png_path)
+    write_json(json_path, results)
+    return json_path, png_path
+
+
+def command_line(script, argv):
+    return " ".join(["python", rel(os.path.abspath(script))] + [shell_quote(rel(a)) for a in argv])
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def machine_info(threads):
+    info = {
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("ve-fairseq", "fairseq-fixed", "fairseq"):
+        try:
+            info["fairseq"] = f"{dist} {version(dist)}"
+            break
+        except PackageNotFoundError:
+            continue
+    return info

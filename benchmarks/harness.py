@@ -31,16 +31,29 @@ def reset_peak_rss() -> None:
         f.write("5")
 
 
-def peak_rss_bytes() -> int:
+def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def peak_rss_bytes() -> int:
+    return _status_bytes("VmHWM")
+
+
+def rss_bytes() -> int:
+    return _status_bytes("VmRSS")
 
 
 def measure_step(step, device, mode: str, warmup: int, steps: int) -> dict:
-    """Run ``step()`` ``warmup`` times, then measure time or peak memory."""
+    """Run ``step()`` ``warmup`` times, then measure time or peak memory.
+
+    Memory: ``peak_bytes`` = the peak over one step (process RSS on CPU,
+    allocated memory on CUDA) and ``step_bytes`` = that peak minus the memory
+    in use before the step (interpreter, libraries, model and inputs).
+    """
     import torch
 
     cuda = device.startswith("cuda")
@@ -50,13 +63,17 @@ def measure_step(step, device, mode: str, warmup: int, steps: int) -> dict:
         torch.cuda.synchronize()
     if mode == "memory":
         if cuda:
+            before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             step()
             torch.cuda.synchronize()
-            return {"peak_bytes": torch.cuda.max_memory_allocated()}
-        reset_peak_rss()
-        step()
-        return {"peak_bytes": peak_rss_bytes()}
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            before = rss_bytes()
+            reset_peak_rss()
+            step()
+            peak = peak_rss_bytes()
+        return {"peak_bytes": peak, "step_bytes": peak - before}
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -92,34 +109,33 @@ def run_worker(module: str, spec: dict, extra_env=None, timeout=1800) -> dict:
 
 
 def measure_entries(module: str, config: dict, entries, reps: int, device: str, log=print):
-    """Median time and peak memory of each entry, A/B alternating over ``reps``."""
-    samples = {e: {"seconds": [], "peak_bytes": []} for e in entries}
+    """Median of every measured value of each entry, A/B alternating over ``reps``."""
+    samples = {e: {} for e in entries}
     for rep in range(reps):
         order = list(entries) if rep % 2 == 0 else list(reversed(entries))
         for entry in order:
             for mode in ("time", "memory"):
                 spec = dict(config, entry=entry, mode=mode, device=device)
                 env = MMAP_ENV if (mode == "memory" and device == "cpu") else None
-                res = run_worker(module, spec, env)
-                key = "seconds" if mode == "time" else "peak_bytes"
-                samples[entry][key].append(res[key])
-        log(f"  rep {rep + 1}/{reps} done")
-    return {
-        e: {
-            "seconds": statistics.median(s["seconds"]),
-            "peak_bytes": statistics.median(s["peak_bytes"]),
-            "seconds_all": s["seconds"],
-            "peak_bytes_all": s["peak_bytes"],
-        }
-        for e, s in samples.items()
-    }
+                for key, value in run_worker(module, spec, env).items():
+                    samples[entry].setdefault(key, []).append(value)
+        log(f"  rep {rep + 1}/{reps} done", flush=True)
+    out = {}
+    for entry, values in samples.items():
+        out[entry] = {k: statistics.median(v) for k, v in values.items()}
+        out[entry].update({k + "_all": v for k, v in values.items()})
+    return out
 
 
-def add_ratios(results: dict, floor: str = "floor") -> dict:
+TRAIN_STEP_RATIOS = {"step_time_ratio": "seconds", "step_mem_ratio": "peak_bytes"}
+
+
+def add_ratios(results: dict, floor: str = "floor", ratios=None) -> dict:
+    """``ratio name -> measured key`` (default: time and peak memory) against ``floor``."""
     base = results[floor]
     for res in results.values():
-        res["step_time_ratio"] = round(res["seconds"] / base["seconds"], 3)
-        res["step_mem_ratio"] = round(res["peak_bytes"] / base["peak_bytes"], 3)
+        for name, key in (ratios or TRAIN_STEP_RATIOS).items():
+            res[name] = round(res[key] / base[key], 3)
     return results
 
 

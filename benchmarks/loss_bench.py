@@ -28,7 +28,6 @@ ratio being taken on the latter.  On CUDA: ``max_memory_allocated`` minus
 
 import argparse
 import os
-import statistics
 import sys
 
 if __package__ in (None, ""):
@@ -125,76 +124,19 @@ def _step_fn(spec, hidden, weight, target):
     return step
 
 
-def _rss_bytes():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found")
-
-
 def run_entry(spec):
-    import time
-
     import torch
 
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    cuda = device.startswith("cuda")
     hidden, weight, target = _inputs(spec)
     step = _step_fn(spec, hidden, weight, target)
-    for _ in range(spec["warmup"]):
-        step()
-    hidden.grad = weight.grad = None
-    if cuda:
-        torch.cuda.synchronize()
-    if spec["mode"] == "memory":
-        if cuda:
-            before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            step()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-            return {"peak_bytes": peak, "step_bytes": peak - before}
-        before = _rss_bytes()
-        harness.reset_peak_rss()
-        step()
-        peak = harness.peak_rss_bytes()
-        return {"peak_bytes": peak, "step_bytes": peak - before}
-    times = []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times)}
+    return harness.measure_step(step, device, spec["mode"], spec["warmup"], spec["steps"])
 
 
 # ---- driver ----------------------------------------------------------------
-def _measure(config, entries, reps, device, log=print):
-    keys = ("seconds", "peak_bytes", "step_bytes")
-    samples = {e: {k: [] for k in keys} for e in entries}
-    for rep in range(reps):
-        order = list(entries) if rep % 2 == 0 else list(reversed(entries))
-        for entry in order:
-            for mode in ("time", "memory"):
-                spec = dict(config, entry=entry, mode=mode, device=device)
-                env = harness.MMAP_ENV if (mode == "memory" and device == "cpu") else None
-                res = harness.run_worker("benchmarks.loss_bench", spec, env)
-                for k, val in res.items():
-                    samples[entry][k].append(val)
-        log(f"  rep {rep + 1}/{reps} done", flush=True)
-    out = {}
-    for e, s in samples.items():
-        out[e] = {k: statistics.median(s[k]) for k in keys}
-        out[e].update({k + "_all": s[k] for k in keys})
-    base = out["floor"]
-    for r in out.values():
-        r["time_ratio"] = round(r["seconds"] / base["seconds"], 3)
-        r["step_mem_ratio"] = round(r["step_bytes"] / base["step_bytes"], 3)
-        r["peak_mem_ratio"] = round(r["peak_bytes"] / base["peak_bytes"], 3)
-    return out
+LOSS_RATIOS = {"time_ratio": "seconds", "step_mem_ratio": "step_bytes",
+               "peak_mem_ratio": "peak_bytes"}
 
 
 def main():
@@ -229,7 +171,10 @@ def main():
                       epsilon=args.epsilon, alpha=args.alpha, pad_fraction=args.pad_fraction,
                       chunk_size=args.chunk_size, threads=args.threads,
                       warmup=args.warmup, steps=args.steps)
-        res = _measure(config, entries, args.reps, args.device)
+        res = harness.add_ratios(
+            harness.measure_entries("benchmarks.loss_bench", config, entries, args.reps,
+                                    args.device),
+            ratios=LOSS_RATIOS)
         for entry, r in res.items():
             rows.append([f"{args.n}x2", vocab, entry, f"{r['seconds']:.3f}",
                          f"{r['time_ratio']:.2f}x", f"{r['step_bytes'] / 2**20:.0f}",

@@ -14,7 +14,7 @@ $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install "torch==$(TORCH_VERSION)"
 	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
-	PIP_CONSTRAINT=$(abspath $(VENV)/constraints.txt) $(PY) -m pip install -e ".[test,demo]"
+	PIP_CONSTRAINT=$(abspath $(VENV)/constraints.txt) $(PY) -m pip install -e ".[test,demo,recipes]"
 	touch $(STAMP)
 
 install: $(STAMP)

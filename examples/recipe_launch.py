@@ -47,7 +47,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Sequence
 
-TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
+from rdrop_seq.launch import TORCHRUN_VARS  # what rdrop-train takes for a torchrun rank
 MIXED_PRECISION_CUDA_FLAGS = ("--fp16", "--memory-efficient-fp16", "--amp")
 
 

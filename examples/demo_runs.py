@@ -7,6 +7,7 @@ not depend on the task: resumable training runs, reading fairseq's json log,
 the results table, plot and bookkeeping.
 """
 
+import argparse
 import datetime
 import json
 import os
@@ -104,6 +105,60 @@ def check_results_dir(results_dir, work_dir):
     os.makedirs(results_dir, exist_ok=True)
     if not os.access(results_dir, os.W_OK):
         raise DemoError(f"results dir is not writable: {results_dir}")
+
+
+# ---------------------------------------------------------------------------
+# command line
+
+
+def demo_parser(doc, modes, alpha, alpha_note):
+    """The options both demos take; a demo adds its own before :func:`parse_demo_args`."""
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--mode", default="quick", choices=sorted(modes), help="default: %(default)s")
+    p.add_argument("--alpha", type=float, default=alpha,
+                   help=f"R-Drop KL weight (default: %(default)s, {alpha_note})")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
+    p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
+    p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
+    return p
+
+
+def parse_demo_args(p, argv, example_dir):
+    """Parse; work and results dirs default to ``<example_dir>/work/<mode>`` and ``/results``."""
+    shown = rel(example_dir)
+    p.add_argument("--work-dir", help=f"default: {shown}/work/<mode>")
+    p.add_argument("--results-dir", default=os.path.join(example_dir, "results"),
+                   help=f"default: {shown}/results")
+    args = p.parse_args(argv)
+    args.work_dir = os.path.abspath(args.work_dir or os.path.join(example_dir, "work", args.mode))
+    args.results_dir = os.path.abspath(args.results_dir)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def check_demo_args(args):
+    """Refuse bad values of the shared options (before anything runs)."""
+    if args.alpha < 0:
+        raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
+    if args.threads < 1:
+        raise DemoError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_epoch is not None and args.max_epoch < 1:
+        raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
+
+
+def train_flags(args, setting):
+    """The mode's training flags with ``--max-epoch``/``--patience`` overrides applied."""
+    train = dict(setting["train"])
+    if args.max_epoch is not None:
+        train["max-epoch"] = args.max_epoch
+    if args.patience is not None:
+        train["patience"] = args.patience
+    return flags(train)
 
 
 # ---------------------------------------------------------------------------

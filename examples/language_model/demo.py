@@ -34,7 +34,6 @@ Usage::
     python examples/language_model/demo.py --mode full
 """
 
-import argparse
 import json
 import os
 import re
@@ -48,7 +47,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
-    RUNS, USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env,
+    RUNS, USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
+    child_env, demo_parser, parse_demo_args, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
     train_run, utc_now, write_results,
 )
@@ -91,12 +91,7 @@ MAX_TOKENS = 2048
 
 def check_setup(args):
     """Refuse bad input before any data preparation or training."""
-    if args.alpha < 0:
-        raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
-    if args.threads < 1:
-        raise DemoError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_epoch is not None and args.max_epoch < 1:
-        raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
+    check_demo_args(args)
     if args.train_lines is not None and args.train_lines < 10:
         raise DemoError(f"--train-lines must be >= 10, got {args.train_lines}")
     try:
@@ -112,11 +107,6 @@ def check_setup(args):
 
 
 def train_command(args, setting, data_bin, save_dir, run):
-    train = dict(setting["train"])
-    if args.max_epoch is not None:
-        train["max-epoch"] = args.max_epoch
-    if args.patience is not None:
-        train["patience"] = args.patience
     cmd = fairseq_command("train") + [data_bin, "--task", "language_modeling", "--arch", ARCH]
     cmd += flags(setting["model"])
     cmd += [
@@ -131,7 +121,7 @@ def train_command(args, setting, data_bin, save_dir, run):
         # weights-only loader accept fairseq checkpoints when a run resumes
         "--user-dir", USER_DIR,
     ]  # fmt: skip
-    cmd += flags(train)
+    cmd += train_flags(args, setting)
     if run == "rdrop":
         cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
     else:
@@ -208,27 +198,9 @@ CURVES = (
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--mode", default="quick", choices=sorted(MODES), help="default: %(default)s")
-    p.add_argument("--alpha", type=float, default=1.0,
-                   help="R-Drop KL weight (default: %(default)s, the paper's language-modelling value)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
-    p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
-    p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
+    p = demo_parser(__doc__, MODES, 1.0, "the paper's language-modelling value")
     p.add_argument("--train-lines", type=int, help="override the mode's number of training sentences")
-    p.add_argument("--work-dir", help="default: examples/language_model/work/<mode>")
-    p.add_argument("--results-dir", default=os.path.join(HERE, "results"),
-                   help="default: examples/language_model/results")
-    args = p.parse_args(argv)
-    args.work_dir = os.path.abspath(args.work_dir or os.path.join(HERE, "work", args.mode))
-    args.results_dir = os.path.abspath(args.results_dir)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return args
+    return parse_demo_args(p, argv, HERE)
 
 
 def main(argv=None):

@@ -48,7 +48,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
-    RUNS, USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env,
+    RUNS, USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
+    child_env, demo_parser, parse_demo_args, train_flags,
     command_line, display, flags, has_cuda, machine_info, parse_train_log, plot_curves,
     print_table, rel, say, train_run, utc_now, write_results,
 )
@@ -104,12 +105,7 @@ MODES = {
 
 def check_setup(args):
     """Refuse bad input before any data preparation or training."""
-    if args.alpha < 0:
-        raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
-    if args.threads < 1:
-        raise DemoError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_epoch is not None and args.max_epoch < 1:
-        raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
+    check_demo_args(args)
     if args.limit is not None and args.limit < 10:
         raise DemoError(f"--limit must be >= 10, got {args.limit}")
     if not args.from_apt and not os.path.exists(args.snapshot):
@@ -130,11 +126,6 @@ def check_setup(args):
 
 def train_command(args, setting, data_bin, save_dir, run):
     eval_args = {"beam": setting["eval_beam"], "max_len_a": 1.2, "max_len_b": setting["max_len_b"]}
-    train = dict(setting["train"])
-    if args.max_epoch is not None:
-        train["max-epoch"] = args.max_epoch
-    if args.patience is not None:
-        train["patience"] = args.patience
     cmd = prep.fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
     cmd += flags(setting["model"])
     cmd += [
@@ -152,7 +143,7 @@ def train_command(args, setting, data_bin, save_dir, run):
         # weights-only loader accept fairseq checkpoints when a run resumes
         "--user-dir", USER_DIR,
     ]  # fmt: skip
-    cmd += flags(train)
+    cmd += train_flags(args, setting)
     if run == "rdrop":
         cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
     else:
@@ -270,29 +261,14 @@ CURVES = (
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--mode", default="quick", choices=sorted(MODES), help="default: %(default)s")
-    p.add_argument("--alpha", type=float, default=5.0, help="R-Drop KL weight (default: %(default)s, the paper's IWSLT De-En value)")
-    p.add_argument("--seed", type=int, default=1)
+    p = demo_parser(__doc__, MODES, 5.0, "the paper's IWSLT De-En value")
     p.add_argument("--beam", type=int, default=5, help="beam size for the test set (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
-    p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
-    p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
     p.add_argument("--limit", type=int, help="override the mode's number of train pairs")
     p.add_argument("--from-apt", action="store_true", help="rebuild the corpus from apt instead of the snapshot")
     p.add_argument("--snapshot", default=dc.SNAPSHOT, help=argparse.SUPPRESS)
-    p.add_argument("--work-dir", help="default: examples/translation/work/<mode>")
-    p.add_argument("--results-dir", default=os.path.join(HERE, "results"), help="default: examples/translation/results")
-    args = p.parse_args(argv)
-    args.work_dir = os.path.abspath(args.work_dir or os.path.join(HERE, "work", args.mode))
-    args.results_dir = os.path.abspath(args.results_dir)
+    args = parse_demo_args(p, argv, HERE)
     if args.beam < 1:
         p.error(f"--beam must be >= 1, got {args.beam}")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
 

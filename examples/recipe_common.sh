@@ -10,6 +10,8 @@
 #   require_file / require_dir  stop with an error that names a missing input
 #   claim_output  refuse to overwrite an existing, non-empty output directory
 #                 unless FORCE=1 (which removes it first)
+#   wmt14_pair P  check a WMT14 pair (en-de or en-fr) and set PAIR, SRC, TGT and
+#                 NAME (wmt14_en_de, the default data-bin/checkpoint name)
 #   SMOKE         1: the tiny CPU version of the recipe (see the recipe READMEs)
 
 RECIPE_NAME=${RECIPE_NAME:-$(basename "$0")}
@@ -72,3 +74,11 @@ claim_output() {
 
 # elapsed SECONDS_AT_START: "12s"
 elapsed() { echo "$((SECONDS - $1))s"; }
+
+wmt14_pair() {
+    case $1 in en-de | en-fr) ;; *) die "unknown pair '$1': en-de or en-fr" ;; esac
+    PAIR=$1
+    SRC=en
+    TGT=${1#en-}
+    NAME=wmt14_${1/-/_}
+}

@@ -22,13 +22,9 @@ if [ $# -lt 2 ]; then
     echo "usage: [DATA_BIN=DIR] [AVG_N=5] bash $0 en-de|en-fr CHECKPOINT_DIR [fairseq-generate args]" >&2
     exit 2
 fi
-PAIR=$1
+wmt14_pair "$1"
 CKPT_DIR=$2
 shift 2
-case $PAIR in en-de | en-fr) ;; *) die "unknown pair '$PAIR': en-de or en-fr" ;; esac
-SRC=en
-TGT=${PAIR#en-}
-NAME=wmt14_${PAIR/-/_}
 DATA_BIN=${DATA_BIN:-data-bin/$NAME}
 AVG_N=${AVG_N:-5}
 RESULTS=${RESULTS:-$CKPT_DIR/test-avg$AVG_N}

@@ -25,10 +25,8 @@ if [ $# -ne 2 ]; then
     echo "usage: [OUT=DIR] [DATA_BIN=DIR] bash $0 en-de|en-fr RAW_DIR" >&2
     exit 2
 fi
-PAIR=$1
+wmt14_pair "$1"
 RAW=$2
-case $PAIR in en-de | en-fr) ;; *) die "unknown pair '$PAIR': en-de or en-fr" ;; esac
-NAME=wmt14_${PAIR/-/_}
 OUT=${OUT:-$NAME}
 DATA_BIN=${DATA_BIN:-data-bin/$NAME}
 VALID=${VALID:-split}

@@ -18,9 +18,7 @@ if [ $# -lt 1 ] || [ $# -gt 2 ] || { [ $# -eq 1 ] && [ "$SMOKE" != 1 ]; }; then
     echo "usage: bash $0 en-de|en-fr RAW_DIR    or    SMOKE=1 bash $0 en-de|en-fr [RAW_DIR]" >&2
     exit 2
 fi
-PAIR=$1
-case $PAIR in en-de | en-fr) ;; *) die "unknown pair '$PAIR': en-de or en-fr" ;; esac
-NAME=wmt14_${PAIR/-/_}
+wmt14_pair "$1"
 if [ "$SMOKE" = 1 ]; then
     RAW=${2:-$HERE/../../tests/fixtures/wmt14}
     WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/rdrop-smoke-$NAME.XXXXXX")}

@@ -24,13 +24,9 @@ if [ $# -lt 2 ]; then
     echo "usage: [DATA_BIN=DIR] [SAVE_DIR=DIR] bash $0 en-de|en-fr rdrop|baseline [fairseq-train args]" >&2
     exit 2
 fi
-PAIR=$1
+wmt14_pair "$1"
 RUN=$2
 shift 2
-case $PAIR in en-de | en-fr) ;; *) die "unknown pair '$PAIR': en-de or en-fr" ;; esac
-SRC=en
-TGT=${PAIR#en-}
-NAME=wmt14_${PAIR/-/_}
 DATA_BIN=${DATA_BIN:-data-bin/$NAME}
 SAVE_DIR=${SAVE_DIR:-checkpoints/${NAME}_$RUN}
 KEEP_LAST_EPOCHS=${KEEP_LAST_EPOCHS:-10}

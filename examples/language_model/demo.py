@@ -63,6 +63,10 @@ VALID_METRICS = ("loss", "nll_loss", "ppl")
 
 # Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
 # are fairseq-train flags shared by both runs.
+# the quick and medium modes' model: 2 layers, 128 dims (the architecture has 4 and 256)
+SMALL_MODEL = {
+    "decoder-layers": 2, "decoder-embed-dim": 128, "decoder-ffn-embed-dim": 512, "decoder-attention-heads": 4,
+}
 MODES = {
     "tiny": {
         "data": {"train_lines": 300, "valid_lines": 60, "test_lines": 60},
@@ -75,19 +79,13 @@ MODES = {
     },
     "quick": {
         "data": {"train_lines": 20000, "valid_lines": None, "test_lines": None},
-        "model": {
-            "decoder-layers": 2, "decoder-embed-dim": 128, "decoder-ffn-embed-dim": 512,
-            "decoder-attention-heads": 4,
-        },
+        "model": SMALL_MODEL,
         "train": {"lr": "1e-3", "warmup-updates": 200, "max-epoch": 3},
         "tokens_per_sample": 64,
     },
     "medium": {
         "data": {"train_lines": None, "valid_lines": None, "test_lines": None},
-        "model": {
-            "decoder-layers": 2, "decoder-embed-dim": 128, "decoder-ffn-embed-dim": 512,
-            "decoder-attention-heads": 4,
-        },
+        "model": SMALL_MODEL,
         "train": {"lr": "1e-3", "warmup-updates": 200, "max-epoch": 40, "patience": 5},
         "tokens_per_sample": 64,
     },

@@ -61,53 +61,45 @@ from demo_runs import (  # noqa: E402
 RDROP_CRITERION = "rdrop_label_smoothed_cross_entropy"
 VALID_METRICS = ("loss", "nll_loss", "ppl", "bleu", "accuracy")
 
+
+
+def transformer(layers, dim, ffn_dim, heads):
+    """fairseq-train flags of an encoder-decoder with the same size on both sides."""
+    return {
+        f"{side}-{key}": value
+        for side in ("encoder", "decoder")
+        for key, value in (("layers", layers), ("embed-dim", dim), ("ffn-embed-dim", ffn_dim),
+                           ("attention-heads", heads))
+    }
+
+
 # Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
 # are fairseq-train flags shared by both runs.
 MODES = {
     "tiny": {
         "data": {"limit": 300, "valid_limit": 40, "test_limit": 40, "vocab_size": 400},
-        "model": {
-            "encoder-layers": 1, "decoder-layers": 1,
-            "encoder-embed-dim": 32, "decoder-embed-dim": 32,
-            "encoder-ffn-embed-dim": 64, "decoder-ffn-embed-dim": 64,
-            "encoder-attention-heads": 2, "decoder-attention-heads": 2,
-        },
+        "model": transformer(1, 32, 64, 2),
         "train": {"lr": "1e-3", "warmup-updates": 10, "max-tokens": 2048, "max-epoch": 1},
         "eval_beam": 1,
         "max_len_b": 20,
     },
     "quick": {
         "data": {"limit": 10000, "valid_limit": 300, "test_limit": 1000, "vocab_size": 4000},
-        "model": {
-            "encoder-layers": 2, "decoder-layers": 2,
-            "encoder-embed-dim": 128, "decoder-embed-dim": 128,
-            "encoder-ffn-embed-dim": 512, "decoder-ffn-embed-dim": 512,
-            "encoder-attention-heads": 4, "decoder-attention-heads": 4,
-        },
+        "model": transformer(2, 128, 512, 4),
         "train": {"lr": "2e-3", "warmup-updates": 200, "max-tokens": 2048, "max-epoch": 3},
         "eval_beam": 1,
         "max_len_b": 10,
     },
     "medium": {
         "data": {"limit": 10000, "valid_limit": 1000, "test_limit": None, "vocab_size": 4000},
-        "model": {
-            "encoder-layers": 2, "decoder-layers": 2,
-            "encoder-embed-dim": 128, "decoder-embed-dim": 128,
-            "encoder-ffn-embed-dim": 512, "decoder-ffn-embed-dim": 512,
-            "encoder-attention-heads": 4, "decoder-attention-heads": 4,
-        },
+        "model": transformer(2, 128, 512, 4),
         "train": {"lr": "2e-3", "warmup-updates": 200, "max-tokens": 2048, "max-epoch": 50, "patience": 8},
         "eval_beam": 1,
         "max_len_b": 10,
     },
     "full": {
         "data": {"limit": None, "valid_limit": None, "test_limit": None, "vocab_size": 8000},
-        "model": {
-            "encoder-layers": 3, "decoder-layers": 3,
-            "encoder-embed-dim": 256, "decoder-embed-dim": 256,
-            "encoder-ffn-embed-dim": 1024, "decoder-ffn-embed-dim": 1024,
-            "encoder-attention-heads": 4, "decoder-attention-heads": 4,
-        },
+        "model": transformer(3, 256, 1024, 4),
         "train": {"lr": "1e-3", "warmup-updates": 1000, "max-tokens": 4096, "max-epoch": 200, "patience": 10},
         "eval_beam": 5,
         "max_len_b": 10,

@@ -82,3 +82,48 @@ def doubled(sample, passes=2):
     out["ntokens"] = sample["ntokens"] * passes
     out["nsentences"] = b * passes
     return out
+
+
+def check_step_against_reference(model, criterion, sample, epsilon, alpha, passes, pad, no_fused):
+    """One training forward/backward of ``criterion`` checked against the float64 reference.
+
+    Captures what the model returns inside the criterion's forward (logits on
+    the generic path, the final hidden states on the fused one), recomputes the
+    R-Drop loss from it in float64 (through the output projection when fused)
+    and compares the loss, the logged nll and KL, and the gradient that reached
+    the captured tensor.  Returns ``(captured, logging_output)``.
+    """
+    from tests.reference import reference_rdrop_loss
+
+    weight = model.decoder.output_projection.weight
+    captured = {}
+
+    def hook(_module, _inp, out):
+        out[0].retain_grad()
+        captured["out"] = out[0]
+
+    handle = model.register_forward_hook(hook)
+    torch.manual_seed(3)
+    try:
+        loss, _, log = criterion(model, sample)
+    finally:
+        handle.remove()
+    loss.backward()
+    out = captured["out"]  # [m*B, T, V] logits or [m*B, T, H] features
+    assert out.size(0) == passes * sample["target"].size(0)
+    assert out.size(-1) == (weight.size(0) if no_fused else weight.size(1))
+
+    ref_in = out.detach().reshape(-1, out.size(-1)).double().requires_grad_()
+    logits = ref_in if no_fused else ref_in @ weight.detach().double().t()
+    ref_loss, ref_nll, ref_kl = reference_rdrop_loss(
+        logits, sample["target"].reshape(-1), epsilon, alpha, passes, pad
+    )
+    ref_loss.backward()
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["rdrop_kl"].double(), ref_kl, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        out.grad.reshape(-1, out.size(-1)).double(), ref_in.grad, rtol=1e-4, atol=1e-6
+    )
+    assert log["copies_ntokens"] == passes * sample["ntokens"]
+    return out, log

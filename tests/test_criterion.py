@@ -14,8 +14,9 @@ from fairseq.logging import metrics
 from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
     RDropLabelSmoothedCrossEntropyCriterion,
 )
-from tests.fairseq_helpers import doubled, tiny_transformer, translation_batch, translation_task
-from tests.reference import reference_rdrop_loss
+from tests.fairseq_helpers import (
+    check_step_against_reference, doubled, tiny_transformer, translation_batch, translation_task,
+)
 
 
 def make_criterion(task, **kw):
@@ -127,42 +128,10 @@ def test_loss_and_gradients_match_reference_inside_the_model(setup, passes, no_f
     task, model, sample = setup
     model.train()
     crit = make_criterion(task, rdrop_passes=passes, rdrop_alpha=3.0, rdrop_no_fused=no_fused)
-    pad = task.tgt_dict.pad()
-    weight = model.decoder.output_projection.weight
-
-    # capture what the model returns inside the criterion's forward: logits
-    # (generic path) or the final hidden states (fused path)
-    captured = {}
-
-    def hook(_module, _inp, out):
-        out[0].retain_grad()
-        captured["out"] = out[0]
-
-    handle = model.register_forward_hook(hook)
-    torch.manual_seed(3)
-    loss, _, log = crit(model, sample)
-    handle.remove()
-    loss.backward()
-    out = captured["out"]  # [m*B, T, V] logits or [m*B, T, H] features
-    assert out.size(0) == passes * sample["target"].size(0)
-    assert out.size(-1) == (weight.size(0) if no_fused else weight.size(1))
-
-    ref_in = out.detach().reshape(-1, out.size(-1)).double().requires_grad_()
-    logits = ref_in if no_fused else ref_in @ weight.detach().double().t()
-    ref_loss, ref_nll, ref_kl = reference_rdrop_loss(
-        logits, sample["target"].reshape(-1), 0.1, 3.0, passes, pad
-    )
-    ref_loss.backward()
-    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(log["rdrop_kl"].double(), ref_kl, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(
-        out.grad.reshape(-1, out.size(-1)).double(), ref_in.grad, rtol=1e-4, atol=1e-6
-    )
+    out, _ = check_step_against_reference(model, crit, sample, 0.1, 3.0, passes, task.tgt_dict.pad(), no_fused)
     # the copies really saw different dropout masks
     copies = out.detach().view(passes, -1, *out.shape[1:])
     assert not torch.allclose(copies[0], copies[1])
-    assert log["copies_ntokens"] == passes * sample["ntokens"]
 
 
 def test_sample_is_not_mutated_by_a_training_step(setup):

@@ -27,6 +27,7 @@ from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_
 from rdrop_seq.criterions.rdrop_adaptive_loss import RDropAdaptiveLoss
 from rdrop_seq.criterions.rdrop_cross_entropy import RDropCrossEntropyCriterion
 from rdrop_seq.losses import rdrop_cross_entropy_loss
+from tests.fairseq_helpers import check_step_against_reference
 from tests.reference import random_batch, reference_rdrop_loss
 from tests.reference_lm import (
     random_adaptive_batch,
@@ -534,35 +535,8 @@ def test_cross_entropy_loss_and_gradients_match_reference_inside_the_model(
     task, model = full_lm
     sample = random_lm_batch(seed=2, collide=True)
     model.train()
-    weight = model.decoder.output_projection.weight
-    captured = {}
-
-    # the decoder's output: logits (unfused) or final hidden states (fused)
-    def hook(_module, _inp, out):
-        out[0].retain_grad()
-        captured["out"] = out[0]
-
-    handle = model.register_forward_hook(hook)
-    torch.manual_seed(3)
     crit = ce_criterion(task, rdrop_alpha=1.0, rdrop_passes=passes, rdrop_no_fused=no_fused)
-    loss, _, log = crit(model, sample)
-    handle.remove()
-    loss.backward()
-    out = captured["out"]
-    assert out.size(-1) == (weight.size(0) if no_fused else weight.size(1))
-    ref_in = out.detach().reshape(-1, out.size(-1)).double().requires_grad_()
-    logits = ref_in if no_fused else ref_in @ weight.detach().double().t()
-    ref_loss, ref_nll, ref_kl = reference_rdrop_loss(
-        logits, sample["target"].reshape(-1), 0.0, 1.0, passes, PAD
-    )
-    ref_loss.backward()
-    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(log["rdrop_kl"].double(), ref_kl, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(
-        out.grad.reshape(-1, out.size(-1)).double(), ref_in.grad, rtol=1e-4, atol=1e-6
-    )
-    assert log["copies_ntokens"] == passes * sample["ntokens"]
+    check_step_against_reference(model, crit, sample, 0.0, 1.0, passes, PAD, no_fused)
 
 
 def test_cross_entropy_validation_is_the_stock_single_pass(full_lm):

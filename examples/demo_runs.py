@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -165,31 +166,106 @@ def train_flags(args, setting):
 # training runs
 
 
+# The flags that set a run's budget, not its settings: a finished run whose
+# budget was used up is continued (from checkpoint_last.pt) when it grows.
+BUDGET_FLAGS = ("--max-epoch", "--patience")
+
+
+def _budget(cmd):
+    return {f: cmd[i + 1] for i, f in enumerate(cmd[:-1]) if f in BUDGET_FLAGS}
+
+
+def _full_key(cmd):
+    """The run's key: its command, paths aside (tool and absolute paths)."""
+    return stage_key(cmd=[c for c in cmd[1:] if not os.path.isabs(c)])
+
+
+def _settings_key(cmd):
+    """The key of everything but the budget flags."""
+    kept, skip = [], False
+    for c in cmd[1:]:
+        if skip:
+            skip = False
+        elif c in BUDGET_FLAGS:
+            skip = True
+        elif not os.path.isabs(c):
+            kept.append(c)
+    return stage_key(cmd=kept)
+
+
+def _match(record, cmd):
+    """``"same"`` (settings and budget), ``"budget"`` (only the budget differs) or None."""
+    if "settings_key" in record:
+        if record["settings_key"] != _settings_key(cmd):
+            return None
+        return "same" if record.get("budget") == _budget(cmd) else "budget"
+    # a record written before budgets were kept apart: its key hashes the whole command
+    if record.get("key") == _full_key(cmd):
+        return "same"
+    old = _budget(shlex.split(record.get("command", "")))
+    alt = list(cmd)
+    if set(old) != set(_budget(cmd)):
+        return None
+    for i, c in enumerate(alt[:-1]):
+        if c in old:
+            alt[i + 1] = old[c]
+    return "budget" if _full_key(alt) == record.get("key") else None
+
+
+def _record(cmd, **extra):
+    return dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd), **extra)
+
+
 def train_run(cmd, save_dir, run, threads, metrics):
     """Run ``fairseq-train`` ``cmd`` (which saves into ``save_dir``), or skip/resume it.
 
-    A run finished with the same command (paths aside) is skipped; an
-    interrupted one resumes from its ``checkpoint_last.pt``; one of other
-    settings is started afresh.  Returns the run's info (seconds, updates,
-    per-epoch validation ``metrics`` from the json log, the command).
+    A run finished with the same command (paths aside) is skipped; one that
+    finished with the same settings but a smaller ``--max-epoch`` it used up
+    is continued from its ``checkpoint_last.pt`` (one that stopped early, on
+    ``--patience``, is left as it is); an interrupted one resumes from its
+    ``checkpoint_last.pt``; one of other settings is started afresh.  Returns
+    the run's info (seconds over all its invocations, updates, per-epoch
+    validation ``metrics`` from the json log, the command).
     """
-    key = stage_key(cmd=[c for c in cmd[1:] if not os.path.isabs(c)])
     done = os.path.join(save_dir, "done.json")
     started = os.path.join(save_dir, "started.json")
-    if os.path.exists(done) and read_json(done).get("key") == key:
+    prior_seconds, resumed = 0.0, False
+    finished = read_json(done) if os.path.exists(done) else None
+    match = _match(finished, cmd) if finished else None
+    if match == "same":
         say(f"train {run}: done already ({rel(save_dir)})")
-        return read_json(done)
-    resumed = os.path.exists(started) and read_json(started).get("key") == key
-    if not resumed and os.path.exists(save_dir):
-        shutil.rmtree(save_dir)  # a finished or broken run of other settings: start afresh
-    os.makedirs(save_dir, exist_ok=True)
-    if not resumed:
-        write_json(started, {"key": key})
+        return finished
+    if match == "budget":
+        trained = max((e["epoch"] for e in finished.get("epochs", [])), default=0)
+        new_budget, old_budget = _budget(cmd), _budget(shlex.split(finished.get("command", "")))
+        new_max = int(new_budget.get("--max-epoch", 0)) or None
+        old_max = int(old_budget.get("--max-epoch", 0)) or None
+        if new_max is not None and new_max < trained:
+            raise DemoError(
+                f"train {run}: {rel(save_dir)} holds a run of {trained} epochs; --max-epoch {new_max} "
+                "would not undo that: give a larger --max-epoch, or another --work-dir"
+            )
+        if old_max is not None and trained < old_max and new_budget.get("--patience") == old_budget.get("--patience"):
+            say(f"train {run}: done already, stopped early at epoch {trained} ({rel(save_dir)})")
+            return finished
+        say(f"train {run}: continuing the finished run of {trained} epochs with the larger budget")
+        prior_seconds, resumed = float(finished.get("seconds", 0.0)), True
+        write_json(started, _record(cmd, prior_seconds=prior_seconds))
+        os.remove(done)
+    else:
+        state = read_json(started) if os.path.exists(started) else None
+        resumed = state is not None and _match(state, cmd) is not None
+        if resumed:
+            prior_seconds = float(state.get("prior_seconds", 0.0))
+        elif os.path.exists(save_dir):
+            shutil.rmtree(save_dir)  # a finished or broken run of other settings: start afresh
+        os.makedirs(save_dir, exist_ok=True)
+        write_json(started, _record(cmd, prior_seconds=prior_seconds))
     say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
     say("  " + display(cmd))
     t0 = time.time()
     proc = subprocess.run(cmd, env=child_env(threads))
-    seconds = time.time() - t0
+    seconds = prior_seconds + time.time() - t0
     if proc.returncode != 0:
         raise DemoError(
             f"fairseq-train ({run}) failed with exit code {proc.returncode}; see {rel(save_dir)}/train.log"
@@ -197,14 +273,14 @@ def train_run(cmd, save_dir, run, threads, metrics):
     if not os.path.exists(os.path.join(save_dir, "checkpoint_best.pt")):
         raise DemoError(f"fairseq-train ({run}) wrote no checkpoint_best.pt in {rel(save_dir)}")
     log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
-    info = {
-        "key": key,
-        "seconds": round(seconds, 1),
-        "resumed": resumed,
-        "updates": log["updates"],
-        "epochs": log["epochs"],
-        "command": display(cmd),
-    }
+    info = _record(
+        cmd,
+        seconds=round(seconds, 1),
+        resumed=resumed,
+        updates=log["updates"],
+        epochs=log["epochs"],
+        command=display(cmd),
+    )
     write_json(done, info)
     say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {len(log['epochs'])} epochs")
     return info

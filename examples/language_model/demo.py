@@ -28,8 +28,9 @@ Modes:
 Everything is written under ``examples/language_model/work/<mode>/`` (ignored
 by git); the results go to ``examples/language_model/results/<mode>.json``
 and ``<mode>.png``.  Re-running skips finished stages and resumes an
-interrupted training run; earlier results files are kept (renamed with their
-date), never deleted.
+interrupted training run; a larger ``--max-epoch`` continues finished runs
+that used up their budget (runs that stopped early stay as they are).  Earlier
+results files are kept (renamed with their date), never deleted.
 
 Usage::
 

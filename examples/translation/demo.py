@@ -29,8 +29,10 @@ Modes:
 Everything is written under ``examples/translation/work/<mode>/`` (ignored by
 git); the results go to ``examples/translation/results/<mode>.json`` and
 ``<mode>.png``.  Re-running skips finished stages (data preparation, finished
-training runs, decoding) and resumes an interrupted training run; earlier
-results files are kept (renamed with their date), never deleted.
+training runs, decoding) and resumes an interrupted training run; a larger
+``--max-epoch`` continues finished runs that used up their budget (from their
+last checkpoint; runs that stopped early stay as they are).  Earlier results
+files are kept (renamed with their date), never deleted.
 
 Usage::
 
@@ -67,9 +69,9 @@ def transformer(layers, dim, ffn_dim, heads):
     """fairseq-train flags of an encoder-decoder with the same size on both sides."""
     return {
         f"{side}-{key}": value
-        for side in ("encoder", "decoder")
         for key, value in (("layers", layers), ("embed-dim", dim), ("ffn-embed-dim", ffn_dim),
                            ("attention-heads", heads))
+        for side in ("encoder", "decoder")
     }
 
 

@@ -1,0 +1,136 @@
+"""The demos' training runs: skipped when done, resumed when interrupted, continued when the budget grows.
+
+A stand-in for ``fairseq-train`` (a few lines of Python) writes what the demo
+reads: json validation records in ``train.log``, ``checkpoint_last.pt`` /
+``checkpoint_best.pt``; it continues from ``checkpoint_last.pt`` like fairseq.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "examples"))
+
+import demo_runs  # noqa: E402
+from demo_runs import DemoError, train_run  # noqa: E402
+
+FAKE_TRAIN = r"""
+import json, os, sys
+args = sys.argv[1:]
+opt = {args[i]: args[i + 1] for i in range(0, len(args) - 1) if args[i].startswith("--")}
+save = opt["--save-dir"]
+max_epoch = int(opt["--max-epoch"])
+stop_at = int(os.environ.get("FAKE_STOP_AT", "0"))  # "patience" ends the run after this epoch
+last = os.path.join(save, "checkpoint_last.pt")
+first = int(open(last).read()) + 1 if os.path.exists(last) else 1
+with open(os.path.join(os.path.dirname(save), "invocations"), "a") as f:
+    f.write(f"{first}\n")
+with open(os.path.join(save, "train.log"), "a") as log:
+    for epoch in range(first, max_epoch + 1):
+        log.write(json.dumps({"epoch": epoch, "valid_loss": str(10.0 / epoch), "valid_num_updates": str(10 * epoch)}) + "\n")
+        open(last, "w").write(str(epoch))
+        open(os.path.join(save, "checkpoint_best.pt"), "w").write(str(epoch))
+        if epoch == stop_at and "--patience" in opt:
+            break
+"""
+
+
+@pytest.fixture
+def fake(tmp_path):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    save_dir = tmp_path / "run"
+
+    def run(max_epoch, patience=None, lr="1e-3"):
+        cmd = [sys.executable, str(script), "--save-dir", str(save_dir), "--lr", lr, "--max-epoch", str(max_epoch)]
+        if patience is not None:
+            cmd += ["--patience", str(patience)]
+        return train_run(cmd, str(save_dir), "rdrop", 1, ("loss",))
+
+    def invocations():
+        path = tmp_path / "invocations"
+        return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+    run.invocations = invocations
+    run.save_dir = save_dir
+    return run
+
+
+def epochs(info):
+    return [e["epoch"] for e in info["epochs"]]
+
+
+def test_finished_run_is_skipped(fake):
+    assert epochs(fake(3)) == [1, 2, 3]
+    assert epochs(fake(3)) == [1, 2, 3]
+    assert fake.invocations() == [1]  # the second call ran nothing
+
+
+def test_larger_budget_continues_the_finished_run(fake, capsys):
+    first = fake(3)
+    info = fake(5)
+    assert "continuing the finished run of 3 epochs" in capsys.readouterr().out
+    assert fake.invocations() == [1, 4]  # continued from checkpoint_last, not retrained
+    assert epochs(info) == [1, 2, 3, 4, 5] and info["updates"] == 50
+    assert info["resumed"] and info["seconds"] >= first["seconds"]
+    assert info["budget"] == {"--max-epoch": "5"}
+    # and now that is the finished run
+    assert epochs(fake(5)) == [1, 2, 3, 4, 5] and fake.invocations() == [1, 4]
+
+
+def test_run_that_stopped_early_is_not_retrained(fake, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_STOP_AT", "4")
+    assert epochs(fake(10, patience=2)) == [1, 2, 3, 4]
+    assert epochs(fake(20, patience=2)) == [1, 2, 3, 4]
+    assert "stopped early at epoch 4" in capsys.readouterr().out
+    assert fake.invocations() == [1]
+    # a different patience is a different budget: it continues
+    monkeypatch.setenv("FAKE_STOP_AT", "6")
+    assert epochs(fake(20, patience=5)) == [1, 2, 3, 4, 5, 6]
+    assert fake.invocations() == [1, 5]
+
+
+def test_smaller_budget_than_trained_is_refused_and_keeps_the_run(fake):
+    fake(5)
+    with pytest.raises(DemoError, match="holds a run of 5 epochs; --max-epoch 3"):
+        fake(3)
+    assert (fake.save_dir / "done.json").exists() and (fake.save_dir / "checkpoint_best.pt").exists()
+
+
+def test_other_settings_start_afresh(fake):
+    fake(3)
+    info = fake(3, lr="5e-4")
+    assert fake.invocations() == [1, 1] and epochs(info) == [1, 2, 3] and not info["resumed"]
+
+
+def test_interrupted_run_resumes(fake):
+    fake(3)
+    os.remove(fake.save_dir / "done.json")  # as if killed after its last epoch
+    info = fake(4)
+    assert fake.invocations() == [1, 4] and info["resumed"] and epochs(info) == [1, 2, 3, 4]
+
+
+def test_records_from_before_budgets_were_kept_apart(fake):
+    """done.json written by the earlier code (a key over the whole command) keeps working."""
+    info = fake(3)
+    done = fake.save_dir / "done.json"
+    legacy = {k: v for k, v in info.items() if k not in ("settings_key", "budget")}
+    done.write_text(json.dumps(legacy))
+    assert epochs(fake(3)) == [1, 2, 3] and fake.invocations() == [1]  # same command: skipped
+    assert epochs(fake(4)) == [1, 2, 3, 4] and fake.invocations() == [1, 4]  # larger budget: continued
+    done.write_text(json.dumps(dict(legacy, key="0" * 16)))
+    (fake.save_dir / "started.json").write_text(json.dumps({"key": "0" * 16}))
+    fake(4)
+    assert fake.invocations() == [1, 4, 1]  # unknown settings: afresh
+
+
+def test_budget_flags_do_not_change_the_settings_key():
+    a = ["fairseq-train", "data", "--lr", "1e-3", "--max-epoch", "3", "--patience", "2"]
+    b = ["fairseq-train", "data", "--lr", "1e-3", "--max-epoch", "9", "--patience", "5"]
+    c = ["fairseq-train", "data", "--lr", "2e-3", "--max-epoch", "3", "--patience", "2"]
+    assert demo_runs._settings_key(a) == demo_runs._settings_key(b) != demo_runs._settings_key(c)
+    assert demo_runs._full_key(a) != demo_runs._full_key(b)
+    assert demo_runs._budget(b) == {"--max-epoch": "9", "--patience": "5"}

@@ -17,9 +17,9 @@ Modes:
 * ``quick`` (default): the first 20,000 training sentences, a 2-layer 128-dim
   model, 3 epochs; about 10-15 minutes on 2 CPU cores.  It shows the whole
   pipeline; it is far too short for R-Drop to pay off.
-* ``medium``: the whole of PTB and the quick mode's model, trained to
-  convergence with early stopping on validation loss; both runs get the same
-  40-epoch budget.  A few hours on 2 CPU cores.
+* ``medium``: the whole of PTB and the quick mode's model, with early
+  stopping on validation loss; both runs get the same 40-epoch budget
+  (``--max-epoch`` raises it and continues finished runs).
 * ``full``: the whole of PTB and the architecture's own size (4 layers, 256
   dims), trained to convergence with early stopping on validation loss; both
   runs get the same epoch budget.  Hours on a CPU.

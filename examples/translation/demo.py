@@ -16,10 +16,10 @@ Modes:
 * ``quick`` (default): a 10k-pair slice, a 2-layer 128-dim transformer and a
   few epochs; about 10-15 minutes on 2 CPU cores including data preparation.
   It shows the whole pipeline; it is far too short for R-Drop to pay off.
-* ``medium``: the quick mode's slice and model trained to convergence, with
-  early stopping on validation BLEU (1000 validation pairs, the whole
-  2000-pair test set); both runs get the same 50-epoch budget.  About 2-3
-  hours on 2 CPU cores.
+* ``medium``: the quick mode's slice and model with early stopping on
+  validation BLEU (1000 validation pairs, the whole 2000-pair test set); both
+  runs get the same 50-epoch budget (about two hours on 2 CPU cores), which
+  was not enough for either to converge: ``--max-epoch 150`` continues them.
 * ``full``: the whole corpus, a 3-layer 256-dim transformer, trained to
   convergence with early stopping on validation BLEU (``--patience``); both
   runs get the same (large) epoch budget, which R-Drop, converging more

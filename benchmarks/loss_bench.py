@@ -155,6 +155,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--label", default="",
+                        help="name the results file loss-LABEL-<device>-<date> (runs of one day)")
     parser.add_argument("--quick", action="store_true",
                         help="1 repetition, 1 timed step, N=512, V in {8000}")
     args = parser.parse_args()
@@ -186,7 +188,7 @@ def main():
                "step mem vs floor", "peak RSS MiB", "peak vs floor"])
     print(table)
     stem = harness.write_results(
-        "loss", args.device,
+        "loss" + (f"-{args.label}" if args.label else ""), args.device,
         dict(configs=all_results, reps=args.reps, steps=args.steps, threads=args.threads,
              entries=entries), table)
     print(f"wrote {os.path.relpath(stem, harness.REPO)}.json and .md")

@@ -53,11 +53,16 @@ __all__ = [
     "FusedRDropLoss",
     "auto_chunk_size",
     "chunked_rdrop_loss",
+    "logits_chunk_size",
     "fused_linear_rdrop_loss",
 ]
 
 # Target size of a chunk's working set (its float32 [rows, V] buffers).
 CHUNK_BUDGET_BYTES = 64 * 1024 * 1024
+# The same for the logits fallback on CPUs: about a last-level cache, so that its
+# elementwise passes over a chunk's buffers run from cache, not from memory.
+CPU_LOGITS_CHUNK_BUDGET_BYTES = 8 * 1024 * 1024
+CPU_LOGITS_MIN_POSITIONS = 8
 # float16 gradients are stored / multiplied scaled by this power of two (and
 # saturated at the float16 maximum), so that the small entries of an unscaled
 # logit gradient neither underflow nor lose precision before the loss scale of
@@ -103,9 +108,34 @@ def auto_chunk_size(
     per_position = _bytes_per_position(vocab, passes, with_kl, low_precision)
     rows_min = min(max(hidden_dim // 2, 64), 512)
     positions = max(budget_bytes // per_position, rows_min // passes)
-    if positions >= 16:
-        positions -= positions % 8
-    return max(positions, 1)
+    return _round_positions(max(positions, 1))
+
+
+def logits_chunk_size(
+    vocab: int,
+    passes: int,
+    device_type: str,
+    *,
+    with_kl: bool = True,
+    low_precision: bool = False,
+) -> int:
+    """Positions per chunk of :func:`chunked_rdrop_loss` (no projection in the loop).
+
+    On CPUs the chunk's buffers are kept to about ``CPU_LOGITS_CHUNK_BUDGET_BYTES``
+    (at least ``CPU_LOGITS_MIN_POSITIONS`` positions): the loss makes some twenty
+    elementwise passes over them, which then hit the cache instead of memory.
+    Elsewhere (GPUs: fewer, larger kernels) the budget of :func:`auto_chunk_size`.
+    """
+    if device_type != "cpu":
+        return auto_chunk_size(vocab, 0, passes, with_kl=with_kl, low_precision=low_precision)
+    per_position = _bytes_per_position(max(int(vocab), 1), passes, with_kl, low_precision)
+    positions = max(CPU_LOGITS_CHUNK_BUDGET_BYTES // per_position, CPU_LOGITS_MIN_POSITIONS)
+    return _round_positions(positions)
+
+
+def _round_positions(positions: int) -> int:
+    """Multiples of 8 positions from 16 on."""
+    return positions - positions % 8 if positions >= 16 else positions
 
 
 def _bytes_per_position(vocab, passes, with_kl, low_precision):
@@ -502,7 +532,9 @@ def _chunked_forward(logits, target, epsilon, alpha, passes, ignore_index, chunk
         pad = target.eq(ignore_index)
         keep = ~pad
         safe_target = target.masked_fill(pad, 0)
-    c = chunk_size or auto_chunk_size(vocab, 0, m, with_kl=with_kl)
+    c = chunk_size or logits_chunk_size(
+        vocab, m, device.type, with_kl=with_kl, low_precision=dtype in _LOW_PRECISION
+    )
     c = max(1, min(int(c), max(n, 1)))
 
     grad = torch.empty(m * n, vocab, dtype=dtype, device=device) if need_grad else None
@@ -586,6 +618,8 @@ def chunked_rdrop_loss(
     tensor in the logits' dtype) is computed during this call, chunk by chunk,
     and scaled in place by the incoming gradient in the backward (which can run
     once).  ``n_correct`` is None when ``report_accuracy`` is False.
+    ``chunk_size``: positions (of every copy) at a time, :func:`logits_chunk_size`
+    by default.
     """
     vocab = logits.size(-1)
     logits2d = logits.reshape(-1, vocab)

@@ -381,6 +381,38 @@ def test_auto_chunk_size_budget_and_minimum():
     assert auto_chunk_size(16000, 512, 2, low_precision=True) < auto_chunk_size(16000, 512, 2)
 
 
+
+def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere():
+    budget = fused_mod.CPU_LOGITS_CHUNK_BUDGET_BYTES
+    for vocab in (1000, 8000, 32000):
+        for passes in (2, 3):
+            c = fused_mod.logits_chunk_size(vocab, passes, "cpu")
+            per_position = 4 * vocab * (2 * passes + 1)
+            assert c * per_position <= budget and (c + 8) * per_position > budget
+    # a huge vocabulary: the minimum, not a chunk per position
+    assert fused_mod.logits_chunk_size(250000, 2, "cpu") == fused_mod.CPU_LOGITS_MIN_POSITIONS
+    # GPUs: the large budget (fewer kernels)
+    assert fused_mod.logits_chunk_size(8000, 2, "cuda") == auto_chunk_size(8000, 0, 2)
+    assert fused_mod.logits_chunk_size(8000, 2, "cuda") > 4 * fused_mod.logits_chunk_size(8000, 2, "cpu")
+
+
+def test_chunked_loss_uses_the_cpu_chunk_size_by_default(monkeypatch):
+    seen = []
+    real = fused_mod._chunk_core
+
+    def spy(logits, lbuf, *rest):
+        seen.append(lbuf.shape[1])
+        return real(logits, lbuf, *rest)
+
+    monkeypatch.setattr(fused_mod, "_chunk_core", spy)
+    n, vocab = 100, 8000
+    logits = torch.randn(2 * n, vocab, requires_grad=True)
+    target = torch.randint(2, vocab, (n,))
+    chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=1.0, passes=2, ignore_index=1).loss.backward()
+    c = fused_mod.logits_chunk_size(vocab, 2, "cpu")
+    assert seen == [c] * (n // c) + ([n % c] if n % c else [])
+
+
 # ---- memory -------------------------------------------------------------------
 _MEMORY_SCRIPT = r"""
 import importlib.util, json, os, sys

@@ -7,6 +7,7 @@
 #   tool NAME     the path of console script NAME (rdrop-train, rdrop-generate, ...)
 #                 installed beside that Python, else the one on PATH
 #   say / die     progress on stdout, errors on stderr (exit status 2)
+#   usage TEXT    print "usage: TEXT" on stderr and exit with status 2
 #   require_file / require_dir  stop with an error that names a missing input
 #   claim_output  refuse to overwrite an existing, non-empty output directory
 #                 unless FORCE=1 (which removes it first)
@@ -24,6 +25,11 @@ say() { echo "[$RECIPE_NAME] $*"; }
 
 die() {
     echo "[$RECIPE_NAME] error: $*" >&2
+    exit 2
+}
+
+usage() {
+    echo "usage: $*" >&2
     exit 2
 }
 

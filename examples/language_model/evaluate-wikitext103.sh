@@ -19,8 +19,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../recipe_common.sh"
 
 if [ $# -lt 2 ]; then
-    echo "usage: [DATA_BIN=DIR] bash $0 transformer|adaptive CHECKPOINT_DIR [fairseq-eval-lm args]" >&2
-    exit 2
+    usage "[DATA_BIN=DIR] bash $0 transformer|adaptive CHECKPOINT_DIR [fairseq-eval-lm args]"
 fi
 MODEL=$1
 CKPT_DIR=$2

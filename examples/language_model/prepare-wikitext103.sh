@@ -14,8 +14,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../recipe_common.sh"
 
 if [ $# -ne 1 ]; then
-    echo "usage: [DATA_BIN=DIR] bash $0 WIKITEXT_DIR" >&2
-    exit 2
+    usage "[DATA_BIN=DIR] bash $0 WIKITEXT_DIR"
 fi
 RAW=$1
 DATA_BIN=${DATA_BIN:-data-bin/wikitext-103}

@@ -14,8 +14,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../recipe_common.sh"
 
 if [ $# -gt 1 ] || { [ $# -eq 0 ] && [ "$SMOKE" != 1 ]; }; then
-    echo "usage: bash $0 WIKITEXT_DIR    or    SMOKE=1 bash $0 [WIKITEXT_DIR]" >&2
-    exit 2
+    usage "bash $0 WIKITEXT_DIR    or    SMOKE=1 bash $0 [WIKITEXT_DIR]"
 fi
 if [ "$SMOKE" = 1 ]; then
     RAW=${1:-$HERE/../../tests/fixtures/wikitext-103}

@@ -25,8 +25,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../recipe_common.sh"
 
 if [ $# -lt 2 ]; then
-    echo "usage: [DATA_BIN=DIR] [SAVE_DIR=DIR] bash $0 transformer|adaptive rdrop|baseline [fairseq-train args]" >&2
-    exit 2
+    usage "[DATA_BIN=DIR] [SAVE_DIR=DIR] bash $0 transformer|adaptive rdrop|baseline [fairseq-train args]"
 fi
 MODEL=$1
 RUN=$2

@@ -8,8 +8,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../recipe_common.sh"
 
 if [ $# -ne 2 ]; then
-    echo "usage: bash $0 en-de|en-fr RAW_DIR" >&2
-    exit 2
+    usage "bash $0 en-de|en-fr RAW_DIR"
 fi
 PAIR=$1
 mkdir -p "$2"

@@ -19,8 +19,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../recipe_common.sh"
 
 if [ $# -lt 2 ]; then
-    echo "usage: [DATA_BIN=DIR] [AVG_N=5] bash $0 en-de|en-fr CHECKPOINT_DIR [fairseq-generate args]" >&2
-    exit 2
+    usage "[DATA_BIN=DIR] [AVG_N=5] bash $0 en-de|en-fr CHECKPOINT_DIR [fairseq-generate args]"
 fi
 wmt14_pair "$1"
 CKPT_DIR=$2

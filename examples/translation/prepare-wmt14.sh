@@ -22,8 +22,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../recipe_common.sh"
 
 if [ $# -ne 2 ]; then
-    echo "usage: [OUT=DIR] [DATA_BIN=DIR] bash $0 en-de|en-fr RAW_DIR" >&2
-    exit 2
+    usage "[OUT=DIR] [DATA_BIN=DIR] bash $0 en-de|en-fr RAW_DIR"
 fi
 wmt14_pair "$1"
 RAW=$2

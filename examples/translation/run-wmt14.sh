@@ -15,8 +15,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../recipe_common.sh"
 
 if [ $# -lt 1 ] || [ $# -gt 2 ] || { [ $# -eq 1 ] && [ "$SMOKE" != 1 ]; }; then
-    echo "usage: bash $0 en-de|en-fr RAW_DIR    or    SMOKE=1 bash $0 en-de|en-fr [RAW_DIR]" >&2
-    exit 2
+    usage "bash $0 en-de|en-fr RAW_DIR    or    SMOKE=1 bash $0 en-de|en-fr [RAW_DIR]"
 fi
 wmt14_pair "$1"
 if [ "$SMOKE" = 1 ]; then

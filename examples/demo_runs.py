@@ -126,6 +126,10 @@ def demo_parser(doc, modes, alpha, alpha_note):
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
     p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
     p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
+    p.add_argument("--run", choices=RUNS, dest="only_run",
+                   help="train and evaluate only this run, and write no results file: the two runs can then "
+                        "train at once (one process each, e.g. --threads 1 each on a 2-core machine, once the "
+                        "data is prepared); a later invocation without --run finds both done and writes the results")
     return p
 
 
@@ -140,6 +144,21 @@ def parse_demo_args(p, argv, example_dir):
     args.results_dir = os.path.abspath(args.results_dir)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
+
+
+def runs_to_do(args):
+    """The runs this invocation trains: both, or the one named by ``--run``."""
+    return RUNS if args.only_run is None else (args.only_run,)
+
+
+def only_one_run(args):
+    """After a ``--run`` invocation: say what comes next (there is no comparison to write)."""
+    if args.only_run is None:
+        return False
+    other = [r for r in RUNS if r != args.only_run][0]
+    say(f"only the {args.only_run} run was asked for (--run): no results file written; when the "
+        f"{other} run is done too, run the same command without --run to write the results")
+    return True
 
 
 def check_demo_args(args):

@@ -30,9 +30,18 @@ def test_results_dir_inside_work_dir_is_refused(tmp_path):
 
 def test_tiny_lm_demo_end_to_end_and_rerun(tmp_path):
     args = ["--mode", "tiny", "--threads", "1", "--work-dir", tmp_path / "work", "--results-dir", tmp_path / "res"]
-    r = run_demo(*args)
+    # one run on its own first (--run): it trains and evaluates that run and writes no results
+    alone = run_demo(*args, "--run", "rdrop")
+    assert alone.returncode == 0, f"demo failed:\n{alone.stdout[-4000:]}\n{alone.stderr[-4000:]}"
+    assert "train rdrop: starting" in alone.stdout and "eval-lm rdrop:" in alone.stdout
+    assert "train baseline" not in alone.stdout and "no results file written" in alone.stdout
+    assert not (tmp_path / "res" / "tiny.json").exists()
+    assert not (tmp_path / "work" / "baseline").exists()
+
+    r = run_demo(*args)  # trains the baseline, finds the R-Drop run done, writes the results
     assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
-    for stage in ("text:", "binarize:", "train baseline:", "train rdrop:", "eval-lm baseline:", "eval-lm rdrop:"):
+    for stage in ("binarize: done already", "train baseline: starting", "train rdrop: done already",
+                  "eval-lm baseline:", "eval-lm rdrop:"):
         assert stage in r.stdout, stage
     assert "test ppl" in r.stdout and "delta" in r.stdout
 

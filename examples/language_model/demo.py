@@ -36,6 +36,11 @@ Usage::
 
     python examples/language_model/demo.py                 # quick
     python examples/language_model/demo.py --mode full
+
+    # the two runs at once, one core each, then the comparison:
+    python examples/language_model/demo.py --mode medium --run baseline --threads 1 &
+    python examples/language_model/demo.py --mode medium --run rdrop --threads 1
+    wait; python examples/language_model/demo.py --mode medium
 """
 
 import json
@@ -51,8 +56,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
-    RUNS, USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, parse_demo_args, train_flags,
+    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
+    child_env, demo_parser, only_one_run, parse_demo_args, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
     train_run, utc_now, write_results,
 )
@@ -227,7 +232,7 @@ def main(argv=None):
             data["train_lines"] = args.train_lines
         d = prep.prepare(os.path.join(args.work_dir, "data"), workers=args.threads, **data)
         res = {}
-        for run in RUNS:
+        for run in runs_to_do(args):
             save_dir = os.path.join(args.work_dir, run)
             cmd = train_command(args, setting, d["data_bin"], save_dir, run)
             info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS)
@@ -237,6 +242,8 @@ def main(argv=None):
     except (DemoError, prep.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if only_one_run(args):
+        return 0
 
     print()
     print_table(res, TABLE_ROWS)

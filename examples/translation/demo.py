@@ -38,6 +38,11 @@ Usage::
 
     python examples/translation/demo.py                 # quick
     python examples/translation/demo.py --mode full
+
+    # the two runs at once, one core each, then the comparison:
+    python examples/translation/demo.py --mode medium --run baseline --threads 1 &
+    python examples/translation/demo.py --mode medium --run rdrop --threads 1
+    wait; python examples/translation/demo.py --mode medium
 """
 
 import argparse
@@ -54,8 +59,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
-    RUNS, USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, parse_demo_args, train_flags,
+    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
+    child_env, demo_parser, only_one_run, parse_demo_args, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, parse_train_log, plot_curves,
     print_table, rel, say, train_run, utc_now, write_results,
 )
@@ -299,7 +304,7 @@ def main(argv=None):
         with open(os.path.join(d["text"], "test.en"), encoding="utf-8") as f:
             refs = [line.rstrip("\n") for line in f]
         res = {}
-        for run in RUNS:
+        for run in runs_to_do(args):
             info = train(args, setting, d["data_bin"], run)
             gen = generate(args, setting, d["data_bin"], run)
             scores = score(read_hypotheses(gen, len(refs)), refs)
@@ -309,6 +314,8 @@ def main(argv=None):
     except (DemoError, prep.PrepareError, dc.CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if only_one_run(args):
+        return 0
 
     print()
     say(f"BLEU signature: {scores['bleu_signature']}")

@@ -39,7 +39,8 @@ Usage::
     python examples/translation/demo.py                 # quick
     python examples/translation/demo.py --mode full
 
-    # the two runs at once, one core each, then the comparison:
+    # the two runs at once, one core each (start the second once the first
+    # is training: the data stages are then done), then the comparison:
     python examples/translation/demo.py --mode medium --run baseline --threads 1 &
     python examples/translation/demo.py --mode medium --run rdrop --threads 1
     wait; python examples/translation/demo.py --mode medium

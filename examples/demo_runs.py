@@ -121,7 +121,10 @@ def demo_parser(doc, modes, alpha, alpha_note):
     )
     p.add_argument("--mode", default="quick", choices=sorted(modes), help="default: %(default)s")
     p.add_argument("--alpha", type=float, default=alpha,
-                   help=f"R-Drop KL weight (default: %(default)s, {alpha_note})")
+                   help=f"R-Drop KL weight (default: %(default)s, {alpha_note}); another value trains its "
+                        "R-Drop run in rdrop-alpha<A>/ beside the default one and writes <mode>-alpha<A>.json, "
+                        "so an alpha sweep keeps every run and shares the baseline")
+    p.set_defaults(default_alpha=alpha)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
     p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
@@ -149,6 +152,20 @@ def parse_demo_args(p, argv, example_dir):
 def runs_to_do(args):
     """The runs this invocation trains: both, or the one named by ``--run``."""
     return RUNS if args.only_run is None else (args.only_run,)
+
+
+def _alpha_suffix(args):
+    return "" if args.alpha == args.default_alpha else f"-alpha{args.alpha:g}"
+
+
+def run_dir(args, run):
+    """Where ``run`` trains: ``<work-dir>/baseline``, ``/rdrop``, or ``/rdrop-alpha<A>`` for another alpha."""
+    return os.path.join(args.work_dir, run + (_alpha_suffix(args) if run == "rdrop" else ""))
+
+
+def results_stem(args):
+    """The results files' name: ``<mode>``, or ``<mode>-alpha<A>`` for another alpha than the default."""
+    return args.mode + _alpha_suffix(args)
 
 
 def only_one_run(args):

@@ -72,3 +72,19 @@ def test_overrides_reach_the_command(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_another_alpha_gets_its_own_run_dir_and_results_name(name, tmp_path):
+    demo = load_demo(name)
+    base = ["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
+    default = demo.parse_args(base)
+    assert demo.run_dir(default, "rdrop") == str(tmp_path / "w" / "rdrop")
+    assert demo.results_stem(default) == "medium"
+    same = demo.parse_args(base + ["--alpha", str(float(default.alpha))])  # the default, spelt out
+    assert demo.run_dir(same, "rdrop") == str(tmp_path / "w" / "rdrop")
+
+    other = demo.parse_args(base + ["--alpha", "0.5"])
+    assert demo.run_dir(other, "rdrop") == str(tmp_path / "w" / "rdrop-alpha0.5")
+    assert demo.run_dir(other, "baseline") == demo.run_dir(default, "baseline")  # one baseline per sweep
+    assert demo.results_stem(other) == "medium-alpha0.5"

@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, only_one_run, parse_demo_args, runs_to_do, train_flags,
+    child_env, demo_parser, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
     train_run, utc_now, write_results,
 )
@@ -150,7 +150,7 @@ def train_command(args, setting, data_bin, save_dir, run):
 
 def evaluate(args, setting, data_bin, run):
     """Test perplexity of the run's best checkpoint with ``fairseq-eval-lm``."""
-    save_dir = os.path.join(args.work_dir, run)
+    save_dir = run_dir(args, run)
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
     tokens = setting["tokens_per_sample"]
     context = tokens // 2
@@ -234,7 +234,7 @@ def main(argv=None):
         d = prep.prepare(os.path.join(args.work_dir, "data"), workers=args.threads, **data)
         res = {}
         for run in runs_to_do(args):
-            save_dir = os.path.join(args.work_dir, run)
+            save_dir = run_dir(args, run)
             cmd = train_command(args, setting, d["data_bin"], save_dir, run)
             info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS)
             scores = evaluate(args, setting, d["data_bin"], run)
@@ -264,7 +264,7 @@ def main(argv=None):
     say(f"test perplexity reduction by R-Drop: {results['ppl_reduction_pct']:.2f}%")
     title = f"Penn Treebank, {ARCH}, mode '{args.mode}'"
     json_path, png_path = write_results(
-        args.results_dir, args.mode, results,
+        args.results_dir, results_stem(args), results,
         lambda path: plot_curves(res, path, CURVES, title, args.alpha),
     )
     say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")

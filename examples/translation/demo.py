@@ -61,7 +61,7 @@ import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, only_one_run, parse_demo_args, runs_to_do, train_flags,
+    child_env, demo_parser, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, parse_train_log, plot_curves,
     print_table, rel, say, train_run, utc_now, write_results,
 )
@@ -170,7 +170,7 @@ def train_command(args, setting, data_bin, save_dir, run):
 
 
 def train(args, setting, data_bin, run):
-    save_dir = os.path.join(args.work_dir, run)
+    save_dir = run_dir(args, run)
     cmd = train_command(args, setting, data_bin, save_dir, run)
     return train_run(cmd, save_dir, run, args.threads, VALID_METRICS)
 
@@ -180,7 +180,7 @@ def train(args, setting, data_bin, run):
 
 
 def generate(args, setting, data_bin, run):
-    save_dir = os.path.join(args.work_dir, run)
+    save_dir = run_dir(args, run)
     out_dir = os.path.join(save_dir, "test")
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
     key = dc.stage_key(ckpt=dc.sha256_file(ckpt), beam=args.beam, max_len_b=setting["max_len_b"])
@@ -309,7 +309,7 @@ def main(argv=None):
             info = train(args, setting, d["data_bin"], run)
             gen = generate(args, setting, d["data_bin"], run)
             scores = score(read_hypotheses(gen, len(refs)), refs)
-            log = parse_train_log(os.path.join(args.work_dir, run, "train.log"), VALID_METRICS)
+            log = parse_train_log(os.path.join(run_dir(args, run), "train.log"), VALID_METRICS)
             res[run] = summarise(info, log, scores)
             say(f"{run}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
     except (DemoError, prep.PrepareError, dc.CorpusError) as e:
@@ -338,7 +338,7 @@ def main(argv=None):
     }
     title = f"De->En Debian descriptions, mode '{args.mode}'"
     json_path, png_path = write_results(
-        args.results_dir, args.mode, results,
+        args.results_dir, results_stem(args), results,
         lambda path: plot_curves(res, path, CURVES, title, args.alpha),
     )
     say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")

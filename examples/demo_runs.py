@@ -252,14 +252,19 @@ def _record(cmd, **extra):
     return dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd), **extra)
 
 
+def _count_time(started, cmd, seconds):
+    """Record the seconds an unfinished run has trained so far, for when it resumes."""
+    write_json(started, _record(cmd, prior_seconds=round(seconds, 1)))
+
+
 def train_run(cmd, save_dir, run, threads, metrics):
     """Run ``fairseq-train`` ``cmd`` (which saves into ``save_dir``), or skip/resume it.
 
     A run finished with the same command (paths aside) is skipped; one that
     finished with the same settings but a smaller ``--max-epoch`` it used up
     is continued from its ``checkpoint_last.pt`` (one that stopped early, on
-    ``--patience``, is left as it is); an interrupted one resumes from its
-    ``checkpoint_last.pt``; one of other settings is started afresh.  Returns
+    ``--patience``, is left as it is); an interrupted or failed one resumes from
+    its ``checkpoint_last.pt``, its time so far counted; one of other settings is started afresh.  Returns
     the run's info (seconds over all its invocations, updates, per-epoch
     validation ``metrics`` from the json log, the command).
     """
@@ -300,9 +305,14 @@ def train_run(cmd, save_dir, run, threads, metrics):
     say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
     say("  " + display(cmd))
     t0 = time.time()
-    proc = subprocess.run(cmd, env=child_env(threads))
+    try:
+        proc = subprocess.run(cmd, env=child_env(threads))
+    except BaseException:  # interrupted (Ctrl-C): the time spent still counts when it resumes
+        _count_time(started, cmd, prior_seconds + time.time() - t0)
+        raise
     seconds = prior_seconds + time.time() - t0
     if proc.returncode != 0:
+        _count_time(started, cmd, seconds)
         raise DemoError(
             f"fairseq-train ({run}) failed with exit code {proc.returncode}; see {rel(save_dir)}/train.log"
         )

@@ -35,6 +35,8 @@ with open(os.path.join(save, "train.log"), "a") as log:
         open(os.path.join(save, "checkpoint_best.pt"), "w").write(str(epoch))
         if epoch == stop_at and "--patience" in opt:
             break
+        if epoch == int(os.environ.get("FAKE_FAIL_AT", "0")):
+            import time; time.sleep(0.3); sys.exit(1)
 """
 
 
@@ -111,6 +113,18 @@ def test_interrupted_run_resumes(fake):
     os.remove(fake.save_dir / "done.json")  # as if killed after its last epoch
     info = fake(4)
     assert fake.invocations() == [1, 4] and info["resumed"] and epochs(info) == [1, 2, 3, 4]
+
+
+def test_failed_run_resumes_and_its_time_counts(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_FAIL_AT", "2")
+    with pytest.raises(DemoError, match="failed with exit code 1"):
+        fake(4)
+    spent = json.loads((fake.save_dir / "started.json").read_text())["prior_seconds"]
+    assert spent >= 0.3
+    monkeypatch.delenv("FAKE_FAIL_AT")
+    info = fake(4)
+    assert fake.invocations() == [1, 3] and info["resumed"] and epochs(info) == [1, 2, 3, 4]
+    assert info["seconds"] >= spent
 
 
 def test_records_from_before_budgets_were_kept_apart(fake):

@@ -333,10 +333,15 @@ def train_run(cmd, save_dir, run, threads, metrics):
 
 
 def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
-    """Per-epoch validation ``metrics`` and the update count from a json-format fairseq log."""
-    epochs, updates = [], 0
+    """Per-epoch ``metrics`` and the update count from a json-format fairseq log.
+
+    Each epoch's row holds the validation values under their names (``loss``)
+    and the epoch's training averages, taken with dropout on, as ``train_<name>``
+    (``train_loss``): the gap between the two shows whether a run overfits.
+    """
+    rows, updates = {}, 0
     if not os.path.exists(path):
-        return {"epochs": epochs, "updates": updates}
+        return {"epochs": [], "updates": updates}
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             # the log file holds bare json records; stdout prefixes them with "| valid | "
@@ -349,16 +354,21 @@ def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
                 continue
             if "train_num_updates" in rec:
                 updates = max(updates, int(float(rec["train_num_updates"])))
-            if "valid_loss" not in rec or "epoch" not in rec:
+            if "epoch" not in rec:
                 continue
-            row = {"epoch": int(rec["epoch"])}
-            for k in metrics:
-                if f"valid_{k}" in rec:
-                    row[k] = float(rec[f"valid_{k}"])
-            if "valid_num_updates" in rec:
-                row["updates"] = int(float(rec["valid_num_updates"]))
-                updates = max(updates, row["updates"])
-            epochs = [e for e in epochs if e["epoch"] != row["epoch"]] + [row]  # a resumed epoch replaces
+            epoch = int(rec["epoch"])
+            if "valid_loss" in rec:
+                row = {k: float(rec[f"valid_{k}"]) for k in metrics if f"valid_{k}" in rec}
+                if "valid_num_updates" in rec:
+                    row["updates"] = int(float(rec["valid_num_updates"]))
+                    updates = max(updates, row["updates"])
+            elif "train_loss" in rec:  # the epoch's training summary (after its validation)
+                row = {f"train_{k}": float(rec[f"train_{k}"]) for k in metrics if f"train_{k}" in rec}
+            else:
+                continue
+            rows.setdefault(epoch, {"epoch": epoch}).update(row)  # a resumed epoch's values replace
+    # an epoch without validation (interrupted after its training summary) is no point of a curve
+    epochs = [rows[e] for e in sorted(rows) if any(k in rows[e] for k in metrics)]
     return {"epochs": epochs, "updates": updates}
 
 

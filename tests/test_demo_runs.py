@@ -148,3 +148,26 @@ def test_budget_flags_do_not_change_the_settings_key():
     assert demo_runs._settings_key(a) == demo_runs._settings_key(b) != demo_runs._settings_key(c)
     assert demo_runs._full_key(a) != demo_runs._full_key(b)
     assert demo_runs._budget(b) == {"--max-epoch": "9", "--patience": "5"}
+
+
+def test_train_log_gives_validation_and_training_values_per_epoch(tmp_path):
+    """fairseq writes each epoch's validation record, then its training summary; a resumed epoch replaces."""
+    recs = [
+        {"epoch": 1, "update": 0.5, "loss": "9.9", "num_updates": "5"},  # train_inner: not an epoch value
+        {"epoch": 1, "valid_loss": "5.0", "valid_nll_loss": "4.0", "valid_ppl": "16", "valid_num_updates": "10"},
+        {"epoch": 1, "train_loss": "6.0", "train_nll_loss": "5.0", "train_ppl": "32", "train_num_updates": "10"},
+        {"epoch": 2, "valid_loss": "4.5", "valid_nll_loss": "3.5", "valid_num_updates": "20"},
+        # interrupted before epoch 2's summary, resumed from epoch 1's checkpoint: epoch 2 again
+        {"epoch": 2, "valid_loss": "4.4", "valid_nll_loss": "3.4", "valid_num_updates": "20"},
+        {"epoch": 2, "train_loss": "5.5", "train_nll_loss": "4.5", "train_num_updates": "20"},
+    ]
+    log = tmp_path / "train.log"
+    # fairseq may write each record more than once, and stdout lines carry a prefix
+    log.write_text("".join(f"2026-01-01 | INFO | valid | {json.dumps(r)}\n{json.dumps(r)}\n" for r in recs))
+    parsed = demo_runs.parse_train_log(str(log), ("loss", "nll_loss", "ppl"))
+    assert parsed["updates"] == 20
+    assert parsed["epochs"] == [
+        {"epoch": 1, "loss": 5.0, "nll_loss": 4.0, "ppl": 16.0, "updates": 10,
+         "train_loss": 6.0, "train_nll_loss": 5.0, "train_ppl": 32.0},
+        {"epoch": 2, "loss": 4.4, "nll_loss": 3.4, "updates": 20, "train_loss": 5.5, "train_nll_loss": 4.5},
+    ]

@@ -257,6 +257,12 @@ def _count_time(started, cmd, seconds):
     write_json(started, _record(cmd, prior_seconds=round(seconds, 1)))
 
 
+def _with_log(info, save_dir, metrics):
+    """A finished run's record with its curve read afresh from its log (this parser's fields)."""
+    log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
+    return dict(info, epochs=log["epochs"], updates=log["updates"] or info.get("updates"))
+
+
 def train_run(cmd, save_dir, run, threads, metrics):
     """Run ``fairseq-train`` ``cmd`` (which saves into ``save_dir``), or skip/resume it.
 
@@ -265,8 +271,8 @@ def train_run(cmd, save_dir, run, threads, metrics):
     is continued from its ``checkpoint_last.pt`` (one that stopped early, on
     ``--patience``, is left as it is); an interrupted or failed one resumes from
     its ``checkpoint_last.pt``, its time so far counted; one of other settings is started afresh.  Returns
-    the run's info (seconds over all its invocations, updates, per-epoch
-    validation ``metrics`` from the json log, the command).
+    the run's info (seconds over all its invocations, the command, and the
+    updates and per-epoch ``metrics`` read from its json log on every call).
     """
     done = os.path.join(save_dir, "done.json")
     started = os.path.join(save_dir, "started.json")
@@ -275,7 +281,7 @@ def train_run(cmd, save_dir, run, threads, metrics):
     match = _match(finished, cmd) if finished else None
     if match == "same":
         say(f"train {run}: done already ({rel(save_dir)})")
-        return finished
+        return _with_log(finished, save_dir, metrics)
     if match == "budget":
         trained = max((e["epoch"] for e in finished.get("epochs", [])), default=0)
         new_budget, old_budget = _budget(cmd), _budget(shlex.split(finished.get("command", "")))
@@ -288,7 +294,7 @@ def train_run(cmd, save_dir, run, threads, metrics):
             )
         if old_max is not None and trained < old_max and new_budget.get("--patience") == old_budget.get("--patience"):
             say(f"train {run}: done already, stopped early at epoch {trained} ({rel(save_dir)})")
-            return finished
+            return _with_log(finished, save_dir, metrics)
         say(f"train {run}: continuing the finished run of {trained} epochs with the larger budget")
         prior_seconds, resumed = float(finished.get("seconds", 0.0)), True
         write_json(started, _record(cmd, prior_seconds=prior_seconds))

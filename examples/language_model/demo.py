@@ -59,7 +59,7 @@ import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
     child_env, demo_parser, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
-    command_line, display, flags, has_cuda, machine_info, parse_train_log, plot_curves, print_table, rel, say,
+    command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
     train_run, utc_now, write_results,
 )
 from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  # noqa: E402
@@ -183,15 +183,15 @@ def evaluate(args, setting, data_bin, run):
         return json.load(f)
 
 
-def summarise(train_info, log, scores):
-    epochs = log["epochs"]
+def summarise(train_info, scores):
+    epochs = train_info["epochs"]
     best = min(epochs, key=lambda e: e.get("loss", float("inf"))) if epochs else {}
     return {
         "test_ppl": scores["test_ppl"],
         "test_loss": scores["test_loss"],
         "valid_loss": best.get("loss"),
         "valid_ppl": best.get("ppl"),
-        "updates": log["updates"] or train_info["updates"],
+        "updates": train_info["updates"],
         "epochs": len(epochs),
         "seconds": train_info["seconds"],
         "curve": epochs,
@@ -238,8 +238,7 @@ def main(argv=None):
             cmd = train_command(args, setting, d["data_bin"], save_dir, run)
             info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS)
             scores = evaluate(args, setting, d["data_bin"], run)
-            log = parse_train_log(os.path.join(save_dir, "train.log"), VALID_METRICS)
-            res[run] = summarise(info, log, scores)
+            res[run] = summarise(info, scores)
             say(f"{run}: test perplexity {scores['test_ppl']:.2f}")
     except (DemoError, prep.PrepareError) as e:
         print(f"error: {e}", file=sys.stderr)

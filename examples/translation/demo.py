@@ -62,7 +62,7 @@ import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
     child_env, demo_parser, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
-    command_line, display, flags, has_cuda, machine_info, parse_train_log, plot_curves,
+    command_line, display, flags, has_cuda, machine_info, plot_curves,
     print_table, rel, say, train_run, utc_now, write_results,
 )
 
@@ -239,8 +239,8 @@ def score(hyps, refs):
 # results
 
 
-def summarise(train_info, log, scores):
-    epochs = log["epochs"]
+def summarise(train_info, scores):
+    epochs = train_info["epochs"]
     best = min(epochs, key=lambda e: e.get("loss", float("inf"))) if epochs else {}
     bleus = [e["bleu"] for e in epochs if "bleu" in e]
     return {
@@ -249,7 +249,7 @@ def summarise(train_info, log, scores):
         "valid_loss": best.get("loss"),
         "valid_ppl": best.get("ppl"),
         "best_valid_bleu": max(bleus) if bleus else None,
-        "updates": log["updates"] or train_info.get("updates"),
+        "updates": train_info["updates"],
         "epochs": len(epochs),
         "seconds": train_info["seconds"],
         "curve": epochs,
@@ -309,8 +309,7 @@ def main(argv=None):
             info = train(args, setting, d["data_bin"], run)
             gen = generate(args, setting, d["data_bin"], run)
             scores = score(read_hypotheses(gen, len(refs)), refs)
-            log = parse_train_log(os.path.join(run_dir(args, run), "train.log"), VALID_METRICS)
-            res[run] = summarise(info, log, scores)
+            res[run] = summarise(info, scores)
             say(f"{run}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
     except (DemoError, prep.PrepareError, dc.CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)

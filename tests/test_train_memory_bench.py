@@ -1,0 +1,82 @@
+"""The training-memory benchmark measures the recipes' own commands.
+
+Its figures are quoted in the recipes' docs, so the commands it builds must be
+the ones the recipes run, and a tiny measurement must go through fairseq's
+real Trainer in half precision.
+"""
+
+import pytest
+
+from benchmarks import harness, train_memory
+
+TINY = {
+    "translation": "--encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
+    "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
+    "--encoder-attention-heads 2 --decoder-attention-heads 2 --max-tokens 256",
+    "lm": "--decoder-layers 1 --decoder-embed-dim 32 --decoder-ffn-embed-dim 64 "
+    "--decoder-input-dim 32 --decoder-output-dim 32 --decoder-attention-heads 2 "
+    "--max-tokens 128 --tokens-per-sample 64",
+}
+CRITERIA = {
+    ("translation", "baseline"): ["label_smoothed_cross_entropy"],
+    ("translation", "rdrop"): ["rdrop_label_smoothed_cross_entropy", "--rdrop-alpha", "5"],
+    ("translation", "upstream"): ["label_smoothed_cross_entropy_with_rdrop", "--rdrop-alpha", "5"],
+    ("lm", "baseline"): None,  # the stock criterion of the model (cross_entropy / adaptive_loss)
+    ("lm", "rdrop"): None,
+}
+
+
+def _criterion(argv):
+    i = argv.index("--criterion")
+    return argv[i + 1:i + 4] if argv[i + 2:i + 3] == ["--rdrop-alpha"] else argv[i + 1:i + 2]
+
+
+@pytest.mark.parametrize("name", sorted(train_memory.CONFIGS))
+def test_commands_are_the_recipes(name, tmp_path):
+    cfg = train_memory.CONFIGS[name]
+    train_memory.write_dictionaries(str(tmp_path), cfg["dicts"], 100)
+    for entry in train_memory.ENTRIES[cfg["kind"]]:
+        argv = train_memory.entry_command(cfg, entry, str(tmp_path))
+        assert argv[0] == str(tmp_path)
+        assert "--fp16" in argv and "--max-tokens" in argv
+        expected = CRITERIA[cfg["kind"], entry]
+        if expected:
+            assert _criterion(argv) == expected
+        elif entry == "rdrop":
+            assert _criterion(argv)[0].startswith("rdrop_")
+        else:
+            assert not _criterion(argv)[0].startswith("rdrop_")
+        cpu = train_memory.for_device(argv, "cpu")
+        assert "--fp16" not in cpu and "--bf16" in cpu and cpu[-1] == "--cpu"
+        assert train_memory.for_device(argv, "cuda") == argv
+
+
+def test_option_reads_the_value_argparse_keeps():
+    assert train_memory._option(["--max-tokens", "4096", "--x", "--max-tokens", "256"],
+                                "--max-tokens") == 256
+
+
+def test_dictionary_size(tmp_path):
+    from fairseq.data import Dictionary
+
+    train_memory.write_dictionaries(str(tmp_path), ["dict.txt"], 1000)
+    assert len(Dictionary.load(str(tmp_path / "dict.txt"))) == 1000
+
+
+@pytest.mark.parametrize("name", ["wmt14-en-de", "wt103-adaptive"])
+def test_tiny_measurement_runs_the_trainer_in_half_precision(name, tmp_path):
+    cfg = train_memory.CONFIGS[name]
+    train_memory.write_dictionaries(str(tmp_path), cfg["dicts"], 300 if cfg["kind"] == "translation"
+                                    else 70000)  # above the adaptive cutoffs 20000,60000
+    argv = train_memory.for_device(train_memory.entry_command(cfg, "rdrop", str(tmp_path)), "cpu")
+    spec = dict(kind=cfg["kind"], argv=argv + TINY[cfg["kind"]].split(), length=16, threads=1,
+                device="cpu")
+    result = harness.run_worker("benchmarks.train_memory", spec, harness.MMAP_ENV, timeout=600)
+    assert result["dtype"] == "torch.bfloat16"
+    if cfg["kind"] == "translation":
+        assert (result["sentences"], result["length"]) == (16, 16)
+    else:
+        assert (result["sentences"], result["length"]) == (2, 64)
+    assert result["target_tokens"] == result["sentences"] * result["length"]
+    assert 0 < result["step_bytes"] <= result["peak_bytes"]
+    assert result["training_bytes"] > 0

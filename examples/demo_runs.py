@@ -263,6 +263,17 @@ def _with_log(info, save_dir, metrics):
     return dict(info, epochs=log["epochs"], updates=log["updates"] or info.get("updates"))
 
 
+def _refuse_fewer_epochs(run, save_dir, cmd, trained):
+    """``cmd``'s ``--max-epoch`` (None if unset); a DemoError if the run has trained more epochs."""
+    new_max = int(_budget(cmd).get("--max-epoch", 0)) or None
+    if new_max is not None and new_max < trained:
+        raise DemoError(
+            f"train {run}: {rel(save_dir)} holds a run of {trained} epochs; --max-epoch {new_max} "
+            "would not undo that: give a larger --max-epoch, or another --work-dir"
+        )
+    return new_max
+
+
 def train_run(cmd, save_dir, run, threads, metrics):
     """Run ``fairseq-train`` ``cmd`` (which saves into ``save_dir``), or skip/resume it.
 
@@ -285,13 +296,8 @@ def train_run(cmd, save_dir, run, threads, metrics):
     if match == "budget":
         trained = max((e["epoch"] for e in finished.get("epochs", [])), default=0)
         new_budget, old_budget = _budget(cmd), _budget(shlex.split(finished.get("command", "")))
-        new_max = int(new_budget.get("--max-epoch", 0)) or None
+        new_max = _refuse_fewer_epochs(run, save_dir, cmd, trained)
         old_max = int(old_budget.get("--max-epoch", 0)) or None
-        if new_max is not None and new_max < trained:
-            raise DemoError(
-                f"train {run}: {rel(save_dir)} holds a run of {trained} epochs; --max-epoch {new_max} "
-                "would not undo that: give a larger --max-epoch, or another --work-dir"
-            )
         if old_max is not None and trained < old_max and new_budget.get("--patience") == old_budget.get("--patience"):
             say(f"train {run}: done already, stopped early at epoch {trained} ({rel(save_dir)})")
             return _with_log(finished, save_dir, metrics)
@@ -303,6 +309,10 @@ def train_run(cmd, save_dir, run, threads, metrics):
         state = read_json(started) if os.path.exists(started) else None
         resumed = state is not None and _match(state, cmd) is not None
         if resumed:
+            # an interrupted run that had trained past this budget would stop at once
+            # and be recorded as this budget's run
+            log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
+            _refuse_fewer_epochs(run, save_dir, cmd, max((e["epoch"] for e in log["epochs"]), default=0))
             prior_seconds = float(state.get("prior_seconds", 0.0))
         elif os.path.exists(save_dir):
             shutil.rmtree(save_dir)  # a finished or broken run of other settings: start afresh

@@ -102,6 +102,21 @@ def test_smaller_budget_than_trained_is_refused_and_keeps_the_run(fake):
     assert (fake.save_dir / "done.json").exists() and (fake.save_dir / "checkpoint_best.pt").exists()
 
 
+def test_interrupted_longer_run_is_not_taken_for_a_smaller_budget(fake, monkeypatch):
+    # a run continued to --max-epoch 8 and killed at epoch 6: a --max-epoch 4 invocation
+    # would stop at once and record 6 epochs as the 4-epoch run
+    fake(4)
+    monkeypatch.setenv("FAKE_FAIL_AT", "6")
+    with pytest.raises(DemoError, match="failed"):
+        fake(8)
+    monkeypatch.delenv("FAKE_FAIL_AT")
+    with pytest.raises(DemoError, match="holds a run of 6 epochs; --max-epoch 4"):
+        fake(4)
+    assert fake.invocations() == [1, 5]
+    assert (fake.save_dir / "started.json").exists() and (fake.save_dir / "checkpoint_last.pt").exists()
+    assert epochs(fake(8)) == list(range(1, 9))  # the longer budget still resumes it
+
+
 def test_other_settings_start_afresh(fake):
     fake(3)
     info = fake(3, lr="5e-4")

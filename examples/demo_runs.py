@@ -264,14 +264,13 @@ def _with_log(info, save_dir, metrics):
 
 
 def _refuse_fewer_epochs(run, save_dir, cmd, trained):
-    """``cmd``'s ``--max-epoch`` (None if unset); a DemoError if the run has trained more epochs."""
+    """A DemoError if the run in ``save_dir`` has trained more epochs than ``cmd``'s ``--max-epoch``."""
     new_max = int(_budget(cmd).get("--max-epoch", 0)) or None
     if new_max is not None and new_max < trained:
         raise DemoError(
             f"train {run}: {rel(save_dir)} holds a run of {trained} epochs; --max-epoch {new_max} "
             "would not undo that: give a larger --max-epoch, or another --work-dir"
         )
-    return new_max
 
 
 def train_run(cmd, save_dir, run, threads, metrics):
@@ -296,7 +295,7 @@ def train_run(cmd, save_dir, run, threads, metrics):
     if match == "budget":
         trained = max((e["epoch"] for e in finished.get("epochs", [])), default=0)
         new_budget, old_budget = _budget(cmd), _budget(shlex.split(finished.get("command", "")))
-        new_max = _refuse_fewer_epochs(run, save_dir, cmd, trained)
+        _refuse_fewer_epochs(run, save_dir, cmd, trained)
         old_max = int(old_budget.get("--max-epoch", 0)) or None
         if old_max is not None and trained < old_max and new_budget.get("--patience") == old_budget.get("--patience"):
             say(f"train {run}: done already, stopped early at epoch {trained} ({rel(save_dir)})")

@@ -106,7 +106,8 @@ def for_device(argv, device):
 # ---- worker ------------------------------------------------------------------
 def _option(argv, name):
     """The value of the last ``name`` in ``argv`` (the one argparse keeps)."""
-    return int(argv[len(argv) - 1 - argv[::-1].index(name) + 1])
+    last = max(i for i, a in enumerate(argv) if a == name)
+    return int(argv[last + 1])
 
 
 def _zipf_tokens(shape, low, high, generator):

@@ -1,6 +1,9 @@
 """Compatibility with current torch and the fairseq distributions we support."""
 
 import argparse
+import functools
+import logging
+import os
 
 INSTALL_HINT = (
     "rdrop_seq needs fairseq. On Python 3.11/3.12 install it with "
@@ -52,3 +55,33 @@ def require_fairseq():
     except Exception as err:  # ImportError, or a broken install raising anything
         raise ImportError(f"{INSTALL_HINT} (importing fairseq failed: {err!r})") from err
     return fairseq
+
+
+def log_file_once() -> None:
+    """Make fairseq's ``--log-file`` hold each progress record once.
+
+    fairseq 0.12's ``progress_bar()`` adds a new ``FileHandler`` for
+    ``--log-file`` to its module's logger every time a progress bar is made,
+    and ``fairseq-train`` makes one per epoch: at epoch N every record is
+    written N times (the file grows with the square of the epochs) and N file
+    descriptors stay open.  This wraps ``progress_bar()`` so that the handler
+    is added only when that logger has none for the same file yet.
+    """
+    from fairseq.logging import progress_bar as module
+
+    original = module.progress_bar
+    if getattr(original, "_rdrop_seq_log_file_once", False):
+        return
+
+    @functools.wraps(original)
+    def progress_bar(*args, **kwargs):
+        log_file = kwargs.get("log_file")
+        if log_file is not None and any(
+            isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(log_file)
+            for h in module.logger.handlers
+        ):
+            kwargs["log_file"] = None  # its handler is there already
+        return original(*args, **kwargs)
+
+    progress_bar._rdrop_seq_log_file_once = True
+    module.progress_bar = progress_bar

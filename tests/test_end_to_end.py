@@ -28,7 +28,8 @@ BLEU_ARGS = [
 
 
 def test_preprocess_train_generate_resume(data_bin):
-    args = TRAIN_ARGS + BLEU_ARGS + ["--save-dir", "ckpt", "--log-interval", 2]
+    args = TRAIN_ARGS + BLEU_ARGS + ["--save-dir", "ckpt", "--log-interval", 2,
+                                     "--log-file", "e2e-train.log"]
     log = run("rdrop-train", *args, "--max-epoch", 2, cwd=data_bin)
     assert re.search(r"epoch 002 \| loss [\d.]+ \| nll_loss [\d.]+ \| rdrop_kl [\d.]+", log), log[-2000:]
     assert re.search(r"valid on 'valid' subset \| loss .* \| bleu [\d.]+", log)
@@ -58,6 +59,11 @@ def test_preprocess_train_generate_resume(data_bin):
     resumed = int(re.findall(r"epoch 003 .*num_updates (\d+)", log)[-1])
     assert resumed > updates
     assert (data_bin / "ckpt" / "checkpoint3.pt").exists()
+
+    # --log-file holds each epoch's summary once (fairseq alone writes epoch N's records N times)
+    records = (data_bin / "e2e-train.log").read_text()
+    for epoch in (1, 2, 3):
+        assert len(re.findall(rf"^epoch {epoch:03d} \| loss", records, flags=re.M)) == 1, records[-3000:]
 
 
 def kl_logged_at_updates(log):

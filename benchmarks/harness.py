@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -103,9 +104,26 @@ def run_worker(module: str, spec: dict, extra_env=None, timeout=1800) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    raise RuntimeError(
-        f"benchmark worker failed ({module} {spec}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    raise WorkerFailed(
+        f"benchmark worker failed ({module} {spec}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}",
+        proc.returncode, proc.stderr,
     )
+
+
+class WorkerFailed(RuntimeError):
+    """A measurement's worker process ended without a result."""
+
+    def __init__(self, message, returncode, stderr):
+        super().__init__(message)
+        self.returncode, self.stderr = returncode, stderr
+
+    @property
+    def out_of_memory(self):
+        """Killed by the kernel's OOM killer (SIGKILL), or an allocator that ran out."""
+        return self.returncode == -signal.SIGKILL or any(sign in self.stderr for sign in OOM_SIGNS)
+
+
+OOM_SIGNS = ("OutOfMemoryError", "CUDA out of memory", "DefaultCPUAllocator: not enough memory")
 
 
 def measure_entries(module: str, config: dict, entries, reps: int, device: str, log=print):

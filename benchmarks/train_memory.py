@@ -16,7 +16,9 @@ the optimizer state exists) of everything training holds: on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS minus its RSS
 after the imports (see harness.py for the method); ``step_bytes`` = that peak
 minus what was in use just before the step (activations and temporaries: what
-R-Drop's doubled batch adds to).  On CPU, ``--fp16`` is
+R-Drop's doubled batch adds to).  An entry whose worker runs out of memory (killed
+by the kernel's OOM killer, or an allocator error) is reported as such and the
+other entries go on.  On CPU, ``--fp16`` is
 replaced by ``--bf16``: the same two bytes per element and the same optimizer
 wrapper, so the tensors held are those of an fp16 run.  What a CPU figure does
 not hold: the CUDA context and cuBLAS workspaces, the caching allocator's
@@ -222,11 +224,18 @@ def main():
                     spec = dict(kind=cfg["kind"], argv=commands[entry], length=length,
                                 threads=args.threads, device=args.device)
                     env = harness.MMAP_ENV if args.device == "cpu" else None
-                    res[entry] = harness.run_worker("benchmarks.train_memory", spec, env,
-                                                    timeout=7200)
+                    try:
+                        res[entry] = harness.run_worker("benchmarks.train_memory", spec, env,
+                                                        timeout=7200)
+                    except harness.WorkerFailed as err:
+                        if not err.out_of_memory:
+                            raise
+                        # the other entries still measure (they may need less)
+                        res[entry] = {"failed": "out of memory", "returncode": err.returncode}
                     res[entry]["command"] = " ".join(shlex.quote(a) for a in commands[entry])
-                    if "baseline" in res:
-                        harness.add_ratios(res, floor="baseline",
+                    measured = {e: r for e, r in res.items() if "failed" not in r}
+                    if "baseline" in measured:
+                        harness.add_ratios(measured, floor="baseline",
                                            ratios={"mem_vs_baseline": "training_bytes"})
                     # written after every entry: an interrupted run keeps what it measured
                     table = results_table(all_results)
@@ -242,6 +251,9 @@ def results_table(all_results):
     rows = []
     for key, res in all_results.items():
         for entry, r in res["entries"].items():
+            if "failed" in r:
+                rows.append([key, entry, "", "", r["failed"], "", ""])
+                continue
             ratio = r.get("mem_vs_baseline")
             rows.append([key, entry, f"{r['params'] / 1e6:.1f}M", f"{r['sentences']} x {r['length']}",
                          f"{r['training_bytes'] / 2**30:.2f}", f"{r['step_bytes'] / 2**30:.2f}",

@@ -5,6 +5,9 @@ the ones the recipes run, and a tiny measurement must go through fairseq's
 real Trainer in half precision.
 """
 
+import signal
+import subprocess
+
 import pytest
 
 from benchmarks import harness, train_memory
@@ -80,3 +83,26 @@ def test_tiny_measurement_runs_the_trainer_in_half_precision(name, tmp_path):
     assert result["target_tokens"] == result["sentences"] * result["length"]
     assert 0 < result["step_bytes"] <= result["peak_bytes"]
     assert result["training_bytes"] > 0
+
+
+@pytest.mark.parametrize("returncode, stderr, oom", [
+    (-signal.SIGKILL, "", True),  # the kernel's OOM killer
+    (1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", True),
+    (1, "RuntimeError: DefaultCPUAllocator: not enough memory: you tried to allocate 8 GB", True),
+    (1, "ValueError: bad argument", False),
+])
+def test_a_worker_that_ran_out_of_memory_is_told_apart(monkeypatch, returncode, stderr, oom):
+    monkeypatch.setattr(harness.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, returncode, "", stderr))
+    with pytest.raises(harness.WorkerFailed) as err:
+        harness.run_worker("benchmarks.train_memory", {})
+    assert err.value.out_of_memory is oom
+
+
+def test_an_entry_out_of_memory_is_a_row_of_the_table():
+    measured = dict(params=2e8, sentences=16, length=256, training_bytes=2**34, step_bytes=2**33,
+                    mem_vs_baseline=1.0)
+    table = train_memory.results_table({"wmt14-en-de/len256": {"entries": {
+        "baseline": measured, "upstream": {"failed": "out of memory", "returncode": -9}}}})
+    assert "| wmt14-en-de/len256 | baseline | 200.0M | 16 x 256 | 16.00 | 8.00 | 1.00x |" in table
+    assert "| wmt14-en-de/len256 | upstream |  |  | out of memory |  |  |" in table

@@ -112,7 +112,7 @@ def check_results_dir(results_dir, work_dir):
 # command line
 
 
-def demo_parser(doc, modes, alpha, alpha_note):
+def demo_parser(doc, modes, alpha, alpha_note, dropout):
     """The options both demos take; a demo adds its own before :func:`parse_demo_args`."""
     p = argparse.ArgumentParser(
         description=doc.split("\n\n")[0],
@@ -125,6 +125,11 @@ def demo_parser(doc, modes, alpha, alpha_note):
                         "R-Drop run in rdrop-alpha<A>/ beside the default one and writes <mode>-alpha<A>.json, "
                         "so an alpha sweep keeps every run and shares the baseline")
     p.set_defaults(default_alpha=alpha)
+    p.add_argument("--dropout", type=float,
+                   help=f"override the dropout of both runs (default: {dropout:g}); another value trains both "
+                        "runs in baseline-dropout<P>/ and rdrop-dropout<P>[-alpha<A>]/ and writes "
+                        "<mode>-dropout<P>[-alpha<A>].json, beside the default runs")
+    p.set_defaults(default_dropout=dropout)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
     p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
@@ -158,14 +163,29 @@ def _alpha_suffix(args):
     return "" if args.alpha == args.default_alpha else f"-alpha{args.alpha:g}"
 
 
+def dropout_override(args):
+    """The ``--dropout`` value for fairseq when it differs from the demo's default, else None."""
+    if args.dropout is None or args.dropout == args.default_dropout:
+        return None
+    return f"{args.dropout:g}"
+
+
+def _dropout_suffix(args):
+    value = dropout_override(args)
+    return "" if value is None else f"-dropout{value}"
+
+
 def run_dir(args, run):
-    """Where ``run`` trains: ``<work-dir>/baseline``, ``/rdrop``, or ``/rdrop-alpha<A>`` for another alpha."""
-    return os.path.join(args.work_dir, run + (_alpha_suffix(args) if run == "rdrop" else ""))
+    """Where ``run`` trains: ``<work-dir>/baseline``, ``/rdrop``, ``/rdrop-alpha<A>`` for another
+    alpha; another dropout adds ``-dropout<P>`` to both (``baseline-dropout<P>``)."""
+    return os.path.join(args.work_dir,
+                        run + _dropout_suffix(args) + (_alpha_suffix(args) if run == "rdrop" else ""))
 
 
 def results_stem(args):
-    """The results files' name: ``<mode>``, or ``<mode>-alpha<A>`` for another alpha than the default."""
-    return args.mode + _alpha_suffix(args)
+    """The results files' name: ``<mode>``, plus ``-dropout<P>`` and ``-alpha<A>`` for other values
+    than the defaults."""
+    return args.mode + _dropout_suffix(args) + _alpha_suffix(args)
 
 
 def only_one_run(args):
@@ -182,6 +202,8 @@ def check_demo_args(args):
     """Refuse bad values of the shared options (before anything runs)."""
     if args.alpha < 0:
         raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise DemoError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.threads < 1:
         raise DemoError(f"--threads must be >= 1, got {args.threads}")
     if args.max_epoch is not None and args.max_epoch < 1:

@@ -70,10 +70,6 @@ def test_overrides_reach_the_command(tmp_path):
     assert (parsed.max_epoch, parsed.patience, parsed.rdrop_alpha) == (7, 2, 3.0)
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 @pytest.mark.parametrize("name", list(DEMOS))
 def test_another_alpha_gets_its_own_run_dir_and_results_name(name, tmp_path):
     demo = load_demo(name)
@@ -88,3 +84,37 @@ def test_another_alpha_gets_its_own_run_dir_and_results_name(name, tmp_path):
     assert demo.run_dir(other, "rdrop") == str(tmp_path / "w" / "rdrop-alpha0.5")
     assert demo.run_dir(other, "baseline") == demo.run_dir(default, "baseline")  # one baseline per sweep
     assert demo.results_stem(other) == "medium-alpha0.5"
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
+    demo = load_demo(name)
+    base = ["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
+
+    def commands(argv):
+        args = demo.parse_args(base + argv)
+        demo.check_demo_args(args)
+        cmds = {run: demo.train_command(args, demo.MODES["medium"], str(tmp_path / "d"),
+                                        demo.run_dir(args, run), run) for run in ("baseline", "rdrop")}
+        return args, cmds, {run: parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):])
+                            for run, cmd in cmds.items()}
+
+    default, default_cmds, parsed = commands([])
+    assert parsed["baseline"].dropout == parsed["rdrop"].dropout == default.default_dropout
+    # the default spelt out is the default: same runs, same commands (finished runs stay finished)
+    same, same_cmds, _ = commands(["--dropout", str(default.default_dropout)])
+    assert same_cmds == default_cmds and demo.results_stem(same) == "medium"
+
+    other, _, parsed = commands(["--dropout", "0.1", "--alpha", "0.5"])
+    assert parsed["baseline"].dropout == parsed["rdrop"].dropout == 0.1
+    assert parsed["rdrop"].rdrop_alpha == 0.5
+    assert demo.run_dir(other, "baseline") == str(tmp_path / "w" / "baseline-dropout0.1")
+    assert demo.run_dir(other, "rdrop") == str(tmp_path / "w" / "rdrop-dropout0.1-alpha0.5")
+    assert demo.results_stem(other) == "medium-dropout0.1-alpha0.5"
+
+    with pytest.raises(demo.DemoError, match="--dropout must be in"):
+        demo.check_demo_args(demo.parse_args(base + ["--dropout", "1"]))
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

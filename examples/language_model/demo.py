@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
+    child_env, demo_parser, dropout_override, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
     train_run, utc_now, write_results,
 )
@@ -66,6 +66,7 @@ from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  
 
 ARCH = "rdrop_transformer_lm_adaptive_small"
 RDROP_CRITERION = "rdrop_adaptive_loss"
+ARCH_DROPOUT = 0.3  # the dropout ARCH sets (a test checks it); --dropout overrides it
 VALID_METRICS = ("loss", "nll_loss", "ppl")
 
 # Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
@@ -138,6 +139,8 @@ def train_command(args, setting, data_bin, save_dir, run):
         # weights-only loader accept fairseq checkpoints when a run resumes
         "--user-dir", USER_DIR,
     ]  # fmt: skip
+    if dropout_override(args):  # else the architecture's own
+        cmd += ["--dropout", dropout_override(args)]
     cmd += train_flags(args, setting)
     if run == "rdrop":
         cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
@@ -215,7 +218,7 @@ CURVES = (
 
 
 def parse_args(argv=None):
-    p = demo_parser(__doc__, MODES, 1.0, "the paper's language-modelling value")
+    p = demo_parser(__doc__, MODES, 1.0, "the paper's language-modelling value", ARCH_DROPOUT)
     p.add_argument("--train-lines", type=int, help="override the mode's number of training sentences")
     return parse_demo_args(p, argv, HERE)
 

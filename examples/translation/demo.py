@@ -61,12 +61,13 @@ import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
+    child_env, demo_parser, dropout_override, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves,
     print_table, rel, say, train_run, utc_now, write_results,
 )
 
 RDROP_CRITERION = "rdrop_label_smoothed_cross_entropy"
+DROPOUT = 0.3  # both runs, every mode (--dropout overrides it)
 VALID_METRICS = ("loss", "nll_loss", "ppl", "bleu", "accuracy")
 
 
@@ -145,7 +146,7 @@ def train_command(args, setting, data_bin, save_dir, run):
     cmd = prep.fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
     cmd += flags(setting["model"])
     cmd += [
-        "--share-all-embeddings", "--dropout", "0.3", "--weight-decay", "0.0001",
+        "--share-all-embeddings", "--dropout", dropout_override(args) or f"{DROPOUT:g}", "--weight-decay", "0.0001",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
         "--lr-scheduler", "inverse_sqrt",
         "--label-smoothing", "0.1", "--report-accuracy",
@@ -277,7 +278,7 @@ CURVES = (
 
 
 def parse_args(argv=None):
-    p = demo_parser(__doc__, MODES, 5.0, "the paper's IWSLT De-En value")
+    p = demo_parser(__doc__, MODES, 5.0, "the paper's IWSLT De-En value", DROPOUT)
     p.add_argument("--beam", type=int, default=5, help="beam size for the test set (default: %(default)s)")
     p.add_argument("--limit", type=int, help="override the mode's number of train pairs")
     p.add_argument("--from-apt", action="store_true", help="rebuild the corpus from apt instead of the snapshot")

@@ -157,15 +157,18 @@ def add_ratios(results: dict, floor: str = "floor", ratios=None) -> dict:
     return results
 
 
-def machine_description(device: str) -> str:
+def machine_description(device: str, worker_threads=None) -> str:
+    """The machine; on CPU with the torch threads the measuring workers ran with when given
+    (else this process's)."""
     import torch
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    threads = (f"{worker_threads} torch threads per worker" if worker_threads
+               else f"{torch.get_num_threads()} torch threads")
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"Python {platform.python_version()}"
+        f"{threads}, torch {torch.__version__}, Python {platform.python_version()}"
     )
 
 
@@ -174,7 +177,8 @@ def write_results(kind: str, device: str, payload: dict, table: str) -> str:
     out_dir = os.path.join(REPO, "benchmarks", "results")
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{kind}-{device.split(':')[0]}-{date}")
-    payload = dict(payload, date=date, device=device, machine=machine_description(device),
+    payload = dict(payload, date=date, device=device,
+                   machine=machine_description(device, payload.get("threads")),
                    command=" ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
     tmp = stem + ".json.tmp"
     with open(tmp, "w") as f:

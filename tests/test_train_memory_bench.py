@@ -106,3 +106,13 @@ def test_an_entry_out_of_memory_is_a_row_of_the_table():
         "baseline": measured, "upstream": {"failed": "out of memory", "returncode": -9}}}})
     assert "| wmt14-en-de/len256 | baseline | 200.0M | 16 x 256 | 16.00 | 8.00 | 1.00x |" in table
     assert "| wmt14-en-de/len256 | upstream |  |  | out of memory |  |  |" in table
+
+
+def test_results_record_the_workers_threads(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setattr(harness, "REPO", str(tmp_path))
+    stem = harness.write_results("train-memory", "cpu", {"threads": 1}, "| table |")
+    machine = json.load(open(stem + ".json"))["machine"]
+    assert "1 torch threads per worker" in machine, machine
+    assert open(stem + ".md").read() == "| table |\n"

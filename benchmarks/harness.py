@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
@@ -179,7 +180,7 @@ def write_results(kind: str, device: str, payload: dict, table: str) -> str:
     stem = os.path.join(out_dir, f"{kind}-{device.split(':')[0]}-{date}")
     payload = dict(payload, date=date, device=device,
                    machine=machine_description(device, payload.get("threads")),
-                   command=" ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
+                   command=shlex.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
     tmp = stem + ".json.tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)

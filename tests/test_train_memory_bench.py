@@ -108,11 +108,13 @@ def test_an_entry_out_of_memory_is_a_row_of_the_table():
     assert "| wmt14-en-de/len256 | upstream |  |  | out of memory |  |  |" in table
 
 
-def test_results_record_the_workers_threads(monkeypatch, tmp_path):
+def test_results_record_the_workers_threads_and_the_command(monkeypatch, tmp_path):
     import json
 
     monkeypatch.setattr(harness, "REPO", str(tmp_path))
+    monkeypatch.setattr(harness.sys, "argv", [str(tmp_path / "bench.py"), "--extra", "--dropout 0"])
     stem = harness.write_results("train-memory", "cpu", {"threads": 1}, "| table |")
-    machine = json.load(open(stem + ".json"))["machine"]
-    assert "1 torch threads per worker" in machine, machine
+    written = json.load(open(stem + ".json"))
+    assert "1 torch threads per worker" in written["machine"], written["machine"]
+    assert written["command"] == "bench.py --extra '--dropout 0'"  # runs again as written
     assert open(stem + ".md").read() == "| table |\n"

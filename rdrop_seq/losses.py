@@ -80,17 +80,66 @@ def symmetric_kl(
             f"lprobs has {lprobs.size(0)} rows, not a multiple of passes={passes}"
         )
     lprobs = lprobs.to(_kl_dtype(lprobs.dtype))
-    copies = lprobs.view(passes, -1, lprobs.size(-1))
-    probs = copies.exp()
-    per_position = lprobs.new_zeros(copies.size(1))
-    for i in range(passes):
-        for j in range(i + 1, passes):
-            pair = ((probs[i] - probs[j]) * (copies[i] - copies[j])).sum(-1)
-            per_position = per_position + 0.5 * pair
-    per_position = per_position / (passes * (passes - 1) / 2)
+    per_position = _PairMeanSymmetricKL.apply(lprobs.view(passes, -1, lprobs.size(-1)))
     if mask is not None:
         per_position = per_position.masked_fill(~mask, 0.0)
     return per_position.sum() if reduce else per_position
+
+
+# elements of one chunk's temporaries in _PairMeanSymmetricKL (64 MiB in float32)
+KL_CHUNK_ELEMENTS = 1 << 24
+
+
+def _kl_chunks(copies: Tensor):
+    """Slices of positions whose ``[m, rows, V]`` block holds about KL_CHUNK_ELEMENTS."""
+    passes, n, vocab = copies.shape
+    step = max(1, KL_CHUNK_ELEMENTS // max(1, passes * vocab))
+    return [slice(start, start + step) for start in range(0, n, step)]
+
+
+class _PairMeanSymmetricKL(torch.autograd.Function):
+    """Per position, the pair mean of ``1/2 sum_v (p_i - p_j)(l_i - l_j)`` of ``[m, N, V]``
+    log-probabilities ``l`` (``p = exp(l)``).
+
+    Autograd through the plain expression would keep ``p`` and both differences
+    (two ``[m*N, V]`` tensors' worth) until the backward, and make as many
+    again there.  This keeps only ``l`` (the log-softmax that made it keeps it
+    anyway) and works chunk by chunk of positions in both passes, so besides the
+    gradient only one chunk's temporaries exist.  Gradient with respect to
+    ``l_i`` of one pair's term: ``1/2 (p_i (l_i - l_j) + (p_i - p_j))``, and the
+    negative of the same with ``p_j`` for ``l_j``.
+    """
+
+    @staticmethod
+    def forward(ctx, copies):
+        ctx.save_for_backward(copies)
+        passes = copies.size(0)
+        pairs = passes * (passes - 1) / 2
+        out = copies.new_zeros(copies.size(1))
+        for rows in _kl_chunks(copies):
+            chunk = copies[:, rows]
+            probs = chunk.exp()
+            for i in range(passes):
+                for j in range(i + 1, passes):
+                    out[rows] += 0.5 * ((probs[i] - probs[j]) * (chunk[i] - chunk[j])).sum(-1)
+        return out / pairs
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (copies,) = ctx.saved_tensors
+        passes = copies.size(0)
+        pairs = passes * (passes - 1) / 2
+        grad = torch.zeros_like(copies)
+        for rows in _kl_chunks(copies):
+            chunk, into = copies[:, rows], grad[:, rows]
+            probs = chunk.exp()
+            scale = (grad_out[rows] * (0.5 / pairs)).unsqueeze(-1)
+            for i in range(passes):
+                for j in range(i + 1, passes):
+                    diff_l, diff_p = chunk[i] - chunk[j], probs[i] - probs[j]
+                    into[i] += scale * (probs[i] * diff_l + diff_p)
+                    into[j] -= scale * (probs[j] * diff_l + diff_p)
+        return grad
 
 
 class RDropLoss(NamedTuple):

@@ -274,6 +274,10 @@ def _record(cmd, **extra):
     return dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd), **extra)
 
 
+# how often a running training's time so far is written to its started.json
+TIME_RECORD_SECONDS = 60
+
+
 def _count_time(started, cmd, seconds):
     """Record the seconds an unfinished run has trained so far, for when it resumes."""
     write_json(started, _record(cmd, prior_seconds=round(seconds, 1)))
@@ -302,7 +306,8 @@ def train_run(cmd, save_dir, run, threads, metrics):
     finished with the same settings but a smaller ``--max-epoch`` it used up
     is continued from its ``checkpoint_last.pt`` (one that stopped early, on
     ``--patience``, is left as it is); an interrupted or failed one resumes from
-    its ``checkpoint_last.pt``, its time so far counted; one of other settings is started afresh.  Returns
+    its ``checkpoint_last.pt``, its time so far counted (written to ``started.json`` every
+    minute while it trains, so a run killed outright keeps it too); one of other settings is started afresh.  Returns
     the run's info (seconds over all its invocations, the command, and the
     updates and per-epoch ``metrics`` read from its json log on every call).
     """
@@ -342,16 +347,25 @@ def train_run(cmd, save_dir, run, threads, metrics):
     say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
     say("  " + display(cmd))
     t0 = time.time()
+    proc = subprocess.Popen(cmd, env=child_env(threads))
     try:
-        proc = subprocess.run(cmd, env=child_env(threads))
+        while True:
+            try:
+                returncode = proc.wait(timeout=TIME_RECORD_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                # the time so far is on disk, should this process be killed outright
+                _count_time(started, cmd, prior_seconds + time.time() - t0)
     except BaseException:  # interrupted (Ctrl-C): the time spent still counts when it resumes
+        proc.kill()
+        proc.wait()
         _count_time(started, cmd, prior_seconds + time.time() - t0)
         raise
     seconds = prior_seconds + time.time() - t0
-    if proc.returncode != 0:
+    if returncode != 0:
         _count_time(started, cmd, seconds)
         raise DemoError(
-            f"fairseq-train ({run}) failed with exit code {proc.returncode}; see {rel(save_dir)}/train.log"
+            f"fairseq-train ({run}) failed with exit code {returncode}; see {rel(save_dir)}/train.log"
         )
     if not os.path.exists(os.path.join(save_dir, "checkpoint_best.pt")):
         raise DemoError(f"fairseq-train ({run}) wrote no checkpoint_best.pt in {rel(save_dir)}")

@@ -186,3 +186,30 @@ def test_train_log_gives_validation_and_training_values_per_epoch(tmp_path):
          "train_loss": 6.0, "train_nll_loss": 5.0, "train_ppl": 32.0},
         {"epoch": 2, "loss": 4.4, "nll_loss": 3.4, "updates": 20, "train_loss": 5.5, "train_nll_loss": 4.5},
     ]
+
+
+def test_time_so_far_is_on_disk_when_the_demo_is_killed_outright(tmp_path):
+    """SIGKILL (a session or job ended) leaves no chance to record anything: the record is kept current."""
+    import signal
+    import subprocess
+    import time
+
+    save_dir = tmp_path / "run"
+    driver = f"""
+import sys
+sys.path.insert(0, {os.path.join(REPO, "examples")!r})
+import demo_runs
+demo_runs.TIME_RECORD_SECONDS = 0.2
+sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "--save-dir", {str(save_dir)!r}, "--max-epoch", "3"]
+demo_runs.train_run(sleeper, {str(save_dir)!r}, "rdrop", 1, ("loss",))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", driver], start_new_session=True)
+    started = save_dir / "started.json"
+    deadline = time.time() + 20
+    while time.time() < deadline and not (
+        started.exists() and json.loads(started.read_text()).get("prior_seconds", 0) >= 1.0
+    ):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the demo and its training, with no warning
+    proc.wait()
+    assert json.loads(started.read_text())["prior_seconds"] >= 1.0

@@ -139,8 +139,9 @@ def train_command(args, setting, data_bin, save_dir, run):
         # weights-only loader accept fairseq checkpoints when a run resumes
         "--user-dir", USER_DIR,
     ]  # fmt: skip
-    if dropout_override(args):  # else the architecture's own
-        cmd += ["--dropout", dropout_override(args)]
+    dropout = dropout_override(args)
+    if dropout is not None:  # else the architecture's own
+        cmd += ["--dropout", dropout]
     cmd += train_flags(args, setting)
     if run == "rdrop":
         cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]

@@ -7,11 +7,17 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNAPSHOT = os.path.join(REPO, "examples", "translation", "data", "debian-de-en.tsv.xz")
 BIN = os.path.dirname(sys.executable)
 SIZES = {"train": 240, "valid": 24, "test": 24}
+
+# tests that need a GPU run where there is one and are skipped elsewhere (CI has none);
+# on a GPU machine: pytest -k cuda
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 
 
 def run_tool(tool, *args, cwd, env=None):

@@ -84,17 +84,40 @@ def doubled(sample, passes=2):
     return out
 
 
-def check_step_against_reference(model, criterion, sample, epsilon, alpha, passes, pad, no_fused):
+def to_device(model, sample, device, dtype=None):
+    """The model (in ``dtype`` if given) and a copy of the sample on ``device``."""
+    from fairseq import utils
+
+    model.to(device=device, dtype=dtype)
+    return model, utils.apply_to_sample(lambda t: t.to(device), sample)
+
+
+# tolerances against the float64 reference: (loss and nll, KL, gradient) as (rtol, atol)
+FLOAT32_TOLERANCES = ((1e-5, 1e-5), (1e-4, 1e-6), (1e-4, 1e-6))
+# a 16-bit model: the fused path's logits are rounded to 16 bits before the float32
+# loss (the reference takes them from the same 16-bit features in float64), and the
+# gradient that reaches the model is a 16-bit tensor (the tiny models' gradients reach
+# about 2.5: bfloat16's 8-bit mantissa allows about 1 % of that)
+HALF_TOLERANCES = {
+    torch.float16: ((2e-3, 1e-2), (2e-2, 1e-3), (2e-2, 2e-3)),
+    torch.bfloat16: ((5e-3, 2e-2), (5e-2, 2e-3), (5e-2, 3e-2)),
+}
+
+
+def check_step_against_reference(model, criterion, sample, epsilon, alpha, passes, pad, no_fused,
+                                 tolerances=FLOAT32_TOLERANCES):
     """One training forward/backward of ``criterion`` checked against the float64 reference.
 
     Captures what the model returns inside the criterion's forward (logits on
     the generic path, the final hidden states on the fused one), recomputes the
-    R-Drop loss from it in float64 (through the output projection when fused)
-    and compares the loss, the logged nll and KL, and the gradient that reached
-    the captured tensor.  Returns ``(captured, logging_output)``.
+    R-Drop loss from it in float64 on the CPU (through the output projection
+    when fused) and compares the loss, the logged nll and KL, and the gradient
+    that reached the captured tensor.  The model and sample may be on any
+    device.  Returns ``(captured, logging_output)``.
     """
     from tests.reference import reference_rdrop_loss
 
+    (loss_tol, kl_tol, grad_tol) = tolerances
     weight = model.decoder.output_projection.weight
     captured = {}
 
@@ -112,18 +135,20 @@ def check_step_against_reference(model, criterion, sample, epsilon, alpha, passe
     out = captured["out"]  # [m*B, T, V] logits or [m*B, T, H] features
     assert out.size(0) == passes * sample["target"].size(0)
     assert out.size(-1) == (weight.size(0) if no_fused else weight.size(1))
+    assert loss.dtype == log["rdrop_kl"].dtype == torch.float32
 
-    ref_in = out.detach().reshape(-1, out.size(-1)).double().requires_grad_()
-    logits = ref_in if no_fused else ref_in @ weight.detach().double().t()
+    cpu64 = lambda t: t.detach().cpu().double()  # noqa: E731
+    ref_in = cpu64(out).reshape(-1, out.size(-1)).requires_grad_()
+    logits = ref_in if no_fused else ref_in @ cpu64(weight).t()
     ref_loss, ref_nll, ref_kl = reference_rdrop_loss(
-        logits, sample["target"].reshape(-1), epsilon, alpha, passes, pad
+        logits, sample["target"].cpu().reshape(-1), epsilon, alpha, passes, pad
     )
     ref_loss.backward()
-    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(log["rdrop_kl"].double(), ref_kl, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cpu64(loss), ref_loss, rtol=loss_tol[0], atol=loss_tol[1])
+    torch.testing.assert_close(cpu64(log["nll_loss"]), ref_nll, rtol=loss_tol[0], atol=loss_tol[1])
+    torch.testing.assert_close(cpu64(log["rdrop_kl"]), ref_kl, rtol=kl_tol[0], atol=kl_tol[1])
     torch.testing.assert_close(
-        out.grad.reshape(-1, out.size(-1)).double(), ref_in.grad, rtol=1e-4, atol=1e-6
+        cpu64(out.grad).reshape(-1, out.size(-1)), ref_in.grad, rtol=grad_tol[0], atol=grad_tol[1]
     )
     assert log["copies_ntokens"] == passes * sample["ntokens"]
     return out, log

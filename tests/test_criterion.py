@@ -14,8 +14,10 @@ from fairseq.logging import metrics
 from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
     RDropLabelSmoothedCrossEntropyCriterion,
 )
+from tests.conftest import DEVICES, NEEDS_CUDA
 from tests.fairseq_helpers import (
-    check_step_against_reference, doubled, tiny_transformer, translation_batch, translation_task,
+    HALF_TOLERANCES, check_step_against_reference, doubled, tiny_transformer, to_device,
+    translation_batch, translation_task,
 )
 
 
@@ -122,16 +124,32 @@ def test_fused_step_equals_unfused_step(setup, passes):
         torch.testing.assert_close(pf[name], pu[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("no_fused", [False, True])
 @pytest.mark.parametrize("passes", [2, 3])
-def test_loss_and_gradients_match_reference_inside_the_model(setup, passes, no_fused):
+def test_loss_and_gradients_match_reference_inside_the_model(setup, passes, no_fused, device):
     task, model, sample = setup
+    model, sample = to_device(model, sample, device)
     model.train()
     crit = make_criterion(task, rdrop_passes=passes, rdrop_alpha=3.0, rdrop_no_fused=no_fused)
     out, _ = check_step_against_reference(model, crit, sample, 0.1, 3.0, passes, task.tgt_dict.pad(), no_fused)
     # the copies really saw different dropout masks
     copies = out.detach().view(passes, -1, *out.shape[1:])
     assert not torch.allclose(copies[0], copies[1])
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("no_fused", [False, True])
+def test_half_precision_model_on_cuda_matches_reference(setup, no_fused, dtype):
+    """What --fp16 / --bf16 run on a GPU: a 16-bit model, the loss and KL in float32."""
+    task, model, sample = setup
+    model, sample = to_device(model, sample, "cuda", dtype)
+    model.train()
+    crit = make_criterion(task, rdrop_alpha=5.0, rdrop_no_fused=no_fused)
+    out, log = check_step_against_reference(model, crit, sample, 0.1, 5.0, 2, task.tgt_dict.pad(),
+                                            no_fused, tolerances=HALF_TOLERANCES[dtype])
+    assert out.dtype == dtype and log["rdrop_kl"] > 0
 
 
 def test_sample_is_not_mutated_by_a_training_step(setup):

@@ -27,7 +27,8 @@ from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_
 from rdrop_seq.criterions.rdrop_adaptive_loss import RDropAdaptiveLoss
 from rdrop_seq.criterions.rdrop_cross_entropy import RDropCrossEntropyCriterion
 from rdrop_seq.losses import rdrop_cross_entropy_loss
-from tests.fairseq_helpers import check_step_against_reference
+from tests.conftest import DEVICES
+from tests.fairseq_helpers import check_step_against_reference, to_device
 from tests.reference import random_batch, reference_rdrop_loss
 from tests.reference_lm import (
     random_adaptive_batch,
@@ -354,11 +355,12 @@ def test_stock_adaptive_loss_drops_the_word_colliding_with_pad_and_we_do_not(lm)
     assert s_loss.item() < loss.item() - 1e-3  # stock ignored the collided tail terms
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["full", "head"])
 @pytest.mark.parametrize("passes", [2, 3])
-def test_adaptive_loss_and_gradients_match_reference_inside_the_model(lm, mode, passes):
+def test_adaptive_loss_and_gradients_match_reference_inside_the_model(lm, mode, passes, device):
     task, model = lm
-    sample = random_lm_batch(seed=3, collide=True)
+    model, sample = to_device(model, random_lm_batch(seed=3, collide=True), device)
     model.train()
     asm = model.decoder.adaptive_softmax
     alpha = 2.0
@@ -370,7 +372,7 @@ def test_adaptive_loss_and_gradients_match_reference_inside_the_model(lm, mode, 
     loss.backward()
     assert len(cap.head) == 1 and all(len(t) == 1 for t in cap.tails)
     scores = [cap.head[0]] + [t[0] for t in cap.tails]
-    target = sample["target"].view(-1)
+    target = sample["target"].view(-1).cpu()  # the reference runs on the CPU
     n = target.numel()
     if mode == "full":
         assert all(s.size(0) == passes * n for s in scores)
@@ -379,17 +381,17 @@ def test_adaptive_loss_and_gradients_match_reference_inside_the_model(lm, mode, 
         for i, pos in enumerate(cluster_positions(target, asm.cutoff)):
             assert scores[i + 1].size(0) == passes * pos.numel()
         reference = reference_adaptive_head
-    leaves = [s.detach().double().requires_grad_() for s in scores]
+    leaves = [s.detach().cpu().double().requires_grad_() for s in scores]
     ref_loss, ref_nll, ref_kl = reference(
         leaves[0], leaves[1:], target, asm.cutoff, alpha, passes, PAD
     )
     ref_loss.backward()
-    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(log["nll_loss"].double(), ref_nll, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(log["rdrop_kl"].double(), ref_kl, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss.cpu().double(), ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["nll_loss"].cpu().double(), ref_nll, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["rdrop_kl"].cpu().double(), ref_kl, rtol=1e-4, atol=1e-5)
     assert ref_kl > 0
     for s, leaf in zip(scores, leaves):
-        torch.testing.assert_close(s.grad.double(), leaf.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(s.grad.cpu().double(), leaf.grad, rtol=1e-4, atol=1e-6)
     assert size == sample["target"].ne(PAD).sum()
     assert log["copies_ntokens"] == passes * size
 
@@ -527,13 +529,14 @@ def test_cross_entropy_alpha_zero_fused_equals_stock_on_the_doubled_batch(full_l
         torch.testing.assert_close(ours[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("no_fused", [False, True])
 @pytest.mark.parametrize("passes", [2, 3])
 def test_cross_entropy_loss_and_gradients_match_reference_inside_the_model(
-    full_lm, passes, no_fused
+    full_lm, passes, no_fused, device
 ):
     task, model = full_lm
-    sample = random_lm_batch(seed=2, collide=True)
+    model, sample = to_device(model, random_lm_batch(seed=2, collide=True), device)
     model.train()
     crit = ce_criterion(task, rdrop_alpha=1.0, rdrop_passes=passes, rdrop_no_fused=no_fused)
     check_step_against_reference(model, crit, sample, 0.0, 1.0, passes, PAD, no_fused)

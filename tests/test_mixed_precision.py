@@ -27,7 +27,7 @@ from fairseq.optim.fp16_optimizer import FP16Optimizer
 from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
     RDropLabelSmoothedCrossEntropyCriterion,
 )
-from tests.conftest import BIN, REPO, run
+from tests.conftest import BIN, NEEDS_CUDA, run
 from tests.fairseq_helpers import tiny_transformer, translation_batch, translation_task
 
 COMMON = [
@@ -80,23 +80,47 @@ def assert_bf16_training(log, checkpoint):
             assert torch.equal(value, value.bfloat16().float()), key
 
 
-def test_bf16_translation_end_to_end_on_cpu(data_bin):
-    log = run("rdrop-train", *TRANSLATION, *COMMON, "--save-dir", "bf16_mt", cwd=data_bin)
-    assert_bf16_training(log, data_bin / "bf16_mt" / "checkpoint_last.pt")
-
-
-def test_bf16_language_model_end_to_end_on_cpu(data_bin):
-    if not os.path.exists(os.path.join(REPO, "rdrop_seq", "criterions", "rdrop_cross_entropy.py")):
-        pytest.skip("the LM criterion rdrop_cross_entropy is not in this checkout yet")
-    # the English side of the translation data-bin is a language-model data-bin
+def lm_data_bin(data_bin):
+    """The English side of the translation data-bin, as a language-model data-bin."""
     lm = data_bin / "lm-bin"
     lm.mkdir(exist_ok=True)
     shutil.copy(data_bin / "bin" / "dict.en.txt", lm / "dict.txt")
     for split in ("train", "valid"):
         for ext in ("bin", "idx"):
             shutil.copy(data_bin / "bin" / f"{split}.de-en.en.{ext}", lm / f"{split}.{ext}")
+
+
+def test_bf16_translation_end_to_end_on_cpu(data_bin):
+    log = run("rdrop-train", *TRANSLATION, *COMMON, "--save-dir", "bf16_mt", cwd=data_bin)
+    assert_bf16_training(log, data_bin / "bf16_mt" / "checkpoint_last.pt")
+
+
+def test_bf16_language_model_end_to_end_on_cpu(data_bin):
+    lm_data_bin(data_bin)
     log = run("rdrop-train", *LM, *COMMON, "--save-dir", "bf16_lm", cwd=data_bin)
     assert_bf16_training(log, data_bin / "bf16_lm" / "checkpoint_last.pt")
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("task", ["translation", "lm"])
+def test_fp16_end_to_end_on_cuda(data_bin, task):
+    """--fp16 on a GPU: fairseq's FP16Optimizer and loss scaler around our criterions."""
+    if task == "lm":
+        lm_data_bin(data_bin)
+    on_gpu = [a for a in COMMON if a not in ("--cpu", "--bf16")] + ["--fp16"]
+    save_dir = f"fp16_{task}"
+    log = run("rdrop-train", *(TRANSLATION if task == "translation" else LM), *on_gpu,
+              "--save-dir", save_dir, cwd=data_bin)
+    rows = logged_updates(log)
+    assert len(rows) == 2, log[-3000:]
+    for stats in rows:
+        for key in ("loss", "nll_loss", "rdrop_kl", "gnorm", "loss_scale"):
+            assert math.isfinite(float(stats[key])), (key, stats)
+        assert float(stats["rdrop_kl"]) > 0
+    model = torch.load(data_bin / save_dir / "checkpoint_last.pt", map_location="cpu")["model"]
+    assert model, "no weights saved"
+    for key, value in model.items():
+        assert torch.isfinite(value).all(), key
 
 
 def test_fp16_and_amp_on_cpu_are_refused_before_training(data_bin):

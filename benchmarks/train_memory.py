@@ -11,19 +11,26 @@ commands, and for translation ``upstream`` (fairseq's
 ``label_smoothed_cross_entropy_with_rdrop --rdrop-alpha 5`` on the baseline
 command).
 
-Reported: ``training_bytes`` = the peak over a step (after one warm-up step, so
-the optimizer state exists) of everything training holds: on CUDA
+Reported: ``training_bytes`` = the peak over a step (after warm-up steps up to the
+first that updates the weights, so the optimizer state exists) of everything training holds: on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS minus its RSS
 after the imports (see harness.py for the method); ``step_bytes`` = that peak
 minus what was in use just before the step (activations and temporaries: what
-R-Drop's doubled batch adds to).  An entry whose worker runs out of memory (killed
-by the kernel's OOM killer, or an allocator error) is reported as such and the
-other entries go on.  On CPU, ``--fp16`` is
-replaced by ``--bf16``: the same two bytes per element and the same optimizer
-wrapper, so the tensors held are those of an fp16 run.  What a CPU figure does
-not hold: the CUDA context and cuBLAS workspaces, the caching allocator's
-rounding and fragmentation (``nvidia-smi`` shows more than this), and kernels
-that keep different intermediates on a GPU.
+R-Drop's doubled batch adds to).  An entry whose worker runs out of memory
+(killed by the kernel's OOM killer, or an allocator error) is reported as such
+and the other entries go on.  On CPU, ``--fp16`` is replaced by ``--bf16``: the
+same two bytes per element and the same optimizer wrapper, so the tensors held
+are those of an fp16 run.  What a CPU figure does not hold: the CUDA context and
+cuBLAS workspaces, the caching allocator's rounding and fragmentation
+(``nvidia-smi`` shows more than this), and kernels that keep different
+intermediates on a GPU.
+
+With ``--time-updates N``, also the seconds of one whole update of the recipe on
+this one device (``--update-freq`` micro-batches and the optimizer step, median
+of N after a warm-up update), and the device-hours of its ``--max-update``
+updates at that rate: an extrapolation from a synthetic batch, without data
+loading, validation, checkpoints or (with several devices) gradient
+communication.
 
 The batch is synthetic: sentences of one length (``--lengths``, each batch
 ``max-tokens // length`` sentences; attention memory grows with the length) of
@@ -61,6 +68,7 @@ CONFIGS = {
 }
 ENTRIES = {"translation": ["baseline", "rdrop", "upstream"], "lm": ["baseline", "rdrop"]}
 DEFAULT_LENGTHS = {"translation": [32, 256], "lm": [None]}  # LM: --tokens-per-sample
+WARMUP_STEPS_MAX = 20
 
 
 # ---- the recipes' commands ---------------------------------------------------
@@ -163,6 +171,10 @@ def run_entry(spec):
     model = task.build_model(cfg.model)
     criterion = task.build_criterion(cfg.criterion)
     trainer = Trainer(cfg, task, model, criterion)
+    # On CUDA fairseq's Trainer logs gb_free at the end of every step and resets CUDA's
+    # peak-memory counter to do so: the measured peak would then hold only what came
+    # after.  Without its CUDA environment record it leaves the counter alone.
+    trainer.cuda_env = None
     dictionary = task.source_dictionary if spec["kind"] == "lm" else task.target_dictionary
     sample, bsz, length = _sample(spec["kind"], argv, spec["length"], dictionary,
                                   torch.Generator().manual_seed(0))
@@ -172,12 +184,44 @@ def run_entry(spec):
         with metrics.aggregate("train"):
             trainer.train_step([sample])
 
-    result = harness.measure_step(step, spec["device"], "memory", warmup=1, steps=0)
+    # warm up until the optimizer has stepped once, so that its state exists before the
+    # measured step (an fp16 step whose gradients overflow is skipped: the loss scale starts
+    # high and halves on each overflow)
+    warmup_steps = 0
+    while trainer.get_num_updates() == 0:
+        if warmup_steps == WARMUP_STEPS_MAX:
+            raise RuntimeError(f"no optimizer step in {WARMUP_STEPS_MAX} warm-up steps")
+        step()
+        warmup_steps += 1
+    result = harness.measure_step(step, spec["device"], "memory", warmup=0, steps=0)
+    result["warmup_steps"] = warmup_steps
     result["training_bytes"] = result["peak_bytes"] - start_rss
+    if spec.get("time_updates"):
+        result.update(time_updates(trainer, sample, argv, spec))
     result.update(params=sum(p.numel() for p in trainer.model.parameters()),
                   dtype=str(next(trainer.model.parameters()).dtype), sentences=bsz,
                   length=length, target_tokens=sample["ntokens"])
     return result
+
+
+def time_updates(trainer, sample, argv, spec):
+    """Seconds per update of the recipe on one device: ``--update-freq`` micro-batches
+    and one optimizer step (median of ``time_updates`` after one warm-up update), and
+    what ``--max-update`` updates take at that rate."""
+    from fairseq.logging import metrics
+
+    update_freq, max_update = _option(argv, "--update-freq"), _option(argv, "--max-update")
+
+    def update():
+        # fresh dicts per micro-batch: fairseq's own R-Drop criterion rewrites net_input
+        micro_batches = [dict(sample, net_input=dict(sample["net_input"])) for _ in range(update_freq)]
+        with metrics.aggregate("train"):
+            trainer.train_step(micro_batches)
+
+    seconds = harness.measure_step(update, spec["device"], "time", warmup=1,
+                                   steps=spec["time_updates"])["seconds"]
+    return dict(update_seconds=seconds, update_freq=update_freq, max_update=max_update,
+                device_hours=seconds * max_update / 3600)
 
 
 # ---- driver ------------------------------------------------------------------
@@ -195,6 +239,10 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--extra", default="",
                         help="more fairseq-train arguments for every entry (e.g. a smaller model)")
+    parser.add_argument("--time-updates", type=int, default=0, metavar="N",
+                        help="also time N whole updates of the recipe (--update-freq micro-batches "
+                        "and the optimizer step, after one warm-up update) and extrapolate the "
+                        "device-hours of its --max-update updates")
     parser.add_argument("--label", default="",
                         help="added to the results file name (keeps other runs of the day)")
     args = parser.parse_args()
@@ -222,7 +270,8 @@ def main():
                 all_results[key] = dict(cfg, vocab=vocab[name], entries=res)
                 for entry in entries:
                     spec = dict(kind=cfg["kind"], argv=commands[entry], length=length,
-                                threads=args.threads, device=args.device)
+                                threads=args.threads, device=args.device,
+                                time_updates=args.time_updates)
                     env = harness.MMAP_ENV if args.device == "cpu" else None
                     try:
                         res[entry] = harness.run_worker("benchmarks.train_memory", spec, env,
@@ -235,31 +284,45 @@ def main():
                     res[entry]["command"] = " ".join(shlex.quote(a) for a in commands[entry])
                     measured = {e: r for e, r in res.items() if "failed" not in r}
                     if "baseline" in measured:
-                        harness.add_ratios(measured, floor="baseline",
-                                           ratios={"mem_vs_baseline": "training_bytes"})
+                        ratios = {"mem_vs_baseline": "training_bytes"}
+                        if args.time_updates:
+                            ratios["time_vs_baseline"] = "update_seconds"
+                        harness.add_ratios(measured, floor="baseline", ratios=ratios)
                     # written after every entry: an interrupted run keeps what it measured
                     table = results_table(all_results)
                     stem = harness.write_results(
                         "train-memory" + (f"-{args.label}" if args.label else ""), args.device,
-                        dict(configs=all_results, threads=args.threads, extra=args.extra), table)
+                        dict(configs=all_results, threads=args.threads, extra=args.extra,
+                             time_updates=args.time_updates), table)
                     print(table.splitlines()[-1], flush=True)
     print(table)
     print(f"wrote {os.path.relpath(stem, harness.REPO)}.json and .md")
 
 
 def results_table(all_results):
+    timed = any("update_seconds" in r for res in all_results.values()
+                for r in res["entries"].values())
+    header = ["config", "entry", "params", "batch", "training GiB", "step GiB", "vs baseline"]
+    if timed:
+        header += ["update s", "vs baseline", "device-hours"]
     rows = []
     for key, res in all_results.items():
         for entry, r in res["entries"].items():
             if "failed" in r:
-                rows.append([key, entry, "", "", r["failed"], "", ""])
+                rows.append([key, entry, "", "", r["failed"]] + [""] * (len(header) - 5))
                 continue
             ratio = r.get("mem_vs_baseline")
-            rows.append([key, entry, f"{r['params'] / 1e6:.1f}M", f"{r['sentences']} x {r['length']}",
-                         f"{r['training_bytes'] / 2**30:.2f}", f"{r['step_bytes'] / 2**30:.2f}",
-                         "" if ratio is None else f"{ratio:.2f}x"])
-    return harness.markdown_table(
-        rows, ["config", "entry", "params", "batch", "training GiB", "step GiB", "vs baseline"])
+            row = [key, entry, f"{r['params'] / 1e6:.1f}M", f"{r['sentences']} x {r['length']}",
+                   f"{r['training_bytes'] / 2**30:.2f}", f"{r['step_bytes'] / 2**30:.2f}",
+                   "" if ratio is None else f"{ratio:.2f}x"]
+            if timed:
+                time_ratio = r.get("time_vs_baseline")
+                row += ([f"{r['update_seconds']:.3f} ({r['update_freq']} x)",
+                         "" if time_ratio is None else f"{time_ratio:.2f}x",
+                         f"{r['device_hours']:.0f} ({r['max_update']} updates)"]
+                        if "update_seconds" in r else ["", "", ""])
+            rows.append(row)
+    return harness.markdown_table(rows, header)
 
 
 if __name__ == "__main__":

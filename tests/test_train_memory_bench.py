@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from benchmarks import harness, train_memory
+from tests.conftest import DEVICES
 
 TINY = {
     "translation": "--encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
@@ -73,7 +74,7 @@ def test_tiny_measurement_runs_the_trainer_in_half_precision(name, tmp_path):
                                     else 70000)  # above the adaptive cutoffs 20000,60000
     argv = train_memory.for_device(train_memory.entry_command(cfg, "rdrop", str(tmp_path)), "cpu")
     spec = dict(kind=cfg["kind"], argv=argv + TINY[cfg["kind"]].split(), length=16, threads=1,
-                device="cpu")
+                device="cpu", time_updates=1)
     result = harness.run_worker("benchmarks.train_memory", spec, harness.MMAP_ENV, timeout=600)
     assert result["dtype"] == "torch.bfloat16"
     if cfg["kind"] == "translation":
@@ -83,6 +84,29 @@ def test_tiny_measurement_runs_the_trainer_in_half_precision(name, tmp_path):
     assert result["target_tokens"] == result["sentences"] * result["length"]
     assert 0 < result["step_bytes"] <= result["peak_bytes"]
     assert result["training_bytes"] > 0
+    # one whole update of the recipe: its --update-freq micro-batches, then the extrapolation
+    assert result["update_freq"] == (16 if cfg["kind"] == "translation" else 24)
+    assert result["max_update"] == train_memory._option(argv, "--max-update")
+    assert result["update_seconds"] > 0
+    assert result["device_hours"] == pytest.approx(
+        result["update_seconds"] * result["max_update"] / 3600)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_peak_covers_the_whole_step(device, tmp_path):
+    """The stock cross_entropy keeps float32 log-probabilities of every target position:
+    the measured step must hold at least those (on CUDA fairseq's Trainer resets the
+    peak counter at the end of each step, which once hid the whole step)."""
+    cfg = train_memory.CONFIGS["wt103-transformer"]
+    vocab = 70000
+    train_memory.write_dictionaries(str(tmp_path), cfg["dicts"], vocab)
+    argv = train_memory.for_device(train_memory.entry_command(cfg, "baseline", str(tmp_path)), device)
+    spec = dict(kind="lm", argv=argv + TINY["lm"].split(), length=None, threads=1, device=device)
+    env = harness.MMAP_ENV if device == "cpu" else None
+    result = harness.run_worker("benchmarks.train_memory", spec, env, timeout=600)
+    assert result["warmup_steps"] >= 1
+    log_probs_bytes = result["target_tokens"] * vocab * 4
+    assert result["step_bytes"] >= log_probs_bytes, (result, log_probs_bytes)
 
 
 @pytest.mark.parametrize("returncode, stderr, oom", [
@@ -106,6 +130,18 @@ def test_an_entry_out_of_memory_is_a_row_of_the_table():
         "baseline": measured, "upstream": {"failed": "out of memory", "returncode": -9}}}})
     assert "| wmt14-en-de/len256 | baseline | 200.0M | 16 x 256 | 16.00 | 8.00 | 1.00x |" in table
     assert "| wmt14-en-de/len256 | upstream |  |  | out of memory |  |  |" in table
+
+
+def test_timed_updates_are_columns_of_the_table():
+    timed = dict(params=2e8, sentences=128, length=32, training_bytes=2**33, step_bytes=2**32,
+                 mem_vs_baseline=1.25, update_seconds=1.5, update_freq=16, max_update=300000,
+                 device_hours=125.0, time_vs_baseline=1.9)
+    table = train_memory.results_table({"wmt14-en-de/len32": {"entries": {
+        "rdrop": timed, "upstream": {"failed": "out of memory", "returncode": -9}}}})
+    assert "| update s | vs baseline | device-hours |" in table
+    assert ("| wmt14-en-de/len32 | rdrop | 200.0M | 128 x 32 | 8.00 | 4.00 | 1.25x "
+            "| 1.500 (16 x) | 1.90x | 125 (300000 updates) |") in table
+    assert "| wmt14-en-de/len32 | upstream |  |  | out of memory |  |  |  |  |  |" in table
 
 
 def test_results_record_the_workers_threads_and_the_command(monkeypatch, tmp_path):

@@ -11,12 +11,12 @@ commands, and for translation ``upstream`` (fairseq's
 ``label_smoothed_cross_entropy_with_rdrop --rdrop-alpha 5`` on the baseline
 command).
 
-Reported: ``training_bytes`` = the peak over a step (after warm-up steps up to the
-first that updates the weights, so the optimizer state exists) of everything training holds: on CUDA
-``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS minus its RSS
-after the imports (see harness.py for the method); ``step_bytes`` = that peak
-minus what was in use just before the step (activations and temporaries: what
-R-Drop's doubled batch adds to).  An entry whose worker runs out of memory
+Reported: ``training_bytes`` = the peak over a step of everything training holds
+(measured after warm-up steps up to the first that updates the weights, so the
+optimizer state exists): on CUDA ``torch.cuda.max_memory_allocated``; on CPU the
+process's peak RSS minus its RSS after the imports (see harness.py for the
+method); ``step_bytes`` = that peak minus what was in use just before the step
+(activations and temporaries: what R-Drop's doubled batch adds to).  An entry whose worker runs out of memory
 (killed by the kernel's OOM killer, or an allocator error) is reported as such
 and the other entries go on.  On CPU, ``--fp16`` is replaced by ``--bf16``: the
 same two bytes per element and the same optimizer wrapper, so the tensors held

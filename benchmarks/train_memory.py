@@ -180,9 +180,11 @@ def run_entry(spec):
                                   torch.Generator().manual_seed(0))
     metrics.reset()
 
-    def step():
+    def train_step(micro_batches=1):
+        # fresh dicts per micro-batch: fairseq's own R-Drop criterion rewrites net_input
+        samples = [dict(sample, net_input=dict(sample["net_input"])) for _ in range(micro_batches)]
         with metrics.aggregate("train"):
-            trainer.train_step([sample])
+            trainer.train_step(samples)
 
     # warm up until the optimizer has stepped once, so that its state exists before the
     # measured step (an fp16 step whose gradients overflow is skipped: the loss scale starts
@@ -191,35 +193,26 @@ def run_entry(spec):
     while trainer.get_num_updates() == 0:
         if warmup_steps == WARMUP_STEPS_MAX:
             raise RuntimeError(f"no optimizer step in {WARMUP_STEPS_MAX} warm-up steps")
-        step()
+        train_step()
         warmup_steps += 1
-    result = harness.measure_step(step, spec["device"], "memory", warmup=0, steps=0)
+    result = harness.measure_step(train_step, spec["device"], "memory", warmup=0, steps=0)
     result["warmup_steps"] = warmup_steps
     result["training_bytes"] = result["peak_bytes"] - start_rss
     if spec.get("time_updates"):
-        result.update(time_updates(trainer, sample, argv, spec))
+        result.update(time_updates(train_step, argv, spec))
     result.update(params=sum(p.numel() for p in trainer.model.parameters()),
                   dtype=str(next(trainer.model.parameters()).dtype), sentences=bsz,
                   length=length, target_tokens=sample["ntokens"])
     return result
 
 
-def time_updates(trainer, sample, argv, spec):
-    """Seconds per update of the recipe on one device: ``--update-freq`` micro-batches
-    and one optimizer step (median of ``time_updates`` after one warm-up update), and
-    what ``--max-update`` updates take at that rate."""
-    from fairseq.logging import metrics
-
+def time_updates(train_step, argv, spec):
+    """Seconds per update of the recipe on one device: ``train_step`` of ``--update-freq``
+    micro-batches and one optimizer step (median of ``time_updates`` after one warm-up
+    update), and what ``--max-update`` updates take at that rate."""
     update_freq, max_update = _option(argv, "--update-freq"), _option(argv, "--max-update")
-
-    def update():
-        # fresh dicts per micro-batch: fairseq's own R-Drop criterion rewrites net_input
-        micro_batches = [dict(sample, net_input=dict(sample["net_input"])) for _ in range(update_freq)]
-        with metrics.aggregate("train"):
-            trainer.train_step(micro_batches)
-
-    seconds = harness.measure_step(update, spec["device"], "time", warmup=1,
-                                   steps=spec["time_updates"])["seconds"]
+    seconds = harness.measure_step(lambda: train_step(update_freq), spec["device"], "time",
+                                   warmup=1, steps=spec["time_updates"])["seconds"]
     return dict(update_seconds=seconds, update_freq=update_freq, max_update=max_update,
                 device_hours=seconds * max_update / 3600)
 

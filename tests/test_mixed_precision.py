@@ -63,19 +63,28 @@ def logged_updates(log):
     return rows
 
 
-def assert_bf16_training(log, checkpoint):
-    assert "--bf16: fairseq 0.12 turns --bf16 into --tpu" in log
+def assert_finite_training(log, checkpoint, keys=("loss", "nll_loss", "rdrop_kl", "gnorm")):
+    """Two logged updates with finite ``keys`` and a positive KL, and finite saved weights;
+    returns the saved weights."""
     rows = logged_updates(log)
     assert len(rows) == 2, log[-3000:]
     for stats in rows:
-        for key in ("loss", "nll_loss", "rdrop_kl", "gnorm"):
+        for key in keys:
             assert math.isfinite(float(stats[key])), (key, stats)
         assert float(stats["rdrop_kl"]) > 0
-    # fairseq saves the bf16 model as float32: every weight must be a bf16 value
-    # (fp32 training would have left Adam-updated weights between bf16 values)
     model = torch.load(checkpoint, map_location="cpu")["model"]
+    assert model, "no weights saved"
     for key, value in model.items():
         assert torch.isfinite(value).all(), key
+    return model
+
+
+def assert_bf16_training(log, checkpoint):
+    assert "--bf16: fairseq 0.12 turns --bf16 into --tpu" in log
+    model = assert_finite_training(log, checkpoint)
+    # fairseq saves the bf16 model as float32: every weight must be a bf16 value
+    # (fp32 training would have left Adam-updated weights between bf16 values)
+    for key, value in model.items():
         if value.is_floating_point():
             assert torch.equal(value, value.bfloat16().float()), key
 
@@ -111,16 +120,8 @@ def test_fp16_end_to_end_on_cuda(data_bin, task):
     save_dir = f"fp16_{task}"
     log = run("rdrop-train", *(TRANSLATION if task == "translation" else LM), *on_gpu,
               "--save-dir", save_dir, cwd=data_bin)
-    rows = logged_updates(log)
-    assert len(rows) == 2, log[-3000:]
-    for stats in rows:
-        for key in ("loss", "nll_loss", "rdrop_kl", "gnorm", "loss_scale"):
-            assert math.isfinite(float(stats[key])), (key, stats)
-        assert float(stats["rdrop_kl"]) > 0
-    model = torch.load(data_bin / save_dir / "checkpoint_last.pt", map_location="cpu")["model"]
-    assert model, "no weights saved"
-    for key, value in model.items():
-        assert torch.isfinite(value).all(), key
+    assert_finite_training(log, data_bin / save_dir / "checkpoint_last.pt",
+                           keys=("loss", "nll_loss", "rdrop_kl", "gnorm", "loss_scale"))
 
 
 def test_fp16_and_amp_on_cpu_are_refused_before_training(data_bin):

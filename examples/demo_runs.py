@@ -138,6 +138,9 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
                    help="train and evaluate only this run, and write no results file: the two runs can then "
                         "train at once (one process each, e.g. --threads 1 each on a 2-core machine, once the "
                         "data is prepared); a later invocation without --run finds both done and writes the results")
+    p.add_argument("--status", action="store_true",
+                   help="only print where the two runs of this mode (and --alpha/--dropout) stand: state, "
+                        "epochs, time so far and their validation values per epoch, also while they train")
     return p
 
 
@@ -422,6 +425,100 @@ def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
     epochs = [rows[e] for e in sorted(rows) if any(k in rows[e] for k in metrics)]
     return {"epochs": epochs, "updates": updates}
 
+
+
+# ---------------------------------------------------------------------------
+# where runs stand (--status)
+
+
+# validation metrics where higher is better; lower is better for the others (loss, ppl)
+HIGHER_IS_BETTER = ("bleu", "accuracy")
+
+
+def run_status(save_dir, metrics, now=None):
+    """Where the run in ``save_dir`` stands, read from its files alone (nothing is changed).
+
+    Returns ``state`` (``"not started"``, ``"finished"``, ``"training"`` while its
+    time record is fresh, else ``"interrupted"``), a ``note`` saying more, the
+    per-epoch ``epochs`` rows (``metrics`` and ``train_<metric>`` as read by
+    :func:`parse_train_log`), ``updates``, ``seconds`` trained so far and the
+    run's ``budget`` flags.
+    """
+    done, started = os.path.join(save_dir, "done.json"), os.path.join(save_dir, "started.json")
+    log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
+    out = {"epochs": log["epochs"], "updates": log["updates"], "seconds": 0.0, "budget": {}}
+    if os.path.exists(done):
+        record = read_json(done)
+        budget = record.get("budget", {})
+        trained = len(log["epochs"])
+        max_epoch = int(budget.get("--max-epoch", 0)) or None
+        if max_epoch is not None and trained < max_epoch:
+            note = f"stopped early (--patience {budget.get('--patience', '?')}) at epoch {trained}"
+        else:
+            note = f"its budget of {trained} epochs used up; a larger --max-epoch continues it"
+        return dict(out, state="finished", note=note, seconds=float(record.get("seconds", 0.0)), budget=budget)
+    if not os.path.exists(started):
+        return dict(out, state="not started", note="")
+    record = read_json(started)
+    age = (time.time() if now is None else now) - os.path.getmtime(started)
+    if age <= 3 * TIME_RECORD_SECONDS:
+        state, note = "training", f"time recorded {age:.0f}s ago"
+    else:
+        state, note = "interrupted", "the same command resumes it from its last checkpoint"
+    return dict(out, state=state, note=note, seconds=float(record.get("prior_seconds", 0.0)),
+                budget=record.get("budget", {}))
+
+
+def best_epoch(epochs, metric):
+    """The row with the best ``metric`` (highest BLEU/accuracy, lowest otherwise), or None."""
+    rows = [e for e in epochs if e.get(metric) is not None]
+    if not rows:
+        return None
+    pick = max if metric in HIGHER_IS_BETTER else min
+    return pick(rows, key=lambda e: e[metric])
+
+
+def print_status(args, metrics):
+    """Print where both runs of this invocation's mode (and alpha/dropout) stand, per epoch."""
+    runs = {run: run_status(run_dir(args, run), metrics) for run in RUNS}
+    say(f"mode {args.mode}: the runs in {rel(args.work_dir)} (nothing is trained or changed)")
+    for run, st in runs.items():
+        hours = st["seconds"] / 3600
+        budget = " ".join(f"{k} {v}" for k, v in sorted(st["budget"].items()))
+        line = f"{run:9} {st['state']}"
+        if st["state"] != "not started":
+            n = len(st["epochs"])
+            line += (f": {n} epoch{'' if n == 1 else 's'}, {st['updates']} updates, {hours:.2f} h"
+                     + (f" ({budget})" if budget else "") + f"; {st['note']}")
+        print(line)
+        for metric in metrics:
+            best = None if metric.startswith("train_") else best_epoch(st["epochs"], metric)
+            if best is not None:
+                print(f"{'':10}best valid {metric} {best[metric]:.2f} at epoch {best['epoch']}")
+    by_epoch = {}
+    for run, st in runs.items():
+        for e in st["epochs"]:
+            by_epoch.setdefault(e["epoch"], {})[run] = e
+    if not by_epoch:
+        return
+    # validation values are named as in fairseq's log ("ppl"), training averages "train_ppl"
+    names = [m if m.startswith("train_") else "valid_" + m for m in metrics]
+    widths = [max(10, len(n) + 1) for n in names]
+    header = f"{'':5}" + "".join(f"  {n:^{3 * w}}" for n, w in zip(names, widths))
+    columns = f"{'epoch':>5}" + "".join(f"  {'baseline':>{w}}{'R-Drop':>{w}}{'delta':>{w}}" for w in widths)
+    print(header)
+    print(columns)
+    print("-" * len(columns))
+    for epoch in sorted(by_epoch):
+        rows = by_epoch[epoch]
+        line = f"{epoch:>5}"
+        for m, w in zip(metrics, widths):
+            a = rows.get("baseline", {}).get(m)
+            b = rows.get("rdrop", {}).get(m)
+            cells = ["-" if v is None else f"{v:.2f}" for v in (a, b)]
+            cells.append("-" if a is None or b is None else f"{b - a:+.2f}")
+            line += "  " + "".join(f"{c:>{w}}" for c in cells)
+        print(line)
 
 # ---------------------------------------------------------------------------
 # results

@@ -213,3 +213,58 @@ demo_runs.train_run(sleeper, {str(save_dir)!r}, "rdrop", 1, ("loss",))
     os.killpg(proc.pid, signal.SIGKILL)  # the demo and its training, with no warning
     proc.wait()
     assert json.loads(started.read_text())["prior_seconds"] >= 1.0
+
+
+def _status_args(tmp_path):
+    import argparse
+
+    return argparse.Namespace(mode="medium", work_dir=str(tmp_path / "work"), alpha=1.0, default_alpha=1.0,
+                              dropout=None, default_dropout=0.3)
+
+
+def test_status_reads_every_state_and_changes_nothing(fake, monkeypatch):
+    assert demo_runs.run_status(str(fake.save_dir), ("loss",))["state"] == "not started"
+    fake(3)
+    st = demo_runs.run_status(str(fake.save_dir), ("loss",))
+    assert st["state"] == "finished" and "budget of 3 epochs used up" in st["note"]
+    assert [e["epoch"] for e in st["epochs"]] == [1, 2, 3] and st["updates"] == 30
+    assert st["budget"] == {"--max-epoch": "3"}
+
+    monkeypatch.setenv("FAKE_FAIL_AT", "5")
+    with pytest.raises(DemoError):
+        fake(8)
+    files = {p: p.stat().st_mtime_ns for p in fake.save_dir.iterdir()}
+    started = fake.save_dir / "started.json"
+    st = demo_runs.run_status(str(fake.save_dir), ("loss",))
+    assert st["state"] == "training"  # its time record is fresh: a live run looks like this
+    st = demo_runs.run_status(str(fake.save_dir), ("loss",), now=started.stat().st_mtime + 3600)
+    assert st["state"] == "interrupted" and "resumes" in st["note"]
+    assert len(st["epochs"]) == 5 and st["budget"] == {"--max-epoch": "8"}
+    assert st["seconds"] == json.loads(started.read_text())["prior_seconds"]
+    assert {p: p.stat().st_mtime_ns for p in fake.save_dir.iterdir()} == files
+
+
+def test_status_says_a_run_stopped_early(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_STOP_AT", "4")
+    fake(10, patience=2)
+    st = demo_runs.run_status(str(fake.save_dir), ("loss",))
+    assert st["state"] == "finished" and st["note"] == "stopped early (--patience 2) at epoch 4"
+
+
+def test_status_table_pairs_the_runs_by_epoch(tmp_path, capsys):
+    args = _status_args(tmp_path)
+    for run, values in (("baseline", (9.0, 7.0, 8.0)), ("rdrop", (9.5, 6.5))):
+        os.makedirs(demo_runs.run_dir(args, run))
+        with open(os.path.join(demo_runs.run_dir(args, run), "train.log"), "w") as f:
+            for epoch, v in enumerate(values, 1):
+                f.write(json.dumps({"epoch": epoch, "valid_loss": v, "valid_bleu": 10 + epoch}) + "\n")
+        with open(os.path.join(demo_runs.run_dir(args, run), "started.json"), "w") as f:
+            json.dump({"budget": {"--max-epoch": "9"}, "prior_seconds": 7200}, f)
+    demo_runs.print_status(args, ("loss", "bleu"))
+    out = capsys.readouterr().out
+    assert "baseline  training: 3 epochs" in out and "2.00 h (--max-epoch 9)" in out
+    assert "best valid loss 7.00 at epoch 2" in out and "best valid loss 6.50 at epoch 2" in out
+    assert "best valid bleu 13.00 at epoch 3" in out and "best valid bleu 12.00 at epoch 2" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])}
+    assert rows["2"] == ["7.00", "6.50", "-0.50", "12.00", "12.00", "+0.00"]
+    assert rows["3"] == ["8.00", "-", "-", "13.00", "-", "-"]

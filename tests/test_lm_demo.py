@@ -30,6 +30,11 @@ def test_results_dir_inside_work_dir_is_refused(tmp_path):
 
 def test_tiny_lm_demo_end_to_end_and_rerun(tmp_path):
     args = ["--mode", "tiny", "--threads", "1", "--work-dir", tmp_path / "work", "--results-dir", tmp_path / "res"]
+    before = run_demo(*args, "--status")  # reads only: prepares and trains nothing
+    assert before.returncode == 0, before.stderr[-3000:]
+    assert "baseline  not started" in before.stdout and "rdrop     not started" in before.stdout
+    assert not (tmp_path / "work").exists() and not (tmp_path / "res").exists()
+
     # one run on its own first (--run): it trains and evaluates that run and writes no results
     alone = run_demo(*args, "--run", "rdrop")
     assert alone.returncode == 0, f"demo failed:\n{alone.stdout[-4000:]}\n{alone.stderr[-4000:]}"
@@ -58,6 +63,15 @@ def test_tiny_lm_demo_end_to_end_and_rerun(tmp_path):
     assert "--context-window" in res["rdrop"]["eval_command"]
     assert res["command"].startswith("python examples/language_model/demo.py --mode tiny")
     assert (tmp_path / "res" / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    status = run_demo(*args, "--status")
+    assert status.returncode == 0, status.stderr[-3000:]
+    for run in ("baseline", "rdrop"):
+        assert f"{run:9} finished: 1 epoch, {res[run]['updates']} updates" in status.stdout
+        assert f"best valid ppl {res[run]['valid_ppl']:.2f} at epoch 1" in status.stdout
+    row = [line.split() for line in status.stdout.splitlines() if line.split()[:1] == ["1"]]
+    base_ppl, rdrop_ppl = float(row[0][1]), float(row[0][2])
+    assert (base_ppl, rdrop_ppl) == (round(res["baseline"]["valid_ppl"], 2), round(res["rdrop"]["valid_ppl"], 2))
 
     again = run_demo(*args)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -42,6 +42,9 @@ Usage::
     python examples/language_model/demo.py --mode medium --run baseline --threads 1 &
     python examples/language_model/demo.py --mode medium --run rdrop --threads 1
     wait; python examples/language_model/demo.py --mode medium
+
+    # where the runs stand (per-epoch validation values of both), also while they train:
+    python examples/language_model/demo.py --mode medium --status
 """
 
 import json
@@ -58,7 +61,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, dropout_override, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
+    child_env, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
     train_run, utc_now, write_results,
 )
@@ -216,6 +219,8 @@ CURVES = (
     ("loss", "validation loss", "loss (base 2)"),
     ("ppl", "validation perplexity", "perplexity"),
 )
+# what --status shows per epoch
+STATUS_METRICS = ("ppl", "train_ppl")
 
 
 def parse_args(argv=None):
@@ -228,6 +233,9 @@ def main(argv=None):
     t_start = time.time()
     args = parse_args(argv)
     setting = MODES[args.mode]
+    if args.status:
+        print_status(args, STATUS_METRICS)
+        return 0
     try:
         say(f"mode {args.mode}: checking the setup")
         check_setup(args)

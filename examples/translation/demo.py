@@ -44,6 +44,9 @@ Usage::
     python examples/translation/demo.py --mode medium --run baseline --threads 1 &
     python examples/translation/demo.py --mode medium --run rdrop --threads 1
     wait; python examples/translation/demo.py --mode medium
+
+    # where the runs stand (per-epoch validation values of both), also while they train:
+    python examples/translation/demo.py --mode medium --status
 """
 
 import argparse
@@ -61,7 +64,7 @@ import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, dropout_override, only_one_run, parse_demo_args, results_stem, run_dir, runs_to_do, train_flags,
+    child_env, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves,
     print_table, rel, say, train_run, utc_now, write_results,
 )
@@ -273,6 +276,8 @@ CURVES = (
     ("bleu", "validation BLEU", "BLEU"),
 )
 
+# what --status shows per epoch
+STATUS_METRICS = ("bleu", "loss")
 
 # ---------------------------------------------------------------------------
 
@@ -293,6 +298,9 @@ def main(argv=None):
     t_start = time.time()
     args = parse_args(argv)
     setting = MODES[args.mode]
+    if args.status:
+        print_status(args, STATUS_METRICS)
+        return 0
     try:
         say(f"mode {args.mode}: checking the setup")
         check_setup(args)

@@ -70,7 +70,7 @@ import unicodedata
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pipeline_stages import atomic_write, read_json, sha256_file, stage_key, write_json  # noqa: E402,F401
+from pipeline_stages import atomic_write, read_json, sha256_file, show_path, stage_key, write_json  # noqa: E402,F401
 DATA_DIR = os.path.join(HERE, "data")
 SNAPSHOT = os.path.join(DATA_DIR, "debian-de-en.tsv.xz")
 PROVENANCE = os.path.join(DATA_DIR, "PROVENANCE.json")
@@ -711,7 +711,7 @@ def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PRO
         "format": "xz-compressed TSV with header 'split<TAB>de<TAB>en'; split is train, valid or test",
     }
     write_json(provenance, prov)
-    say(f"snapshot written: {os.path.relpath(snapshot)} ({os.path.getsize(snapshot) / 1e6:.2f} MB)")
+    say(f"snapshot written: {show_path(snapshot)} ({os.path.getsize(snapshot) / 1e6:.2f} MB)")
 
 
 def load_snapshot(snapshot=SNAPSHOT):

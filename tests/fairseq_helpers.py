@@ -54,6 +54,52 @@ def tiny_transformer(task, seed=0, **overrides):
     return TransformerModel.build_model(args, task)
 
 
+def tiny_lstm(task, seed=0):
+    """fairseq's ``lstm`` translation model: logits from ``fc_out``, no transformer decoder."""
+    from argparse import Namespace
+
+    from fairseq.models.lstm import LSTMModel, base_architecture
+
+    torch.manual_seed(seed)
+    args = Namespace(encoder_embed_dim=16, decoder_embed_dim=16, decoder_out_embed_dim=16, dropout=0.3,
+                     criterion="rdrop_label_smoothed_cross_entropy",
+                     max_source_positions=64, max_target_positions=64)
+    base_architecture(args)
+    return LSTMModel.build_model(args, task)
+
+
+SPEECH_FEATURES = 8
+
+
+def tiny_s2t_transformer(task, seed=0):
+    """fairseq's speech-to-text transformer: a transformer decoder, but a ``forward``
+    without ``features_only``."""
+    from argparse import Namespace
+
+    from fairseq.models.speech_to_text.s2t_transformer import S2TTransformerModel, base_architecture
+
+    torch.manual_seed(seed)
+    args = transformer_args(input_feat_per_channel=SPEECH_FEATURES, input_channels=1,
+                            conv_kernel_sizes="5", conv_channels=16)
+    del args.share_all_embeddings
+    base_architecture(args)
+    return S2TTransformerModel.build_model(args, Namespace(target_dictionary=task.tgt_dict))
+
+
+def speech_batch(task, batch_size=4, seed=0):
+    """A speech-to-text sample: filterbank-like features of different lengths, padded targets."""
+    text = translation_batch(task, batch_size, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    lengths = torch.randint(10, 21, (batch_size,), generator=g)
+    lengths[0] = 20
+    feats = torch.randn(batch_size, 20, SPEECH_FEATURES, generator=g)
+    for i, n in enumerate(lengths):
+        feats[i, n:] = 0.0
+    net_input = {"src_tokens": feats, "src_lengths": lengths,
+                 "prev_output_tokens": text["net_input"]["prev_output_tokens"]}
+    return dict(text, net_input=net_input)
+
+
 def translation_batch(task, batch_size=4, seed=0, min_len=2, max_len=9):
     """A collated sample with sentences of different lengths (so there is padding)."""
     g = torch.Generator().manual_seed(seed)
@@ -105,20 +151,22 @@ HALF_TOLERANCES = {
 
 
 def check_step_against_reference(model, criterion, sample, epsilon, alpha, passes, pad, no_fused,
-                                 tolerances=FLOAT32_TOLERANCES):
+                                 tolerances=FLOAT32_TOLERANCES, interleaved=False):
     """One training forward/backward of ``criterion`` checked against the float64 reference.
 
-    Captures what the model returns inside the criterion's forward (logits on
-    the generic path, the final hidden states on the fused one), recomputes the
-    R-Drop loss from it in float64 on the CPU (through the output projection
-    when fused) and compares the loss, the logged nll and KL, and the gradient
-    that reached the captured tensor.  The model and sample may be on any
-    device.  Returns ``(captured, logging_output)``.
+    Captures what the model returns inside the criterion's forward (logits when
+    ``no_fused``: ``--rdrop-no-fused``, or a model without a fusable output
+    projection; else the final hidden states), recomputes the R-Drop loss from
+    it in float64 on the CPU (through the output projection when fused) and
+    compares the loss, the logged nll and KL, and the gradient that reached the
+    captured tensor.  ``interleaved``: the model gets the copies example-major
+    (recurrent encoders).  The model and sample may be on any device.  Returns
+    ``(captured, logging_output)``, the captured output copy-major.
     """
     from tests.reference import reference_rdrop_loss
 
     (loss_tol, kl_tol, grad_tol) = tolerances
-    weight = model.decoder.output_projection.weight
+    weight = None if no_fused else model.decoder.output_projection.weight
     captured = {}
 
     def hook(_module, _inp, out):
@@ -133,8 +181,13 @@ def check_step_against_reference(model, criterion, sample, epsilon, alpha, passe
         handle.remove()
     loss.backward()
     out = captured["out"]  # [m*B, T, V] logits or [m*B, T, H] features
-    assert out.size(0) == passes * sample["target"].size(0)
-    assert out.size(-1) == (weight.size(0) if no_fused else weight.size(1))
+    batch = sample["target"].size(0)
+    assert out.size(0) == passes * batch
+    grad = out.grad
+    if interleaved:  # the model got example b's copy i at row b*m + i: the reference wants i*B + b
+        rows = [b * passes + i for i in range(passes) for b in range(batch)]
+        out, grad = out[rows], grad[rows]
+    assert out.size(-1) == (len(criterion.task.target_dictionary) if no_fused else weight.size(1))
     assert loss.dtype == log["rdrop_kl"].dtype == torch.float32
 
     cpu64 = lambda t: t.detach().cpu().double()  # noqa: E731
@@ -148,7 +201,7 @@ def check_step_against_reference(model, criterion, sample, epsilon, alpha, passe
     torch.testing.assert_close(cpu64(log["nll_loss"]), ref_nll, rtol=loss_tol[0], atol=loss_tol[1])
     torch.testing.assert_close(cpu64(log["rdrop_kl"]), ref_kl, rtol=kl_tol[0], atol=kl_tol[1])
     torch.testing.assert_close(
-        cpu64(out.grad).reshape(-1, out.size(-1)), ref_in.grad, rtol=grad_tol[0], atol=grad_tol[1]
+        cpu64(grad).reshape(-1, out.size(-1)), ref_in.grad, rtol=grad_tol[0], atol=grad_tol[1]
     )
     assert log["copies_ntokens"] == passes * sample["ntokens"]
     return out, log

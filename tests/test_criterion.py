@@ -15,9 +15,11 @@ from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
     RDropLabelSmoothedCrossEntropyCriterion,
 )
 from tests.conftest import DEVICES, NEEDS_CUDA
+from rdrop_seq.batching import needs_length_sorted_copies
+from rdrop_seq.criterions.output_layer import forward_takes_features_only, fusable_output_projection
 from tests.fairseq_helpers import (
-    HALF_TOLERANCES, check_step_against_reference, doubled, tiny_transformer, to_device,
-    translation_batch, translation_task,
+    HALF_TOLERANCES, check_step_against_reference, doubled, speech_batch, tiny_lstm, tiny_s2t_transformer,
+    tiny_transformer, to_device, translation_batch, translation_task,
 )
 
 
@@ -136,6 +138,67 @@ def test_loss_and_gradients_match_reference_inside_the_model(setup, passes, no_f
     # the copies really saw different dropout masks
     copies = out.detach().view(passes, -1, *out.shape[1:])
     assert not torch.allclose(copies[0], copies[1])
+
+
+OTHER_MODELS = {
+    # a transformer decoder, but forward() takes no features_only: it used to crash the fused path
+    "s2t_transformer": (tiny_s2t_transformer, speech_batch),
+    "lstm": (tiny_lstm, translation_batch),  # logits from a plain linear layer, no transformer decoder
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", sorted(OTHER_MODELS))
+def test_models_without_a_fusable_projection_take_the_logits_path(arch, device):
+    task = translation_task()
+    build, batch = OTHER_MODELS[arch]
+    model, sample = build(task), batch(task, batch_size=5, seed=1)
+    assert sample["target"].eq(task.tgt_dict.pad()).any()
+    assert fusable_output_projection(model) is None
+    model, sample = to_device(model, sample, device)
+    model.train()
+    crit = make_criterion(task, rdrop_passes=2, rdrop_alpha=3.0)
+    interleaved = arch == "lstm"  # its encoder packs the batch: it must stay sorted by length
+    assert needs_length_sorted_copies(model) == interleaved
+    out, log = check_step_against_reference(model, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), True,
+                                            interleaved=interleaved)
+    copies = out.detach().view(2, -1, *out.shape[1:])
+    assert not torch.allclose(copies[0], copies[1])
+    # and validation is the stock single pass there too
+    model.eval()
+    with torch.no_grad():
+        ours = crit(model, sample)[2]
+        stock = stock_criterion(task)(model, sample)[2]
+    assert float(ours["loss"]) == pytest.approx(float(stock["loss"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+def test_interleaved_copies_are_the_copy_major_ones_reordered(passes):
+    from rdrop_seq.batching import stack_copies, to_copy_major
+
+    x = torch.arange(12).view(4, 3)
+    net_input = {"src_tokens": x, "src_lengths": torch.tensor([3, 3, 2, 1]), "nested": {"mask": x > 5},
+                 "scalar": torch.tensor(7), "other": "kept"}
+    major = stack_copies(net_input, passes, 4)
+    inter = stack_copies(net_input, passes, 4, interleave=True)
+    assert torch.equal(major["src_tokens"], torch.cat([x] * passes))
+    assert torch.equal(inter["src_tokens"][:passes], x[:1].expand(passes, 3))  # example 0's copies first
+    assert torch.equal(inter["src_lengths"], inter["src_lengths"].sort(descending=True).values)
+    for key in ("src_tokens", "src_lengths"):
+        assert torch.equal(to_copy_major(inter[key], passes), major[key])
+    assert torch.equal(to_copy_major(inter["nested"]["mask"], passes), major["nested"]["mask"])
+    assert inter["scalar"] is net_input["scalar"] and inter["other"] == "kept"
+
+
+def test_which_models_forward_hands_features_only_to_the_decoder():
+    from fairseq.models.transformer_lm import TransformerLanguageModel
+
+    task = translation_task()
+    assert forward_takes_features_only(tiny_transformer(task))
+    assert fusable_output_projection(tiny_transformer(task)) is not None
+    assert forward_takes_features_only(TransformerLanguageModel.__new__(TransformerLanguageModel))  # FairseqLanguageModel.forward
+    assert not forward_takes_features_only(tiny_s2t_transformer(task))
+    assert not forward_takes_features_only(tiny_lstm(task))
 
 
 @NEEDS_CUDA

@@ -86,3 +86,18 @@ def test_every_k_schedule_follows_the_trainers_updates_across_a_resume(data_bin)
     assert first == {n: (n - 1) % 3 == 0 for n in range(1, 6)}, first
     second = kl_logged_at_updates(run("rdrop-train", *common, "--max-update", 8, cwd=data_bin))
     assert second == {n: (n - 1) % 3 == 0 for n in range(6, 9)}, second
+
+
+def test_recurrent_encoder_trains(data_bin):
+    """fairseq's ``lstm``: its encoder packs the batch, which must stay sorted by source length."""
+    args = [
+        "bin", "--task", "translation", "--arch", "lstm",
+        "--encoder-embed-dim", 32, "--decoder-embed-dim", 32, "--decoder-out-embed-dim", 32,
+        "--encoder-hidden-size", 32, "--decoder-hidden-size", 32, "--dropout", 0.3,
+        "--criterion", "rdrop_label_smoothed_cross_entropy", "--rdrop-alpha", 5, "--label-smoothing", 0.1,
+        "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", 600, "--seed", 1, "--max-epoch", 1,
+        "--no-progress-bar", "--log-format", "simple", "--cpu", "--num-workers", 0,
+        "--save-dir", "ckpt-lstm", "--no-save",
+    ]
+    log = run("rdrop-train", *args, cwd=data_bin)
+    assert re.search(r"epoch 001 \| loss [\d.]+ \| nll_loss [\d.]+ \| rdrop_kl [\d.]+", log), log[-2000:]

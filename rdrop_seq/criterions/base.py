@@ -20,7 +20,7 @@ from fairseq import utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
-from rdrop_seq.batching import stack_copies
+from rdrop_seq.batching import StackedCopies
 from rdrop_seq.schedule import RDropSchedule
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,8 @@ class RDropCriterionBase:
         torch.manual_seed(self._rank_seed)
 
     # ---- forward --------------------------------------------------------
-    def loss_terms(self, model, net_input, sample, passes: int, alpha: float) -> RDropTerms:
+    def loss_terms(self, model, copies: StackedCopies, sample, passes: int, alpha: float) -> RDropTerms:
+        """The summed objective of the copies; ``copies.run(model)`` is the model's output on them."""
         raise NotImplementedError
 
     def forward(self, model, sample, reduce=True):
@@ -229,8 +230,8 @@ class RDropCriterionBase:
         if model.training:
             self.decorrelate_rank_dropout()
         batch_size = sample["target"].size(0)
-        net_input = stack_copies(sample["net_input"], passes, batch_size)
-        terms = self.loss_terms(model, net_input, sample, passes, alpha)
+        copies = StackedCopies(model, sample["net_input"], passes, batch_size)
+        terms = self.loss_terms(model, copies, sample, passes, alpha)
         ntokens = sample["ntokens"]
         sample_size = batch_size if self.sentence_avg else ntokens
         logging_output = {

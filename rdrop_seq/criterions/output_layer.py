@@ -5,15 +5,21 @@ output projection, and must compute exactly what the model would: logits =
 ``output_projection(features)`` and log-probabilities = float32
 ``log_softmax(logits)``.  That holds for fairseq's transformer decoders
 (translation ``transformer*`` and ``transformer_lm*``) when they use neither an
-adaptive softmax nor an overridden output layer or normalisation; anything else
-takes the generic path through ``model.get_normalized_probs``.
+adaptive softmax nor an overridden output layer or normalisation, and when the
+model's ``forward`` hands ``features_only=True`` to the decoder (speech-to-text
+transformers, for one, have a transformer decoder but a ``forward`` without
+it); a model whose output is logits with a plain log-softmax takes the chunked
+logits path, and anything else the generic path through
+``model.get_normalized_probs``.
 """
 
+import inspect
 from typing import Optional
 
 from torch import nn
 
 from fairseq.models.fairseq_decoder import FairseqDecoder
+from fairseq.models.fairseq_model import FairseqLanguageModel
 from fairseq.models.transformer.transformer_decoder import TransformerDecoderBase
 
 
@@ -26,10 +32,29 @@ def _stock_normalization(decoder) -> bool:
     )
 
 
+def forward_takes_features_only(model) -> bool:
+    """Whether ``model(**net_input, features_only=True)`` returns the decoder's features.
+
+    True for a ``forward`` that names the argument (fairseq's transformers, BART)
+    and for the decoder-only ``FairseqLanguageModel.forward``, which hands its
+    keyword arguments to the decoder alone.  (``FairseqEncoderDecoderModel.forward``
+    would hand it to the encoder too.)
+    """
+    forward = type(model).forward
+    if forward is FairseqLanguageModel.forward:
+        return True
+    try:
+        return "features_only" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def fusable_output_projection(model) -> Optional[nn.Linear]:
     """The decoder's output projection if the fused loss reproduces the model exactly."""
     decoder = getattr(model, "decoder", None)
     if not isinstance(decoder, TransformerDecoderBase) or not _stock_normalization(decoder):
+        return None
+    if not forward_takes_features_only(model):
         return None
     if type(decoder).output_layer is not TransformerDecoderBase.output_layer:
         return None

@@ -130,9 +130,9 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         ntokens = int(sample["target"].ne(self.padding_idx).sum())
         return super().forward(model, dict(sample, ntokens=ntokens), reduce)
 
-    def loss_terms(self, model, net_input, sample, passes, alpha) -> RDropTerms:
+    def loss_terms(self, model, copies, sample, passes, alpha) -> RDropTerms:
         asm = self.adaptive_softmax(model)
-        net_output = model(**net_input)
+        net_output = copies.run(model)
         features = net_output[0]  # [m*B, T, d], copy-major
         target = model.get_targets(sample, net_output).reshape(-1)  # original [B*T]
         if passes > 1 and alpha != 0 and self.kl_mode == "full":

@@ -43,11 +43,11 @@ class SoftmaxRDropCriterion(RDropCriterionBase):
             return tensor[:, self.ignore_prefix_size :]
         return tensor
 
-    def loss_terms(self, model, net_input, sample, passes, alpha) -> RDropTerms:
+    def loss_terms(self, model, copies, sample, passes, alpha) -> RDropTerms:
         fused = self.fused and model.training
         projection = fusable_output_projection(model) if fused else None
         if projection is not None:
-            features, _ = model(**net_input, features_only=True)
+            features, _ = copies.run(model, features_only=True)
             out = fused_linear_rdrop_loss(
                 self._prefixed(features),
                 projection.weight,
@@ -60,7 +60,7 @@ class SoftmaxRDropCriterion(RDropCriterionBase):
                 chunk_size=self.chunk_size,
             )
             return self._terms_from_fused(out, sample, passes)
-        net_output = model(**net_input)
+        net_output = copies.run(model)
         if fused and net_output_is_logits(model):
             out = chunked_rdrop_loss(
                 self._prefixed(net_output[0]),

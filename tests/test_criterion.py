@@ -190,6 +190,46 @@ def test_interleaved_copies_are_the_copy_major_ones_reordered(passes):
     assert inter["scalar"] is net_input["scalar"] and inter["other"] == "kept"
 
 
+def test_fused_path_runs_through_fairseqs_distributed_wrappers(setup):
+    """Under DDP the criterion gets ModuleProxyWrapper(DDP(model)), whose forward takes *args, **kwargs."""
+    from fairseq.distributed import ModuleProxyWrapper
+
+    class DDPLike(torch.nn.Module):  # what the DDP classes look like from outside: .module, forward(*a, **kw)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    task, model, sample = setup
+    wrapped = ModuleProxyWrapper(DDPLike(model))
+    assert fusable_output_projection(wrapped) is model.decoder.output_projection
+    wrapped.train()
+    crit = make_criterion(task, rdrop_alpha=3.0)
+    # no_fused=False: the captured output must be the decoder's features, i.e. the fused path ran
+    check_step_against_reference(wrapped, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), False)
+
+
+def test_sharded_models_take_the_logits_path(setup):
+    """--ddp-backend fully_sharded: the weights are whole only inside the model's forward."""
+    task, model, sample = setup
+
+    class FullyShardedDataParallel(torch.nn.Module):  # stands in for fairscale's / torch's wrapper
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    model.decoder.layers[0] = FullyShardedDataParallel(model.decoder.layers[0])  # nested wrapping too
+    assert fusable_output_projection(model) is None
+    model.train()
+    crit = make_criterion(task, rdrop_alpha=3.0)
+    check_step_against_reference(model, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), True)
+
+
 def test_which_models_forward_hands_features_only_to_the_decoder():
     from fairseq.models.transformer_lm import TransformerLanguageModel
 

@@ -19,7 +19,7 @@ from typing import Optional
 from torch import nn
 
 from fairseq.models.fairseq_decoder import FairseqDecoder
-from fairseq.models.fairseq_model import FairseqLanguageModel
+from fairseq.models.fairseq_model import BaseFairseqModel, FairseqLanguageModel
 from fairseq.models.transformer.transformer_decoder import TransformerDecoderBase
 
 
@@ -32,6 +32,18 @@ def _stock_normalization(decoder) -> bool:
     )
 
 
+def unwrapped(model):
+    """The fairseq model inside fairseq's distributed wrappers (``ModuleProxyWrapper``, DDP).
+
+    The wrappers' ``forward`` passes every argument on, and their attribute
+    lookups reach the model; only the type of the model itself says what its
+    ``forward`` takes.
+    """
+    while not isinstance(model, BaseFairseqModel) and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
 def forward_takes_features_only(model) -> bool:
     """Whether ``model(**net_input, features_only=True)`` returns the decoder's features.
 
@@ -40,7 +52,7 @@ def forward_takes_features_only(model) -> bool:
     keyword arguments to the decoder alone.  (``FairseqEncoderDecoderModel.forward``
     would hand it to the encoder too.)
     """
-    forward = type(model).forward
+    forward = type(unwrapped(model)).forward
     if forward is FairseqLanguageModel.forward:
         return True
     try:
@@ -49,8 +61,20 @@ def forward_takes_features_only(model) -> bool:
         return False
 
 
+def sharded(model) -> bool:
+    """Whether (part of) the model is wrapped in a fully sharded data-parallel module.
+
+    Its parameters are then whole only inside its own forward (``--ddp-backend
+    fully_sharded``), so a loss that reads the output projection's weight after
+    the forward would read a shard or freed storage.
+    """
+    return any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+
+
 def fusable_output_projection(model) -> Optional[nn.Linear]:
     """The decoder's output projection if the fused loss reproduces the model exactly."""
+    if sharded(model):
+        return None
     decoder = getattr(model, "decoder", None)
     if not isinstance(decoder, TransformerDecoderBase) or not _stock_normalization(decoder):
         return None

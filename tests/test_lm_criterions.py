@@ -594,3 +594,37 @@ def test_bfloat16_model_gives_finite_loss_close_to_float32(kind):
     for name, p in model16.named_parameters():
         if p.grad is not None:
             assert torch.isfinite(p.grad.float()).all(), name
+
+
+def other_lm(task, arch, **overrides):
+    """fairseq's recurrent and convolutional LMs (no transformer decoder: the logits path)."""
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    args = Namespace(arch=arch, decoder_embed_dim=16, decoder_out_embed_dim=16, decoder_hidden_size=16,
+                     dropout=0.3, tokens_per_sample=32, max_target_positions=None,
+                     criterion="rdrop_adaptive_loss", **overrides)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    torch.manual_seed(0)
+    return ARCH_MODEL_REGISTRY[arch].build_model(args, task)
+
+
+OTHER_LMS = {"lstm_lm": {}, "fconv_lm": {"decoder_layers": "[(16, 3)] * 2"}}
+
+
+@pytest.mark.parametrize("arch", sorted(OTHER_LMS))
+def test_cross_entropy_matches_reference_inside_recurrent_and_convolutional_lms(arch):
+    task = lm_task()
+    model = other_lm(task, arch, **OTHER_LMS[arch])
+    model.train()
+    crit = ce_criterion(task, rdrop_alpha=1.0, rdrop_passes=2)
+    check_step_against_reference(model, crit, random_lm_batch(seed=2, collide=False), 0.0, 1.0, 2, PAD, True)
+
+
+@pytest.mark.parametrize("arch", sorted(OTHER_LMS))
+def test_adaptive_loss_says_why_an_lstm_or_fconv_lm_has_no_adaptive_softmax(arch):
+    # these models build their adaptive softmax only for --criterion adaptive_loss
+    task = lm_task()
+    model = other_lm(task, arch, adaptive_softmax_cutoff=",".join(map(str, CUTOFF[:-1])), **OTHER_LMS[arch])
+    assert model.decoder.adaptive_softmax is None
+    with pytest.raises(ValueError, match="builds its adaptive softmax only when --criterion is adaptive_loss"):
+        adaptive_criterion(task, "head")(model, random_lm_batch(seed=2, collide=False))

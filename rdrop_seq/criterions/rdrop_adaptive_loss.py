@@ -52,6 +52,8 @@ from rdrop_seq.criterions.base import RDropCriterionBase, RDropLMConfig, RDropTe
 from rdrop_seq.losses import rdrop_cross_entropy_loss
 
 KL_MODES = ("full", "head")
+# fairseq decoders whose model builds the adaptive softmax only for --criterion adaptive_loss
+CRITERION_KEYED_DECODERS = ("LSTMDecoder", "FConvDecoder")
 INCOMPATIBLE_DDP_BACKENDS = ("c10d", "pytorch_ddp")
 
 
@@ -115,13 +117,23 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
 
     @staticmethod
     def adaptive_softmax(model):
-        asm = getattr(getattr(model, "decoder", None), "adaptive_softmax", None)
+        decoder = getattr(model, "decoder", None)
+        asm = getattr(decoder, "adaptive_softmax", None)
         if asm is None:
-            raise ValueError(
+            message = (
                 "rdrop_adaptive_loss needs a model with an adaptive softmax (e.g. "
                 "--adaptive-softmax-cutoff, or --arch rdrop_transformer_lm_adaptive_small); "
                 "for a full softmax use --criterion rdrop_cross_entropy"
             )
+            if type(decoder).__name__ in CRITERION_KEYED_DECODERS:
+                message += (
+                    f". fairseq's {type(decoder).__name__} (lstm, lstm_lm, fconv_lm) builds its "
+                    "adaptive softmax only when --criterion is adaptive_loss, whatever "
+                    "--adaptive-softmax-cutoff says: with R-Drop, train it with a full softmax "
+                    "(rdrop_cross_entropy / rdrop_label_smoothed_cross_entropy), or use a "
+                    "transformer_lm with --adaptive-softmax-cutoff"
+                )
+            raise ValueError(message)
         return asm
 
     def forward(self, model, sample, reduce=True):

@@ -48,3 +48,25 @@ def test_rdrop_train_adds_the_user_dir_unless_given():
     assert with_user_dir(["data"])[:2] == ["--user-dir", os.path.dirname(rdrop_seq.__file__)]
     assert with_user_dir(["data", "--user-dir", "x"]) == ["data", "--user-dir", "x"]
     assert with_user_dir(["--user-dir=x"]) == ["--user-dir=x"]
+
+
+def test_another_plugin_gets_everything_by_importing_rdrop_seq(tmp_path):
+    """fairseq takes one --user-dir: a project with its own plugin imports rdrop_seq from it."""
+    plugin = tmp_path / "my_plugin"
+    plugin.mkdir()
+    (plugin / "__init__.py").write_text("import rdrop_seq  # noqa: F401\n")
+    code = (
+        "import argparse, sys\n"
+        "from fairseq import utils\n"
+        "utils.import_user_module(argparse.Namespace(user_dir=sys.argv[1]))\n"
+        "from fairseq.criterions import CRITERION_REGISTRY\n"
+        "from fairseq.models import ARCH_MODEL_REGISTRY\n"
+        "import torch, argparse\n"
+        "names = ['rdrop_label_smoothed_cross_entropy', 'rdrop_cross_entropy', 'rdrop_adaptive_loss']\n"
+        "assert all(n in CRITERION_REGISTRY for n in names), names\n"
+        "assert 'rdrop_transformer_lm_adaptive_small' in ARCH_MODEL_REGISTRY\n"
+        "assert argparse.Namespace in torch.serialization.get_safe_globals()\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(plugin)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -68,6 +68,19 @@ def tiny_lstm(task, seed=0):
     return LSTMModel.build_model(args, task)
 
 
+def tiny_bart(task, seed=0):
+    """BART (the model the paper fine-tunes with R-Drop for summarization), transformer-sized."""
+    from fairseq.models.bart import BARTModel
+    from fairseq.models.bart.model import bart_base_architecture
+
+    args = transformer_args()
+    bart_base_architecture(args)
+    for k, v in vars(transformer_args(decoder_input_dim=16, decoder_output_dim=16)).items():
+        setattr(args, k, v)  # the tiny sizes over bart_base's
+    torch.manual_seed(seed)
+    return BARTModel.build_model(args, task)
+
+
 SPEECH_FEATURES = 8
 
 

@@ -18,7 +18,7 @@ from tests.conftest import DEVICES, NEEDS_CUDA
 from rdrop_seq.batching import needs_length_sorted_copies
 from rdrop_seq.criterions.output_layer import forward_takes_features_only, fusable_output_projection
 from tests.fairseq_helpers import (
-    HALF_TOLERANCES, check_step_against_reference, doubled, speech_batch, tiny_lstm, tiny_s2t_transformer,
+    HALF_TOLERANCES, check_step_against_reference, doubled, speech_batch, tiny_bart, tiny_lstm, tiny_s2t_transformer,
     tiny_transformer, to_device, translation_batch, translation_task,
 )
 
@@ -188,6 +188,16 @@ def test_interleaved_copies_are_the_copy_major_ones_reordered(passes):
         assert torch.equal(to_copy_major(inter[key], passes), major[key])
     assert torch.equal(to_copy_major(inter["nested"]["mask"], passes), major["nested"]["mask"])
     assert inter["scalar"] is net_input["scalar"] and inter["other"] == "kept"
+
+
+@pytest.mark.parametrize("no_fused", [False, True])
+def test_bart_matches_reference_on_both_paths(no_fused):
+    task = translation_task()
+    model, sample = tiny_bart(task), translation_batch(task, batch_size=5, seed=1)
+    assert fusable_output_projection(model) is model.decoder.output_projection
+    model.train()
+    crit = make_criterion(task, rdrop_alpha=3.0, rdrop_no_fused=no_fused)
+    check_step_against_reference(model, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), no_fused)
 
 
 def test_fused_path_runs_through_fairseqs_distributed_wrappers(setup):

@@ -9,17 +9,17 @@ the results table, plot and bookkeeping.
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 
-from pipeline_stages import atomic_write, read_json, stage_key, write_json
+from pipeline_stages import atomic_write, read_json, sha256_file, stage_key, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
@@ -254,8 +254,14 @@ def _settings_key(cmd):
     return stage_key(cmd=kept)
 
 
-def _match(record, cmd):
-    """``"same"`` (settings and budget), ``"budget"`` (only the budget differs) or None."""
+def _match(record, cmd, data=None):
+    """``"same"`` (settings and budget), ``"budget"`` (only the budget differs) or None.
+
+    ``data``: the key of the binarised data the run trains on; a record of other
+    data is no match (a record from before data keys were kept matches any).
+    """
+    if data is not None and record.get("data_key", data) != data:
+        return None
     if "settings_key" in record:
         if record["settings_key"] != _settings_key(cmd):
             return None
@@ -273,17 +279,29 @@ def _match(record, cmd):
     return "budget" if _full_key(alt) == record.get("key") else None
 
 
-def _record(cmd, **extra):
-    return dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd), **extra)
+def _record(cmd, data=None, **extra):
+    record = dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd))
+    if data is not None:
+        record["data_key"] = data
+    return dict(record, **extra)
+
+
+def data_key(data_bin):
+    """A hash of what a training run reads from ``data_bin``: its dictionaries, ``.bin``, ``.idx`` files."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(data_bin)):
+        if name.endswith((".bin", ".idx")) or (name.startswith("dict") and name.endswith(".txt")):
+            h.update(name.encode() + b"\0" + sha256_file(os.path.join(data_bin, name)).encode())
+    return h.hexdigest()[:16]
 
 
 # how often a running training's time so far is written to its started.json
 TIME_RECORD_SECONDS = 60
 
 
-def _count_time(started, cmd, seconds):
+def _count_time(started, cmd, data, seconds):
     """Record the seconds an unfinished run has trained so far, for when it resumes."""
-    write_json(started, _record(cmd, prior_seconds=round(seconds, 1)))
+    write_json(started, _record(cmd, data, prior_seconds=round(seconds, 1)))
 
 
 def _with_log(info, save_dir, metrics):
@@ -302,7 +320,7 @@ def _refuse_fewer_epochs(run, save_dir, cmd, trained):
         )
 
 
-def train_run(cmd, save_dir, run, threads, metrics):
+def train_run(cmd, save_dir, run, threads, metrics, data=None):
     """Run ``fairseq-train`` ``cmd`` (which saves into ``save_dir``), or skip/resume it.
 
     A run finished with the same command (paths aside) is skipped; one that
@@ -310,15 +328,18 @@ def train_run(cmd, save_dir, run, threads, metrics):
     is continued from its ``checkpoint_last.pt`` (one that stopped early, on
     ``--patience``, is left as it is); an interrupted or failed one resumes from
     its ``checkpoint_last.pt``, its time so far counted (written to ``started.json`` every
-    minute while it trains, so a run killed outright keeps it too); one of other settings is started afresh.  Returns
-    the run's info (seconds over all its invocations, the command, and the
-    updates and per-epoch ``metrics`` read from its json log on every call).
+    minute while it trains, so a run killed outright keeps it too); one of other
+    settings, or of other ``data`` (the key of the binarised data, see
+    :func:`data_key`), is started afresh, the old run's directory kept aside as
+    ``<save_dir>.replaced-<date>``.  Returns the run's info (seconds over all its
+    invocations, the command, and the updates and per-epoch ``metrics`` read
+    from its json log on every call).
     """
     done = os.path.join(save_dir, "done.json")
     started = os.path.join(save_dir, "started.json")
     prior_seconds, resumed = 0.0, False
     finished = read_json(done) if os.path.exists(done) else None
-    match = _match(finished, cmd) if finished else None
+    match = _match(finished, cmd, data) if finished else None
     if match == "same":
         say(f"train {run}: done already ({rel(save_dir)})")
         return _with_log(finished, save_dir, metrics)
@@ -332,11 +353,11 @@ def train_run(cmd, save_dir, run, threads, metrics):
             return _with_log(finished, save_dir, metrics)
         say(f"train {run}: continuing the finished run of {trained} epochs with the larger budget")
         prior_seconds, resumed = float(finished.get("seconds", 0.0)), True
-        write_json(started, _record(cmd, prior_seconds=prior_seconds))
+        write_json(started, _record(cmd, data, prior_seconds=prior_seconds))
         os.remove(done)
     else:
         state = read_json(started) if os.path.exists(started) else None
-        resumed = state is not None and _match(state, cmd) is not None
+        resumed = state is not None and _match(state, cmd, data) is not None
         if resumed:
             # an interrupted run that had trained past this budget would stop at once
             # and be recorded as this budget's run
@@ -344,9 +365,16 @@ def train_run(cmd, save_dir, run, threads, metrics):
             _refuse_fewer_epochs(run, save_dir, cmd, max((e["epoch"] for e in log["epochs"]), default=0))
             prior_seconds = float(state.get("prior_seconds", 0.0))
         elif os.path.exists(save_dir):
-            shutil.rmtree(save_dir)  # a finished or broken run of other settings: start afresh
+            # a run of other settings or data: start afresh, keeping the old one aside
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(save_dir)))
+            aside = f"{save_dir}.replaced-{stamp}"
+            n = 1
+            while os.path.exists(aside):
+                aside, n = f"{save_dir}.replaced-{stamp}-{n}", n + 1
+            os.replace(save_dir, aside)
+            say(f"train {run}: {rel(save_dir)} held a run of other settings or data; kept as {rel(aside)}")
         os.makedirs(save_dir, exist_ok=True)
-        write_json(started, _record(cmd, prior_seconds=prior_seconds))
+        write_json(started, _record(cmd, data, prior_seconds=prior_seconds))
     say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
     say("  " + display(cmd))
     t0 = time.time()
@@ -358,15 +386,15 @@ def train_run(cmd, save_dir, run, threads, metrics):
                 break
             except subprocess.TimeoutExpired:
                 # the time so far is on disk, should this process be killed outright
-                _count_time(started, cmd, prior_seconds + time.time() - t0)
+                _count_time(started, cmd, data, prior_seconds + time.time() - t0)
     except BaseException:  # interrupted (Ctrl-C): the time spent still counts when it resumes
         proc.kill()
         proc.wait()
-        _count_time(started, cmd, prior_seconds + time.time() - t0)
+        _count_time(started, cmd, data, prior_seconds + time.time() - t0)
         raise
     seconds = prior_seconds + time.time() - t0
     if returncode != 0:
-        _count_time(started, cmd, seconds)
+        _count_time(started, cmd, data, seconds)
         raise DemoError(
             f"fairseq-train ({run}) failed with exit code {returncode}; see {rel(save_dir)}/train.log"
         )
@@ -375,6 +403,7 @@ def train_run(cmd, save_dir, run, threads, metrics):
     log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
     info = _record(
         cmd,
+        data,
         seconds=round(seconds, 1),
         resumed=resumed,
         updates=log["updates"],

@@ -46,11 +46,11 @@ def fake(tmp_path):
     script.write_text(FAKE_TRAIN)
     save_dir = tmp_path / "run"
 
-    def run(max_epoch, patience=None, lr="1e-3"):
+    def run(max_epoch, patience=None, lr="1e-3", data=None):
         cmd = [sys.executable, str(script), "--save-dir", str(save_dir), "--lr", lr, "--max-epoch", str(max_epoch)]
         if patience is not None:
             cmd += ["--patience", str(patience)]
-        return train_run(cmd, str(save_dir), "rdrop", 1, ("loss",))
+        return train_run(cmd, str(save_dir), "rdrop", 1, ("loss",), data=data)
 
     def invocations():
         path = tmp_path / "invocations"
@@ -268,3 +268,33 @@ def test_status_table_pairs_the_runs_by_epoch(tmp_path, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])}
     assert rows["2"] == ["7.00", "6.50", "-0.50", "12.00", "12.00", "+0.00"]
     assert rows["3"] == ["8.00", "-", "-", "13.00", "-", "-"]
+
+
+def test_a_run_on_other_data_starts_afresh_and_the_old_one_is_kept(fake, capsys):
+    fake(3, data="aaaa")
+    assert epochs(fake(3, data="aaaa")) == [1, 2, 3] and fake.invocations() == [1]
+    info = fake(3, data="bbbb")
+    assert fake.invocations() == [1, 1] and not info["resumed"] and info["data_key"] == "bbbb"
+    assert "held a run of other settings or data; kept as" in capsys.readouterr().out
+    kept = [p for p in fake.save_dir.parent.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(kept) == 1 and json.loads((kept[0] / "done.json").read_text())["data_key"] == "aaaa"
+
+
+def test_records_from_before_data_keys_match_any_data(fake):
+    fake(3)  # no data key recorded, as runs trained before keys were kept
+    os.remove(fake.save_dir / "done.json")  # interrupted after its last epoch
+    info = fake(4, data="cccc")
+    assert fake.invocations() == [1, 4] and info["resumed"] and info["data_key"] == "cccc"
+
+
+def test_data_key_reads_what_training_reads(tmp_path):
+    d = tmp_path / "bin"
+    d.mkdir()
+    for name, text in (("dict.txt", "a 1\n"), ("train.bin", "x"), ("train.idx", "y"), ("preprocess.log", "t0")):
+        (d / name).write_text(text)
+    key = demo_runs.data_key(str(d))
+    (d / "preprocess.log").write_text("t1")  # logs and stamps are not data
+    (d / ".stage.json").write_text("{}")
+    assert demo_runs.data_key(str(d)) == key
+    (d / "train.bin").write_text("z")
+    assert demo_runs.data_key(str(d)) != key

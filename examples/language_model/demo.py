@@ -61,7 +61,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
+    child_env, data_key, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
     train_run, utc_now, write_results,
 )
@@ -248,7 +248,7 @@ def main(argv=None):
         for run in runs_to_do(args):
             save_dir = run_dir(args, run)
             cmd = train_command(args, setting, d["data_bin"], save_dir, run)
-            info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS)
+            info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_key(d["data_bin"]))
             scores = evaluate(args, setting, d["data_bin"], run)
             res[run] = summarise(info, scores)
             say(f"{run}: test perplexity {scores['test_ppl']:.2f}")

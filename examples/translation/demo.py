@@ -64,7 +64,7 @@ import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
+    child_env, data_key, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves,
     print_table, rel, say, train_run, utc_now, write_results,
 )
@@ -176,7 +176,7 @@ def train_command(args, setting, data_bin, save_dir, run):
 def train(args, setting, data_bin, run):
     save_dir = run_dir(args, run)
     cmd = train_command(args, setting, data_bin, save_dir, run)
-    return train_run(cmd, save_dir, run, args.threads, VALID_METRICS)
+    return train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_key(data_bin))
 
 
 # ---------------------------------------------------------------------------

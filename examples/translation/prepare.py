@@ -205,7 +205,8 @@ def stage_encode(work_dir, text_dir, spm_dir, threads=2):
 
 def stage_binarize(work_dir, tok_dir, workers=2):
     check_aligned(tok_dir)
-    key = dc.stage_key(stage="binarize", tok=files_digest(tok_dir, text_names()), workers=workers)
+    # not keyed on ``workers``: fairseq-preprocess writes the same files whatever their number
+    key = dc.stage_key(stage="binarize", tok=files_digest(tok_dir, text_names()))
     out = os.path.join(work_dir, "data-bin")
 
     def build(tmp):

@@ -144,14 +144,22 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
     return p
 
 
-def parse_demo_args(p, argv, example_dir):
-    """Parse; work and results dirs default to ``<example_dir>/work/<mode>`` and ``/results``."""
+def parse_demo_args(p, argv, example_dir, data_name=None):
+    """Parse; work and results dirs default to ``<example_dir>/work/<mode>`` and ``/results``.
+
+    ``data_name(args)``: a name for data other than the demo's own (e.g. the
+    user's text directory), or None; it goes into the default work dir
+    (``work/<mode>-<name>``) and the results files' name.
+    """
     shown = rel(example_dir)
     p.add_argument("--work-dir", help=f"default: {shown}/work/<mode>")
     p.add_argument("--results-dir", default=os.path.join(example_dir, "results"),
                    help=f"default: {shown}/results")
     args = p.parse_args(argv)
-    args.work_dir = os.path.abspath(args.work_dir or os.path.join(example_dir, "work", args.mode))
+    name = data_name(args) if data_name else None
+    args.data_name = re.sub(r"[^\w.-]+", "_", name) if name else None
+    default_work = args.mode + (f"-{args.data_name}" if args.data_name else "")
+    args.work_dir = os.path.abspath(args.work_dir or os.path.join(example_dir, "work", default_work))
     args.results_dir = os.path.abspath(args.results_dir)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
@@ -186,9 +194,10 @@ def run_dir(args, run):
 
 
 def results_stem(args):
-    """The results files' name: ``<mode>``, plus ``-dropout<P>`` and ``-alpha<A>`` for other values
-    than the defaults."""
-    return args.mode + _dropout_suffix(args) + _alpha_suffix(args)
+    """The results files' name: ``<mode>``, plus ``-<data name>`` for other data and ``-dropout<P>``
+    and ``-alpha<A>`` for other values than the defaults."""
+    data = f"-{args.data_name}" if getattr(args, "data_name", None) else ""
+    return args.mode + data + _dropout_suffix(args) + _alpha_suffix(args)
 
 
 def only_one_run(args):

@@ -149,3 +149,54 @@ def test_tiny_demo_rerun_skips_work_and_keeps_old_results(tiny_run):
     assert after["baseline"]["test_bleu"] == before["baseline"]["test_bleu"]
     kept = [n for n in os.listdir(base / "results") if n.startswith("tiny.") and n not in ("tiny.json", "tiny.png")]
     assert any(n.endswith(".json") for n in kept) and any(n.endswith(".png") for n in kept)
+
+
+# --- your own text (--text-dir) ------------------------------------------------
+
+
+def export_pairs(d, sizes):
+    """Real pairs from the shipped snapshot, as line-aligned {split}.{de,en} files."""
+    import lzma
+
+    import debian_corpus as dc
+
+    d.mkdir(parents=True)
+    rows = {split: [] for split in sizes}
+    with lzma.open(dc.SNAPSHOT, "rt", encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            split, de, en = line.rstrip("\n").split("\t")
+            if len(rows[split]) < sizes[split]:
+                rows[split].append((de, en))
+    for split, pairs in rows.items():
+        for i, lang in enumerate(("de", "en")):
+            (d / f"{split}.{lang}").write_text("".join(p[i] + "\n" for p in pairs), encoding="utf-8")
+
+
+def test_text_dir_names_the_work_dir_and_results():
+    import demo
+    from demo_runs import results_stem
+
+    args = demo.parse_args(["--mode", "medium", "--text-dir", "some/where/My Corpus", "--alpha", "1"])
+    assert args.work_dir == os.path.join(HERE, "work", "medium-My_Corpus")
+    assert results_stem(args) == "medium-My_Corpus-alpha1"
+    assert results_stem(demo.parse_args(["--mode", "medium"])) == "medium"
+
+
+def test_text_dir_is_checked_and_excludes_apt(tmp_path):
+    r = run_demo("--mode", "tiny", "--text-dir", tmp_path / "none", "--work-dir", tmp_path / "w",
+                 "--results-dir", tmp_path / "r")
+    assert r.returncode == 2 and "--text-dir is not a directory" in r.stderr
+    assert not (tmp_path / "w").exists()
+    r = run_demo("--mode", "tiny", "--text-dir", tmp_path, "--from-apt")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+def test_text_dir_trains_on_that_text(tmp_path):
+    pytest.importorskip("fairseq")
+    export_pairs(tmp_path / "mine", {"train": 250, "valid": 30, "test": 30})
+    r = run_demo("--mode", "tiny", "--text-dir", tmp_path / "mine", "--run", "baseline", "--threads", "1",
+                 "--work-dir", tmp_path / "w", "--results-dir", tmp_path / "r")
+    assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert "corpus: copying" in r.stdout and "pairs: train 250, valid 30, test 30" in r.stdout
+    assert "train baseline: starting" in r.stdout and "baseline: test BLEU" in r.stdout

@@ -155,8 +155,12 @@ def train_command(args, setting, data_bin, save_dir, run):
     return cmd
 
 
-def evaluate(args, setting, data_bin, run):
-    """Test perplexity of the run's best checkpoint with ``fairseq-eval-lm``."""
+def evaluate(args, setting, data_bin, run, test_tokens):
+    """Test perplexity of the run's best checkpoint with ``fairseq-eval-lm``.
+
+    ``test_tokens``: the test set's words plus one end of sentence per line, all
+    of which must be scored.
+    """
     save_dir = run_dir(args, run)
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
     tokens = setting["tokens_per_sample"]
@@ -165,6 +169,8 @@ def evaluate(args, setting, data_bin, run):
     cmd = fairseq_command("eval-lm") + [
         data_bin, "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(tokens),
         "--context-window", str(context), "--max-tokens", str(MAX_TOKENS), "--num-workers", "0",
+        # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
+        "--required-batch-size-multiple", "1",
         "--user-dir", USER_DIR, "--seed", str(args.seed),
     ]  # fmt: skip
     if not has_cuda():
@@ -179,6 +185,10 @@ def evaluate(args, setting, data_bin, run):
         m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", proc.stdout)
         if not m:
             raise DemoError(f"fairseq-eval-lm ({run}) printed no perplexity:\n{proc.stdout[-3000:]}")
+        scored = re.search(r"Evaluated ([\d,]+) tokens", proc.stdout)
+        if not scored or int(scored.group(1).replace(",", "")) != test_tokens:
+            raise DemoError(f"fairseq-eval-lm ({run}) scored {scored and scored.group(1)} tokens of the "
+                            f"test set's {test_tokens}:\n{proc.stdout[-3000:]}")
         with open(os.path.join(tmp, "eval-lm.txt"), "w", encoding="utf-8") as f:
             f.write(proc.stdout)
         return {"test_loss": float(m.group(1)), "test_ppl": float(m.group(2)),
@@ -249,7 +259,8 @@ def main(argv=None):
             save_dir = run_dir(args, run)
             cmd = train_command(args, setting, d["data_bin"], save_dir, run)
             info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_key(d["data_bin"]))
-            scores = evaluate(args, setting, d["data_bin"], run)
+            test = d["counts"]["test"]
+            scores = evaluate(args, setting, d["data_bin"], run, test["words"] + test["lines"])
             res[run] = summarise(info, scores)
             say(f"{run}: test perplexity {scores['test_ppl']:.2f}")
     except (DemoError, prep.PrepareError) as e:

@@ -45,6 +45,10 @@ Usage::
     python examples/translation/demo.py --mode medium --run rdrop --threads 1
     wait; python examples/translation/demo.py --mode medium
 
+    # your own German->English text: {train,valid,test}.{de,en}, line-aligned
+    # (work/<mode>-<dir name>/, results/<mode>-<dir name>.json):
+    python examples/translation/demo.py --mode medium --text-dir path/to/corpus
+
     # where the runs stand (per-epoch validation values of both), also while they train:
     python examples/translation/demo.py --mode medium --status
 """
@@ -128,7 +132,10 @@ def check_setup(args):
     check_demo_args(args)
     if args.limit is not None and args.limit < 10:
         raise DemoError(f"--limit must be >= 10, got {args.limit}")
-    if not args.from_apt and not os.path.exists(args.snapshot):
+    if args.text_dir is not None:
+        if not os.path.isdir(args.text_dir):
+            raise DemoError(f"--text-dir is not a directory: {args.text_dir}")
+    elif not args.from_apt and not os.path.exists(args.snapshot):
         raise DemoError(f"corpus snapshot not found: {args.snapshot} (use --from-apt to rebuild it)")
     if not os.path.isdir(USER_DIR):
         raise DemoError(f"plugin directory not found: {USER_DIR}")
@@ -195,6 +202,8 @@ def generate(args, setting, data_bin, run):
             "--path", ckpt, "--gen-subset", "test", "--beam", str(args.beam),
             "--max-len-a", "1.2", "--max-len-b", str(setting["max_len_b"]),
             "--batch-size", "64", "--remove-bpe", "sentencepiece", "--num-workers", "0",
+            # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
+            "--required-batch-size-multiple", "1",
             "--results-path", tmp, "--user-dir", USER_DIR, "--seed", str(args.seed),
         ]  # fmt: skip
         if not has_cuda():
@@ -286,12 +295,23 @@ def parse_args(argv=None):
     p = demo_parser(__doc__, MODES, 5.0, "the paper's IWSLT De-En value", DROPOUT)
     p.add_argument("--beam", type=int, default=5, help="beam size for the test set (default: %(default)s)")
     p.add_argument("--limit", type=int, help="override the mode's number of train pairs")
-    p.add_argument("--from-apt", action="store_true", help="rebuild the corpus from apt instead of the snapshot")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--from-apt", action="store_true", help="rebuild the corpus from apt instead of the snapshot")
+    source.add_argument("--text-dir", metavar="DIR",
+                        help="train and test on your own German->English text instead: line-aligned "
+                             "{train,valid,test}.{de,en} in DIR (the mode's slice limits apply); the runs "
+                             "go to work/<mode>-<DIR's name>/ and the results to <mode>-<DIR's name>.json")
     p.add_argument("--snapshot", default=dc.SNAPSHOT, help=argparse.SUPPRESS)
-    args = parse_demo_args(p, argv, HERE)
+    args = parse_demo_args(p, argv, HERE, data_name=lambda a: a.text_dir and os.path.basename(os.path.abspath(a.text_dir)))
     if args.beam < 1:
         p.error(f"--beam must be >= 1, got {args.beam}")
     return args
+
+
+def corpus_source(args):
+    if args.text_dir is not None:
+        return f"text files in {rel(os.path.abspath(args.text_dir))}"
+    return "rebuilt from apt" if args.from_apt else rel(args.snapshot)
 
 
 def main(argv=None):
@@ -309,7 +329,8 @@ def main(argv=None):
         if args.limit is not None:
             data["limit"] = args.limit
         d = prep.prepare(
-            os.path.join(args.work_dir, "data"), from_apt=args.from_apt, snapshot=args.snapshot, workers=args.threads, **data
+            os.path.join(args.work_dir, "data"), from_apt=args.from_apt, text_dir=args.text_dir,
+            snapshot=args.snapshot, workers=args.threads, **data
         )
         with open(os.path.join(d["text"], "test.en"), encoding="utf-8") as f:
             refs = [line.rstrip("\n") for line in f]
@@ -338,7 +359,7 @@ def main(argv=None):
         "bleu_signature": scores["bleu_signature"],
         "chrf_signature": scores["chrf_signature"],
         "mode": args.mode,
-        "data": {"pairs": d["counts"], "corpus": rel(args.snapshot) if not args.from_apt else "rebuilt from apt"},
+        "data": {"pairs": d["counts"], "corpus": corpus_source(args)},
         "command": command_line(__file__, args.argv),
         "date": utc_now(),
         "total_seconds": round(time.time() - t_start, 1),

@@ -420,7 +420,8 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
         command=display(cmd),
     )
     write_json(done, info)
-    say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {len(log['epochs'])} epochs")
+    n = len(log["epochs"])
+    say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {n} epoch{'' if n == 1 else 's'}")
     return info
 
 

@@ -308,9 +308,11 @@ def data_key(data_bin):
 TIME_RECORD_SECONDS = 60
 
 
-def _count_time(started, cmd, data, seconds):
-    """Record the seconds an unfinished run has trained so far, for when it resumes."""
-    write_json(started, _record(cmd, data, prior_seconds=round(seconds, 1)))
+def _count_time(started, cmd, data, seconds, stopped=False):
+    """Record the seconds an unfinished run has trained so far, for when it resumes
+    (``stopped``: its training process has ended)."""
+    extra = {"stopped": True} if stopped else {}
+    write_json(started, _record(cmd, data, prior_seconds=round(seconds, 1), **extra))
 
 
 def _with_log(info, save_dir, metrics):
@@ -399,11 +401,11 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
     except BaseException:  # interrupted (Ctrl-C): the time spent still counts when it resumes
         proc.kill()
         proc.wait()
-        _count_time(started, cmd, data, prior_seconds + time.time() - t0)
+        _count_time(started, cmd, data, prior_seconds + time.time() - t0, stopped=True)
         raise
     seconds = prior_seconds + time.time() - t0
     if returncode != 0:
-        _count_time(started, cmd, data, seconds)
+        _count_time(started, cmd, data, seconds, stopped=True)
         raise DemoError(
             f"fairseq-train ({run}) failed with exit code {returncode}; see {rel(save_dir)}/train.log"
         )
@@ -500,7 +502,7 @@ def run_status(save_dir, metrics, now=None):
         return dict(out, state="not started", note="")
     record = read_json(started)
     age = (time.time() if now is None else now) - os.path.getmtime(started)
-    if age <= 3 * TIME_RECORD_SECONDS:
+    if age <= 3 * TIME_RECORD_SECONDS and not record.get("stopped"):
         state, note = "training", f"time recorded {age:.0f}s ago"
     else:
         state, note = "interrupted", "the same command resumes it from its last checkpoint"

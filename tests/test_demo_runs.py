@@ -236,7 +236,13 @@ def test_status_reads_every_state_and_changes_nothing(fake, monkeypatch):
     files = {p: p.stat().st_mtime_ns for p in fake.save_dir.iterdir()}
     started = fake.save_dir / "started.json"
     st = demo_runs.run_status(str(fake.save_dir), ("loss",))
-    assert st["state"] == "training"  # its time record is fresh: a live run looks like this
+    assert st["state"] == "interrupted"  # its time record is fresh, but its process has ended
+    assert {p: p.stat().st_mtime_ns for p in fake.save_dir.iterdir()} == files
+    record = json.loads(started.read_text())
+    started.write_text(json.dumps({k: v for k, v in record.items() if k != "stopped"}))
+    files = {p: p.stat().st_mtime_ns for p in fake.save_dir.iterdir()}
+    st = demo_runs.run_status(str(fake.save_dir), ("loss",))
+    assert st["state"] == "training"  # a fresh record of a live run looks like this
     st = demo_runs.run_status(str(fake.save_dir), ("loss",), now=started.stat().st_mtime + 3600)
     assert st["state"] == "interrupted" and "resumes" in st["note"]
     assert len(st["epochs"]) == 5 and st["budget"] == {"--max-epoch": "8"}

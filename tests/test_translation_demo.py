@@ -156,21 +156,10 @@ def test_tiny_demo_rerun_skips_work_and_keeps_old_results(tiny_run):
 
 def export_pairs(d, sizes):
     """Real pairs from the shipped snapshot, as line-aligned {split}.{de,en} files."""
-    import lzma
-
     import debian_corpus as dc
 
-    d.mkdir(parents=True)
-    rows = {split: [] for split in sizes}
-    with lzma.open(dc.SNAPSHOT, "rt", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            split, de, en = line.rstrip("\n").split("\t")
-            if len(rows[split]) < sizes[split]:
-                rows[split].append((de, en))
-    for split, pairs in rows.items():
-        for i, lang in enumerate(("de", "en")):
-            (d / f"{split}.{lang}").write_text("".join(p[i] + "\n" for p in pairs), encoding="utf-8")
+    splits = dc.load_snapshot()
+    dc.export_plain({split: splits[split][:n] for split, n in sizes.items()}, str(d))
 
 
 def test_text_dir_names_the_work_dir_and_results():

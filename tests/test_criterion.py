@@ -200,20 +200,23 @@ def test_bart_matches_reference_on_both_paths(no_fused):
     check_step_against_reference(model, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), no_fused)
 
 
+class PassThrough(torch.nn.Module):
+    """What fairseq's DDP and sharded wrappers look like from outside: ``.module``, ``forward(*a, **kw)``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
 def test_fused_path_runs_through_fairseqs_distributed_wrappers(setup):
     """Under DDP the criterion gets ModuleProxyWrapper(DDP(model)), whose forward takes *args, **kwargs."""
     from fairseq.distributed import ModuleProxyWrapper
 
-    class DDPLike(torch.nn.Module):  # what the DDP classes look like from outside: .module, forward(*a, **kw)
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, *args, **kwargs):
-            return self.module(*args, **kwargs)
-
     task, model, sample = setup
-    wrapped = ModuleProxyWrapper(DDPLike(model))
+    wrapped = ModuleProxyWrapper(PassThrough(model))
     assert fusable_output_projection(wrapped) is model.decoder.output_projection
     wrapped.train()
     crit = make_criterion(task, rdrop_alpha=3.0)
@@ -225,13 +228,8 @@ def test_sharded_models_take_the_logits_path(setup):
     """--ddp-backend fully_sharded: the weights are whole only inside the model's forward."""
     task, model, sample = setup
 
-    class FullyShardedDataParallel(torch.nn.Module):  # stands in for fairscale's / torch's wrapper
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, *args, **kwargs):
-            return self.module(*args, **kwargs)
+    class FullyShardedDataParallel(PassThrough):  # stands in for fairscale's / torch's wrapper (by name)
+        pass
 
     model.decoder.layers[0] = FullyShardedDataParallel(model.decoder.layers[0])  # nested wrapping too
     assert fusable_output_projection(model) is None

@@ -321,6 +321,17 @@ def _with_log(info, save_dir, metrics):
     return dict(info, epochs=log["epochs"], updates=log["updates"] or info.get("updates"))
 
 
+def _stopped_early(budget, trained):
+    """Whether a finished run of ``budget`` that trained ``trained`` epochs stopped before its
+    ``--max-epoch`` (on ``--patience``)."""
+    max_epoch = int(budget.get("--max-epoch", 0)) or None
+    return max_epoch is not None and trained < max_epoch
+
+
+def _epochs(n):
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def _refuse_fewer_epochs(run, save_dir, cmd, trained):
     """A DemoError if the run in ``save_dir`` has trained more epochs than ``cmd``'s ``--max-epoch``."""
     new_max = int(_budget(cmd).get("--max-epoch", 0)) or None
@@ -358,8 +369,7 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
         trained = max((e["epoch"] for e in finished.get("epochs", [])), default=0)
         new_budget, old_budget = _budget(cmd), _budget(shlex.split(finished.get("command", "")))
         _refuse_fewer_epochs(run, save_dir, cmd, trained)
-        old_max = int(old_budget.get("--max-epoch", 0)) or None
-        if old_max is not None and trained < old_max and new_budget.get("--patience") == old_budget.get("--patience"):
+        if _stopped_early(old_budget, trained) and new_budget.get("--patience") == old_budget.get("--patience"):
             say(f"train {run}: done already, stopped early at epoch {trained} ({rel(save_dir)})")
             return _with_log(finished, save_dir, metrics)
         say(f"train {run}: continuing the finished run of {trained} epochs with the larger budget")
@@ -422,8 +432,7 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
         command=display(cmd),
     )
     write_json(done, info)
-    n = len(log["epochs"])
-    say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {n} epoch{'' if n == 1 else 's'}")
+    say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {_epochs(len(log['epochs']))}")
     return info
 
 
@@ -492,8 +501,7 @@ def run_status(save_dir, metrics, now=None):
         record = read_json(done)
         budget = record.get("budget", {})
         trained = len(log["epochs"])
-        max_epoch = int(budget.get("--max-epoch", 0)) or None
-        if max_epoch is not None and trained < max_epoch:
+        if _stopped_early(budget, trained):
             note = f"stopped early (--patience {budget.get('--patience', '?')}) at epoch {trained}"
         else:
             note = f"its budget of {trained} epochs used up; a larger --max-epoch continues it"
@@ -528,8 +536,7 @@ def print_status(args, metrics):
         budget = " ".join(f"{k} {v}" for k, v in sorted(st["budget"].items()))
         line = f"{run:9} {st['state']}"
         if st["state"] != "not started":
-            n = len(st["epochs"])
-            line += (f": {n} epoch{'' if n == 1 else 's'}, {st['updates']} updates, {hours:.2f} h"
+            line += (f": {_epochs(len(st['epochs']))}, {st['updates']} updates, {hours:.2f} h"
                      + (f" ({budget})" if budget else "") + f"; {st['note']}")
         print(line)
         for metric in metrics:

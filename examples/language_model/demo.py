@@ -254,11 +254,12 @@ def main(argv=None):
         if args.train_lines is not None:
             data["train_lines"] = args.train_lines
         d = prep.prepare(os.path.join(args.work_dir, "data"), workers=args.threads, **data)
+        data_bin_key = data_key(d["data_bin"])
         res = {}
         for run in runs_to_do(args):
             save_dir = run_dir(args, run)
             cmd = train_command(args, setting, d["data_bin"], save_dir, run)
-            info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_key(d["data_bin"]))
+            info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_bin_key)
             test = d["counts"]["test"]
             scores = evaluate(args, setting, d["data_bin"], run, test["words"] + test["lines"])
             res[run] = summarise(info, scores)

@@ -180,10 +180,10 @@ def train_command(args, setting, data_bin, save_dir, run):
     return cmd
 
 
-def train(args, setting, data_bin, run):
+def train(args, setting, data_bin, data_bin_key, run):
     save_dir = run_dir(args, run)
     cmd = train_command(args, setting, data_bin, save_dir, run)
-    return train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_key(data_bin))
+    return train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_bin_key)
 
 
 # ---------------------------------------------------------------------------
@@ -334,9 +334,10 @@ def main(argv=None):
         )
         with open(os.path.join(d["text"], "test.en"), encoding="utf-8") as f:
             refs = [line.rstrip("\n") for line in f]
+        data_bin_key = data_key(d["data_bin"])
         res = {}
         for run in runs_to_do(args):
-            info = train(args, setting, d["data_bin"], run)
+            info = train(args, setting, d["data_bin"], data_bin_key, run)
             gen = generate(args, setting, d["data_bin"], run)
             scores = score(read_hypotheses(gen, len(refs)), refs)
             res[run] = summarise(info, scores)

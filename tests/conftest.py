@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny real data-bin from the shipped corpus snapshot."""
 
-import lzma
 import os
 import re
 import subprocess
@@ -10,7 +9,9 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SNAPSHOT = os.path.join(REPO, "examples", "translation", "data", "debian-de-en.tsv.xz")
+sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
+
+import debian_corpus  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 SIZES = {"train": 240, "valid": 24, "test": 24}
 
@@ -43,13 +44,8 @@ def data_bin(tmp_path_factory):
     Tests write their checkpoints into their own sub-directories of it.
     """
     work = tmp_path_factory.mktemp("e2e")
-    pairs = {split: [] for split in SIZES}
-    with lzma.open(SNAPSHOT, "rt", encoding="utf-8") as f:
-        next(f)  # header
-        for line in f:
-            split, de, en = line.rstrip("\n").split("\t")
-            if len(pairs[split]) < SIZES[split] and len(de.split()) <= 20:
-                pairs[split].append((de, en))
+    snapshot = debian_corpus.load_snapshot()
+    pairs = {split: [p for p in snapshot[split] if len(p[0].split()) <= 20][:n] for split, n in SIZES.items()}
     for split, rows in pairs.items():
         assert len(rows) == SIZES[split]
         for side, lang in ((0, "de"), (1, "en")):

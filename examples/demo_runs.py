@@ -504,7 +504,7 @@ def run_status(save_dir, metrics, now=None):
         if _stopped_early(budget, trained):
             note = f"stopped early (--patience {budget.get('--patience', '?')}) at epoch {trained}"
         else:
-            note = f"its budget of {trained} epochs used up; a larger --max-epoch continues it"
+            note = f"its budget of {_epochs(trained)} used up; a larger --max-epoch continues it"
         return dict(out, state="finished", note=note, seconds=float(record.get("seconds", 0.0)), budget=budget)
     if not os.path.exists(started):
         return dict(out, state="not started", note="")

@@ -70,6 +70,19 @@ def test_overrides_reach_the_command(tmp_path):
     assert (parsed.max_epoch, parsed.patience, parsed.rdrop_alpha) == (7, 2, 3.0)
 
 
+@pytest.mark.parametrize("vocab_size,cutoffs", [(None, None), (10008, None), (6008, None), (6000, "1200,3600"),
+                                                (1000, "200,600"), (8, "1,4")])
+def test_lm_cutoffs_fit_the_dictionary(vocab_size, cutoffs, tmp_path):
+    demo = load_demo("language_model")
+    args = demo.parse_args(["--mode", "tiny", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")])
+    cmd = demo.train_command(args, demo.MODES["tiny"], str(tmp_path / "d"), str(tmp_path / "s"), "rdrop", vocab_size)
+    parsed = parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):])
+    # None: the architecture's own cutoffs, which the demo's ARCH_CUTOFFS must name
+    expected = cutoffs or ",".join(map(str, demo.ARCH_CUTOFFS))
+    assert parsed.adaptive_softmax_cutoff == parsed.adaptive_input_cutoff == expected
+    assert int(expected.split(",")[-1]) < (vocab_size or 10008)  # fairseq needs the last below the size
+
+
 @pytest.mark.parametrize("name", list(DEMOS))
 def test_another_alpha_gets_its_own_run_dir_and_results_name(name, tmp_path):
     demo = load_demo(name)

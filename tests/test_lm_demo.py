@@ -81,3 +81,48 @@ def test_tiny_lm_demo_end_to_end_and_rerun(tmp_path):
     assert after["rdrop"]["test_ppl"] == res["rdrop"]["test_ppl"]
     assert any(n.startswith("tiny.") and n.endswith(".json") and n != "tiny.json"
                for n in os.listdir(tmp_path / "res"))
+
+
+# --- your own text (--text-dir) ------------------------------------------------
+
+
+def write_text_dir(d, sizes):
+    """Real English text the LM demo has not seen: the snapshot's Debian package descriptions."""
+    sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
+    import debian_corpus as dc
+
+    splits = dc.load_snapshot()
+    d.mkdir()
+    for split, n in sizes.items():
+        (d / f"{split}.txt").write_text("".join(en + "\n" for _, en in splits[split][:n]), encoding="utf-8")
+
+
+def test_text_dir_errors_name_the_file_before_anything_runs(tmp_path):
+    out = ["--work-dir", tmp_path / "w", "--results-dir", tmp_path / "r"]
+    r = run_demo("--mode", "tiny", "--text-dir", tmp_path / "none", *out)
+    assert r.returncode == 2 and "--text-dir is not a directory" in r.stderr
+    write_text_dir(tmp_path / "mine", {"train": 20, "valid": 5})
+    r = run_demo("--mode", "tiny", "--text-dir", tmp_path / "mine", *out)
+    assert r.returncode == 2 and "missing input file:" in r.stderr and "test.txt" in r.stderr
+    assert not (tmp_path / "w").exists()
+    (tmp_path / "mine" / "test.txt").write_text("\n  \n", encoding="utf-8")
+    r = run_demo("--mode", "tiny", "--text-dir", tmp_path / "mine", *out)
+    assert r.returncode == 2 and "test.txt has no text" in r.stderr
+    assert not (tmp_path / "w" / "baseline").exists() and not (tmp_path / "w" / "rdrop").exists()
+
+
+def test_text_dir_trains_and_scores_that_text(tmp_path):
+    pytest.importorskip("fairseq")
+    write_text_dir(tmp_path / "Debian text", {"train": 300, "valid": 40, "test": 40})
+    args = ["--mode", "tiny", "--text-dir", tmp_path / "Debian text", "--threads", "1", "--results-dir", tmp_path / "r"]
+    r = run_demo(*args, "--run", "rdrop", "--work-dir", tmp_path / "w")
+    assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert "text: reading" in r.stdout and "train 300/" in r.stdout and "valid 40/" in r.stdout
+    vocab = json.loads((tmp_path / "w" / "data" / "data-bin" / ".stage.json").read_text())["vocab_size"]
+    assert 8 < vocab <= 6000  # a few thousand words: the demo scales the cutoffs to fit
+    cutoffs = f"{vocab // 5},{vocab * 3 // 5}"
+    assert f"--adaptive-input-cutoff {cutoffs} --adaptive-softmax-cutoff {cutoffs}" in r.stdout
+    assert "rdrop: test perplexity" in r.stdout  # eval-lm scored every test token (the demo checks)
+
+    default = run_demo(*args, "--status")  # the default work dir carries the text dir's name
+    assert default.returncode == 0 and "work/tiny-Debian_text" in default.stdout

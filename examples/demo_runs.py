@@ -144,6 +144,16 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
     return p
 
 
+def text_dir_name(args):
+    """The name of ``--text-dir`` (the user's own data) for work dirs and results files, or None."""
+    return args.text_dir and os.path.basename(os.path.abspath(args.text_dir))
+
+
+def text_dir_source(args):
+    """Where ``--text-dir``'s data came from, as the results files record it."""
+    return f"text files in {rel(os.path.abspath(args.text_dir))}"
+
+
 def parse_demo_args(p, argv, example_dir, data_name=None):
     """Parse; work and results dirs default to ``<example_dir>/work/<mode>`` and ``/results``.
 

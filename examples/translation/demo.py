@@ -67,6 +67,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
 from demo_runs import (  # noqa: E402
+    text_dir_name, text_dir_source,
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
     child_env, data_key, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
     command_line, display, flags, has_cuda, machine_info, plot_curves,
@@ -302,7 +303,7 @@ def parse_args(argv=None):
                              "{train,valid,test}.{de,en} in DIR (the mode's slice limits apply); the runs "
                              "go to work/<mode>-<DIR's name>/ and the results to <mode>-<DIR's name>.json")
     p.add_argument("--snapshot", default=dc.SNAPSHOT, help=argparse.SUPPRESS)
-    args = parse_demo_args(p, argv, HERE, data_name=lambda a: a.text_dir and os.path.basename(os.path.abspath(a.text_dir)))
+    args = parse_demo_args(p, argv, HERE, data_name=text_dir_name)
     if args.beam < 1:
         p.error(f"--beam must be >= 1, got {args.beam}")
     return args
@@ -310,7 +311,7 @@ def parse_args(argv=None):
 
 def corpus_source(args):
     if args.text_dir is not None:
-        return f"text files in {rel(os.path.abspath(args.text_dir))}"
+        return text_dir_source(args)
     return "rebuilt from apt" if args.from_apt else rel(args.snapshot)
 
 

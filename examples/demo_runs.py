@@ -196,18 +196,33 @@ def _dropout_suffix(args):
     return "" if value is None else f"-dropout{value}"
 
 
+def max_tokens_override(args):
+    """The ``--max-tokens`` value when a demo takes it and it differs from its default, else None."""
+    value = getattr(args, "max_tokens", None)
+    if value is None or value == args.default_max_tokens:
+        return None
+    return value
+
+
+def _settings_suffix(args):
+    """``-tokens<N>`` and ``-dropout<P>`` for settings other than the defaults (both runs)."""
+    tokens = max_tokens_override(args)
+    return ("" if tokens is None else f"-tokens{tokens}") + _dropout_suffix(args)
+
+
 def run_dir(args, run):
     """Where ``run`` trains: ``<work-dir>/baseline``, ``/rdrop``, ``/rdrop-alpha<A>`` for another
-    alpha; another dropout adds ``-dropout<P>`` to both (``baseline-dropout<P>``)."""
+    alpha; another batch size or dropout adds ``-tokens<N>`` or ``-dropout<P>`` to both
+    (``baseline-dropout<P>``)."""
     return os.path.join(args.work_dir,
-                        run + _dropout_suffix(args) + (_alpha_suffix(args) if run == "rdrop" else ""))
+                        run + _settings_suffix(args) + (_alpha_suffix(args) if run == "rdrop" else ""))
 
 
 def results_stem(args):
-    """The results files' name: ``<mode>``, plus ``-<data name>`` for other data and ``-dropout<P>``
-    and ``-alpha<A>`` for other values than the defaults."""
+    """The results files' name: ``<mode>``, plus ``-<data name>`` for other data and ``-tokens<N>``,
+    ``-dropout<P>`` and ``-alpha<A>`` for other values than the defaults."""
     data = f"-{args.data_name}" if getattr(args, "data_name", None) else ""
-    return args.mode + data + _dropout_suffix(args) + _alpha_suffix(args)
+    return args.mode + data + _settings_suffix(args) + _alpha_suffix(args)
 
 
 def only_one_run(args):

@@ -131,3 +131,39 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):
+    demo = load_demo("language_model")
+    base = ["--mode", "full", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
+    train = demo.MODES["full"]["train"]
+
+    def commands(argv):
+        args = demo.parse_args(base + argv)
+        demo.check_demo_args(args)
+        cmds = {run: demo.train_command(args, demo.MODES["full"], str(tmp_path / "d"), demo.run_dir(args, run), run)
+                for run in ("baseline", "rdrop")}
+        return args, cmds, {run: parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):]) for run, cmd in cmds.items()}
+
+    default, default_cmds, parsed = commands([])
+    assert parsed["baseline"].max_tokens == demo.MAX_TOKENS
+    assert parsed["baseline"].lr == [float(train["lr"])]
+    assert parsed["baseline"].warmup_updates == train["warmup-updates"]
+    # the default spelt out is the default: same runs, same commands, same results name
+    same, same_cmds, _ = commands(["--max-tokens", str(demo.MAX_TOKENS)])
+    assert same_cmds == default_cmds and demo.results_stem(same) == "full"
+
+    n = 8 * demo.MAX_TOKENS
+    other, _, parsed = commands(["--max-tokens", str(n), "--alpha", "0.5"])
+    for run in ("baseline", "rdrop"):
+        assert parsed[run].max_tokens == n
+        # Adam's square-root rule, and warm-up over the same number of tokens
+        assert parsed[run].lr == pytest.approx([float(train["lr"]) * 8 ** 0.5], rel=5e-3)  # 3 significant digits
+        assert parsed[run].warmup_updates == train["warmup-updates"] // 8
+    assert demo.run_dir(other, "baseline") == str(tmp_path / "w" / f"baseline-tokens{n}")
+    assert demo.run_dir(other, "rdrop") == str(tmp_path / "w" / f"rdrop-tokens{n}-alpha0.5")
+    assert demo.results_stem(other) == f"full-tokens{n}-alpha0.5"
+
+    too_small = demo.parse_args(base + ["--max-tokens", str(demo.MODES["full"]["tokens_per_sample"] - 1)])
+    with pytest.raises(demo.DemoError, match="--max-tokens must hold at least one 128-token block"):
+        demo.check_setup(too_small)

@@ -4,11 +4,11 @@ CI runs only the tiny modes end to end; this catches a misspelt flag or a bad
 value in the long modes (quick, medium, full) before a user spends hours on them.
 """
 
-import importlib.util
 import os
-import sys
 
 import pytest
+
+from tests.example_modules import load_example
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMOS = {
@@ -18,10 +18,7 @@ DEMOS = {
 
 
 def load_demo(name):
-    spec = importlib.util.spec_from_file_location(f"demo_{name}", DEMOS[name])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(DEMOS[name], f"demo_{name}")
 
 
 def parse_with_fairseq(cmd):
@@ -127,10 +124,6 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
 
     with pytest.raises(demo.DemoError, match="--dropout must be in"):
         demo.check_demo_args(demo.parse_args(base + ["--dropout", "1"]))
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
 
 
 def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):

@@ -107,8 +107,13 @@ def test_two_ranks_equal_one_process_with_update_freq_2_without_dropout(data_bin
     a = model_tensors(data_bin / "dist_ref" / "checkpoint_last.pt")
     b = model_tensors(data_bin / "dist_ranks" / "checkpoint_last.pt")
     assert a.keys() == b.keys()
-    # 3 Adam updates at lr 1e-4..3e-4 move the weights by ~1e-4 each: far above atol
-    for key in a:
+    # 3 Adam updates at lr 1e-4..3e-4 move the weights by ~1e-4 each: far above atol.
+    # Not the attention key biases: softmax ignores a bias shared by all keys, so their
+    # gradient is rounding noise, which differs with the summation order and which
+    # Adam's normalisation turns into steps of about lr either way.
+    compared = [key for key in a if not key.endswith("k_proj.bias")]
+    assert any(key.endswith("k_proj.weight") for key in compared)
+    for key in compared:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
 
 

@@ -12,6 +12,7 @@ HERE = os.path.join(REPO, "examples", "translation")
 sys.path.insert(0, HERE)
 
 import prepare as prep  # noqa: E402
+from tests.example_modules import load_example  # noqa: E402
 
 DEMO = os.path.join(HERE, "demo.py")
 RUN_KEYS = {"test_bleu", "test_chrf", "valid_ppl", "valid_loss", "updates", "seconds", "epochs", "curve"}
@@ -163,8 +164,9 @@ def export_pairs(d, sizes):
 
 
 def test_text_dir_names_the_work_dir_and_results():
-    import demo
     from demo_runs import results_stem
+
+    demo = load_example(DEMO, "demo_translation")
 
     args = demo.parse_args(["--mode", "medium", "--text-dir", "some/where/My Corpus", "--alpha", "1"])
     assert args.work_dir == os.path.join(HERE, "work", "medium-My_Corpus")

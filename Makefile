@@ -19,8 +19,10 @@ $(STAMP): setup.py pyproject.toml
 
 install: $(STAMP)
 
+# the tests in parallel (pytest-xdist), one worker per core, at most 4: run one
+# at a time they kept about one of 2 cores busy
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n auto --maxprocesses 4 tests
 
 demo: install
 	$(PY) examples/translation/demo.py --mode $(MODE)

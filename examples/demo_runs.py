@@ -12,14 +12,13 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
 import sys
 import time
 
-from pipeline_stages import atomic_write, read_json, sha256_file, stage_key, write_json
+from pipeline_stages import read_json, sha256_file, stage_key, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
@@ -112,9 +111,21 @@ def check_results_dir(results_dir, work_dir):
 # command line
 
 
+def seed_list(text):
+    """``"1,2,3"`` -> ``(1, 2, 3)`` (argparse type of ``--seeds``)."""
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is named twice: {text!r}")
+    return seeds
+
+
 def demo_parser(doc, modes, alpha, alpha_note, dropout):
     """The options both demos take; a demo adds its own before :func:`parse_demo_args`."""
     p = argparse.ArgumentParser(
+        allow_abbrev=False,  # the demo passes its argv on to one process per run
         description=doc.split("\n\n")[0],
         epilog=doc.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -130,16 +141,24 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
                         "runs in baseline-dropout<P>/ and rdrop-dropout<P>[-alpha<A>]/ and writes "
                         "<mode>-dropout<P>[-alpha<A>].json, beside the default runs")
     p.set_defaults(default_dropout=dropout)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="CPU threads per process")
+    p.add_argument("--seeds", type=seed_list, metavar="S[,S...]",
+                   help="the seeds; each trains both runs (default: the mode's, "
+                        + ", ".join(f"{m} {','.join(map(str, s['seeds']))}" for m, s in sorted(modes.items()))
+                        + "); other seeds than the mode's go into the results name")
+    p.set_defaults(mode_seeds={m: tuple(s["seeds"]) for m, s in modes.items()})
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per training process (default: %(default)s: on a few cores, one process "
+                        "per core with one thread each trains the seeds fastest)")
+    p.add_argument("--jobs", type=int,
+                   help="training processes at once (default: the CPU cores divided by --threads); each "
+                        "trains and evaluates one run of one seed, and the demo then compares them")
     p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
     p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
     p.add_argument("--run", choices=RUNS, dest="only_run",
-                   help="train and evaluate only this run, and write no results file: the two runs can then "
-                        "train at once (one process each, e.g. --threads 1 each on a 2-core machine, once the "
-                        "data is prepared); a later invocation without --run finds both done and writes the results")
+                   help="train and evaluate only this run (of each seed), and write no results file; a later "
+                        "invocation without --run finds it done and writes the results")
     p.add_argument("--status", action="store_true",
-                   help="only print where the two runs of this mode (and --alpha/--dropout) stand: state, "
+                   help="only print where the runs of this mode (and --alpha/--dropout/--seeds) stand: state, "
                         "epochs, time so far and their validation values per epoch, also while they train")
     return p
 
@@ -171,6 +190,11 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
     default_work = args.mode + (f"-{args.data_name}" if args.data_name else "")
     args.work_dir = os.path.abspath(args.work_dir or os.path.join(example_dir, "work", default_work))
     args.results_dir = os.path.abspath(args.results_dir)
+    args.default_seeds = args.mode_seeds[args.mode]
+    if args.seeds is None:
+        args.seeds = args.default_seeds
+    if args.jobs is None:
+        args.jobs = max(1, (os.cpu_count() or 1) // max(1, args.threads))
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
@@ -210,19 +234,29 @@ def _settings_suffix(args):
     return ("" if tokens is None else f"-tokens{tokens}") + _dropout_suffix(args)
 
 
-def run_dir(args, run):
-    """Where ``run`` trains: ``<work-dir>/baseline``, ``/rdrop``, ``/rdrop-alpha<A>`` for another
-    alpha; another batch size or dropout adds ``-tokens<N>`` or ``-dropout<P>`` to both
-    (``baseline-dropout<P>``)."""
-    return os.path.join(args.work_dir,
-                        run + _settings_suffix(args) + (_alpha_suffix(args) if run == "rdrop" else ""))
+def run_dir(args, run, seed):
+    """Where ``run`` of ``seed`` trains: ``<work-dir>/baseline-seed<S>``, ``/rdrop-seed<S>``,
+    ``/rdrop-alpha<A>-seed<S>`` for another alpha; another batch size or dropout adds
+    ``-tokens<N>`` or ``-dropout<P>`` to both (``baseline-dropout<P>-seed<S>``)."""
+    alpha = _alpha_suffix(args) if run == "rdrop" else ""
+    return os.path.join(args.work_dir, f"{run}{_settings_suffix(args)}{alpha}-seed{seed}")
+
+
+# options that change the results but not a run's directory: (attribute, name in the results name)
+NAMED_OVERRIDES = (("limit", "limit"), ("train_lines", "lines"), ("beam", "beam"),
+                   ("max_epoch", "epochs"), ("patience", "patience"))
 
 
 def results_stem(args):
-    """The results files' name: ``<mode>``, plus ``-<data name>`` for other data and ``-tokens<N>``,
-    ``-dropout<P>`` and ``-alpha<A>`` for other values than the defaults."""
+    """The results files' name: ``<mode>``, plus ``-<data name>`` for other data, and for every
+    setting other than the mode's: ``-tokens<N>``, ``-dropout<P>``, ``-limit<N>``/``-lines<N>``,
+    ``-beam<N>``, ``-epochs<N>``, ``-patience<N>``, ``-alpha<A>`` and ``-seeds<S>_<S>...``;
+    no two settings share a name."""
     data = f"-{args.data_name}" if getattr(args, "data_name", None) else ""
-    return args.mode + data + _settings_suffix(args) + _alpha_suffix(args)
+    named = "".join(f"-{label}{getattr(args, attr)}" for attr, label in NAMED_OVERRIDES
+                    if getattr(args, attr, None) is not None)
+    seeds = "" if tuple(args.seeds) == tuple(args.default_seeds) else "-seeds" + "_".join(map(str, args.seeds))
+    return args.mode + data + _settings_suffix(args) + named + _alpha_suffix(args) + seeds
 
 
 def only_one_run(args):
@@ -245,6 +279,12 @@ def check_demo_args(args):
         raise DemoError(f"--threads must be >= 1, got {args.threads}")
     if args.max_epoch is not None and args.max_epoch < 1:
         raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
+    if args.patience is not None and args.patience < 1:
+        raise DemoError(f"--patience must be >= 1, got {args.patience}")
+    if args.jobs < 1:
+        raise DemoError(f"--jobs must be >= 1, got {args.jobs}")
+    if any(s < 0 for s in args.seeds):
+        raise DemoError(f"--seeds must be >= 0, got {','.join(map(str, args.seeds))}")
 
 
 def train_flags(args, setting):
@@ -333,11 +373,18 @@ def data_key(data_bin):
 TIME_RECORD_SECONDS = 60
 
 
-def _count_time(started, cmd, data, seconds, stopped=False):
+def _count_time(started, cmd, data, seconds, history, stopped=False):
     """Record the seconds an unfinished run has trained so far, for when it resumes
-    (``stopped``: its training process has ended)."""
+    (``stopped``: its training process has ended), with its ``history`` of segments."""
     extra = {"stopped": True} if stopped else {}
-    write_json(started, _record(cmd, data, prior_seconds=round(seconds, 1), **extra))
+    write_json(started, _record(cmd, data, prior_seconds=round(seconds, 1), history=history, **extra))
+
+
+def _segment(threads, t0, end):
+    """One training process's entry of a run's history: when it started, with how many threads,
+    how long it ran and how it ended (``running``, ``finished``, ``failed``, ``interrupted``)."""
+    start = datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"start": start, "threads": threads, "seconds": round(time.time() - t0, 1), "end": end}
 
 
 def _with_log(info, save_dir, metrics):
@@ -346,7 +393,7 @@ def _with_log(info, save_dir, metrics):
     return dict(info, epochs=log["epochs"], updates=log["updates"] or info.get("updates"))
 
 
-def _stopped_early(budget, trained):
+def stopped_early(budget, trained):
     """Whether a finished run of ``budget`` that trained ``trained`` epochs stopped before its
     ``--max-epoch`` (on ``--patience``)."""
     max_epoch = int(budget.get("--max-epoch", 0)) or None
@@ -384,7 +431,7 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
     """
     done = os.path.join(save_dir, "done.json")
     started = os.path.join(save_dir, "started.json")
-    prior_seconds, resumed = 0.0, False
+    prior_seconds, resumed, history = 0.0, False, []
     finished = read_json(done) if os.path.exists(done) else None
     match = _match(finished, cmd, data) if finished else None
     if match == "same":
@@ -394,12 +441,12 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
         trained = max((e["epoch"] for e in finished.get("epochs", [])), default=0)
         new_budget, old_budget = _budget(cmd), _budget(shlex.split(finished.get("command", "")))
         _refuse_fewer_epochs(run, save_dir, cmd, trained)
-        if _stopped_early(old_budget, trained) and new_budget.get("--patience") == old_budget.get("--patience"):
+        if stopped_early(old_budget, trained) and new_budget.get("--patience") == old_budget.get("--patience"):
             say(f"train {run}: done already, stopped early at epoch {trained} ({rel(save_dir)})")
             return _with_log(finished, save_dir, metrics)
         say(f"train {run}: continuing the finished run of {trained} epochs with the larger budget")
-        prior_seconds, resumed = float(finished.get("seconds", 0.0)), True
-        write_json(started, _record(cmd, data, prior_seconds=prior_seconds))
+        prior_seconds, resumed, history = float(finished.get("seconds", 0.0)), True, finished.get("history", [])
+        write_json(started, _record(cmd, data, prior_seconds=prior_seconds, history=history))
         os.remove(done)
     else:
         state = read_json(started) if os.path.exists(started) else None
@@ -410,6 +457,8 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
             log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
             _refuse_fewer_epochs(run, save_dir, cmd, max((e["epoch"] for e in log["epochs"]), default=0))
             prior_seconds = float(state.get("prior_seconds", 0.0))
+            # a segment still marked running was killed outright
+            history = [dict(h, end="killed") if h.get("end") == "running" else h for h in state.get("history", [])]
         elif os.path.exists(save_dir):
             # a run of other settings or data: start afresh, keeping the old one aside
             stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(save_dir)))
@@ -420,7 +469,7 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
             os.replace(save_dir, aside)
             say(f"train {run}: {rel(save_dir)} held a run of other settings or data; kept as {rel(aside)}")
         os.makedirs(save_dir, exist_ok=True)
-        write_json(started, _record(cmd, data, prior_seconds=prior_seconds))
+        write_json(started, _record(cmd, data, prior_seconds=prior_seconds, history=history))
     say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
     say("  " + display(cmd))
     t0 = time.time()
@@ -432,15 +481,17 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
                 break
             except subprocess.TimeoutExpired:
                 # the time so far is on disk, should this process be killed outright
-                _count_time(started, cmd, data, prior_seconds + time.time() - t0)
+                _count_time(started, cmd, data, prior_seconds + time.time() - t0,
+                            history + [_segment(threads, t0, "running")])
     except BaseException:  # interrupted (Ctrl-C): the time spent still counts when it resumes
         proc.kill()
         proc.wait()
-        _count_time(started, cmd, data, prior_seconds + time.time() - t0, stopped=True)
+        _count_time(started, cmd, data, prior_seconds + time.time() - t0,
+                    history + [_segment(threads, t0, "interrupted")], stopped=True)
         raise
     seconds = prior_seconds + time.time() - t0
     if returncode != 0:
-        _count_time(started, cmd, data, seconds, stopped=True)
+        _count_time(started, cmd, data, seconds, history + [_segment(threads, t0, "failed")], stopped=True)
         raise DemoError(
             f"fairseq-train ({run}) failed with exit code {returncode}; see {rel(save_dir)}/train.log"
         )
@@ -455,6 +506,7 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
         updates=log["updates"],
         epochs=log["epochs"],
         command=display(cmd),
+        history=history + [_segment(threads, t0, "finished")],
     )
     write_json(done, info)
     say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {_epochs(len(log['epochs']))}")
@@ -526,7 +578,7 @@ def run_status(save_dir, metrics, now=None):
         record = read_json(done)
         budget = record.get("budget", {})
         trained = len(log["epochs"])
-        if _stopped_early(budget, trained):
+        if stopped_early(budget, trained):
             note = f"stopped early (--patience {budget.get('--patience', '?')}) at epoch {trained}"
         else:
             note = f"its budget of {_epochs(trained)} used up; a larger --max-epoch continues it"
@@ -553,9 +605,14 @@ def best_epoch(epochs, metric):
 
 
 def print_status(args, metrics):
-    """Print where both runs of this invocation's mode (and alpha/dropout) stand, per epoch."""
-    runs = {run: run_status(run_dir(args, run), metrics) for run in RUNS}
+    """Print where both runs of each seed of this invocation's settings stand, per epoch."""
     say(f"mode {args.mode}: the runs in {rel(args.work_dir)} (nothing is trained or changed)")
+    for seed in args.seeds:
+        print(f"seed {seed}")
+        _print_seed_status({run: run_status(run_dir(args, run, seed), metrics) for run in RUNS}, metrics)
+
+
+def _print_seed_status(runs, metrics):
     for run, st in runs.items():
         hours = st["seconds"] / 3600
         budget = " ".join(f"{k} {v}" for k, v in sorted(st["budget"].items()))
@@ -592,113 +649,3 @@ def print_status(args, metrics):
             cells.append("-" if a is None or b is None else f"{b - a:+.2f}")
             line += "  " + "".join(f"{c:>{w}}" for c in cells)
         print(line)
-
-# ---------------------------------------------------------------------------
-# results
-
-
-def print_table(res, rows):
-    """``rows``: (label, key, format) of the baseline and R-Drop values, with their delta."""
-
-    def fmt(f, v):
-        return "-" if v is None else f.format(v)
-
-    lines = [f"{'':18}{'baseline':>12}{'R-Drop':>12}{'delta':>10}", "-" * 52]
-    for label, key, f in rows:
-        a, b = res["baseline"].get(key), res["rdrop"].get(key)
-        d = "-" if a is None or b is None else (f.format(b - a) if "d" not in f else f"{b - a:+d}")
-        if d != "-" and not d.startswith(("-", "+")):
-            d = "+" + d
-        lines.append(f"{label:18}{fmt(f, a):>12}{fmt(f, b):>12}{d:>10}")
-    print("\n".join(lines), flush=True)
-
-
-def plot_curves(res, path, panels, title, alpha):
-    """One panel per (metric, panel title, y label) of ``panels``: both runs per epoch."""
-    import logging
-
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's imports log DEBUG
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    axes = list(axes) if len(panels) > 1 else [axes]
-    for run, label, style in (("baseline", "baseline", "o-"), ("rdrop", f"R-Drop (alpha={alpha:g})", "s-")):
-        curve = res[run]["curve"]
-        for ax, (key, _, _) in zip(axes, panels):
-            ax.plot([e["epoch"] for e in curve], [e.get(key) for e in curve], style, label=label)
-    for ax, (_, panel_title, ylabel) in zip(axes, panels):
-        ax.set(title=panel_title, xlabel="epoch", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-
-
-def keep_previous(path):
-    """Rename an existing results file to ``name.<its date>.ext`` (never delete it)."""
-    if not os.path.exists(path):
-        return
-    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
-    base, ext = os.path.splitext(path)
-    target = f"{base}.{stamp}{ext}"
-    n = 1
-    while os.path.exists(target):
-        target = f"{base}.{stamp}-{n}{ext}"
-        n += 1
-    os.replace(path, target)
-    say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
-
-
-def write_results(results_dir, mode, results, plot):
-    """``<mode>.json`` and ``<mode>.png`` (via ``plot(path)``), keeping earlier ones."""
-    os.makedirs(results_dir, exist_ok=True)
-    json_path = os.path.join(results_dir, f"{mode}.json")
-    png_path = os.path.join(results_dir, f"{mode}.png")
-    keep_previous(json_path)
-    keep_previous(png_path)
-    plot(png_path)
-    write_json(json_path, results)
-    return json_path, png_path
-
-
-def command_line(script, argv):
-    return " ".join(["python", rel(os.path.abspath(script))] + [shell_quote(rel(a)) for a in argv])
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def machine_info(threads):
-    info = {
-        "system": platform.system(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except Exception:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in ("ve-fairseq", "fairseq-fixed", "fairseq"):
-        try:
-            info["fairseq"] = f"{dist} {version(dist)}"
-            break
-        except PackageNotFoundError:
-            continue
-    return info

@@ -4,11 +4,18 @@ CI runs only the tiny modes end to end; this catches a misspelt flag or a bad
 value in the long modes (quick, medium, full) before a user spends hours on them.
 """
 
+import itertools
 import os
+import sys
 
 import pytest
 
 from tests.example_modules import load_example
+
+REPO_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, REPO_EXAMPLES)
+
+from demo_runs import results_stem  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMOS = {
@@ -85,15 +92,15 @@ def test_another_alpha_gets_its_own_run_dir_and_results_name(name, tmp_path):
     demo = load_demo(name)
     base = ["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
     default = demo.parse_args(base)
-    assert demo.run_dir(default, "rdrop") == str(tmp_path / "w" / "rdrop")
-    assert demo.results_stem(default) == "medium"
+    assert demo.run_dir(default, "rdrop", 1) == str(tmp_path / "w" / "rdrop-seed1")
+    assert results_stem(default) == "medium"
     same = demo.parse_args(base + ["--alpha", str(float(default.alpha))])  # the default, spelt out
-    assert demo.run_dir(same, "rdrop") == str(tmp_path / "w" / "rdrop")
+    assert demo.run_dir(same, "rdrop", 1) == str(tmp_path / "w" / "rdrop-seed1")
 
     other = demo.parse_args(base + ["--alpha", "0.5"])
-    assert demo.run_dir(other, "rdrop") == str(tmp_path / "w" / "rdrop-alpha0.5")
-    assert demo.run_dir(other, "baseline") == demo.run_dir(default, "baseline")  # one baseline per sweep
-    assert demo.results_stem(other) == "medium-alpha0.5"
+    assert demo.run_dir(other, "rdrop", 1) == str(tmp_path / "w" / "rdrop-alpha0.5-seed1")
+    assert demo.run_dir(other, "baseline", 1) == demo.run_dir(default, "baseline", 1)  # one baseline per sweep
+    assert results_stem(other) == "medium-alpha0.5"
 
 
 @pytest.mark.parametrize("name", list(DEMOS))
@@ -105,7 +112,7 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
         args = demo.parse_args(base + argv)
         demo.check_demo_args(args)
         cmds = {run: demo.train_command(args, demo.MODES["medium"], str(tmp_path / "d"),
-                                        demo.run_dir(args, run), run) for run in ("baseline", "rdrop")}
+                                        demo.run_dir(args, run, 1), run) for run in ("baseline", "rdrop")}
         return args, cmds, {run: parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):])
                             for run, cmd in cmds.items()}
 
@@ -113,14 +120,14 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
     assert parsed["baseline"].dropout == parsed["rdrop"].dropout == default.default_dropout
     # the default spelt out is the default: same runs, same commands (finished runs stay finished)
     same, same_cmds, _ = commands(["--dropout", str(default.default_dropout)])
-    assert same_cmds == default_cmds and demo.results_stem(same) == "medium"
+    assert same_cmds == default_cmds and results_stem(same) == "medium"
 
     other, _, parsed = commands(["--dropout", "0.1", "--alpha", "0.5"])
     assert parsed["baseline"].dropout == parsed["rdrop"].dropout == 0.1
     assert parsed["rdrop"].rdrop_alpha == 0.5
-    assert demo.run_dir(other, "baseline") == str(tmp_path / "w" / "baseline-dropout0.1")
-    assert demo.run_dir(other, "rdrop") == str(tmp_path / "w" / "rdrop-dropout0.1-alpha0.5")
-    assert demo.results_stem(other) == "medium-dropout0.1-alpha0.5"
+    assert demo.run_dir(other, "baseline", 1) == str(tmp_path / "w" / "baseline-dropout0.1-seed1")
+    assert demo.run_dir(other, "rdrop", 1) == str(tmp_path / "w" / "rdrop-dropout0.1-alpha0.5-seed1")
+    assert results_stem(other) == "medium-dropout0.1-alpha0.5"
 
     with pytest.raises(demo.DemoError, match="--dropout must be in"):
         demo.check_demo_args(demo.parse_args(base + ["--dropout", "1"]))
@@ -134,7 +141,7 @@ def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):
     def commands(argv):
         args = demo.parse_args(base + argv)
         demo.check_demo_args(args)
-        cmds = {run: demo.train_command(args, demo.MODES["full"], str(tmp_path / "d"), demo.run_dir(args, run), run)
+        cmds = {run: demo.train_command(args, demo.MODES["full"], str(tmp_path / "d"), demo.run_dir(args, run, 1), run)
                 for run in ("baseline", "rdrop")}
         return args, cmds, {run: parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):]) for run, cmd in cmds.items()}
 
@@ -144,7 +151,7 @@ def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):
     assert parsed["baseline"].warmup_updates == train["warmup-updates"]
     # the default spelt out is the default: same runs, same commands, same results name
     same, same_cmds, _ = commands(["--max-tokens", str(demo.MAX_TOKENS)])
-    assert same_cmds == default_cmds and demo.results_stem(same) == "full"
+    assert same_cmds == default_cmds and results_stem(same) == "full"
 
     n = 8 * demo.MAX_TOKENS
     other, _, parsed = commands(["--max-tokens", str(n), "--alpha", "0.5"])
@@ -153,10 +160,51 @@ def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):
         # Adam's square-root rule, and warm-up over the same number of tokens
         assert parsed[run].lr == pytest.approx([float(train["lr"]) * 8 ** 0.5], rel=5e-3)  # 3 significant digits
         assert parsed[run].warmup_updates == train["warmup-updates"] // 8
-    assert demo.run_dir(other, "baseline") == str(tmp_path / "w" / f"baseline-tokens{n}")
-    assert demo.run_dir(other, "rdrop") == str(tmp_path / "w" / f"rdrop-tokens{n}-alpha0.5")
-    assert demo.results_stem(other) == f"full-tokens{n}-alpha0.5"
+    assert demo.run_dir(other, "baseline", 1) == str(tmp_path / "w" / f"baseline-tokens{n}-seed1")
+    assert demo.run_dir(other, "rdrop", 1) == str(tmp_path / "w" / f"rdrop-tokens{n}-alpha0.5-seed1")
+    assert results_stem(other) == f"full-tokens{n}-alpha0.5"
 
     too_small = demo.parse_args(base + ["--max-tokens", str(demo.MODES["full"]["tokens_per_sample"] - 1)])
     with pytest.raises(demo.DemoError, match="--max-tokens must hold at least one 128-token block"):
         demo.check_setup(too_small)
+
+
+# every option that changes what a results file holds, with a value other than the default
+NAMED = {
+    "translation": [["--alpha", "1"], ["--dropout", "0.1"], ["--max-epoch", "9"], ["--patience", "2"],
+                    ["--limit", "500"], ["--beam", "4"], ["--seeds", "1,2,3,4"], ["--text-dir", "x/corpus"]],
+    "language_model": [["--alpha", "0.5"], ["--dropout", "0.1"], ["--max-epoch", "9"], ["--patience", "2"],
+                       ["--train-lines", "500"], ["--max-tokens", "4096"], ["--seeds", "3"],
+                       ["--text-dir", "x/corpus"]],
+}
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_every_combination_of_settings_has_a_results_name_of_its_own(name, tmp_path):
+    demo = load_demo(name)
+    options = NAMED[name]
+    names = {}
+    for k in range(len(options) + 1):
+        for combo in itertools.combinations(options, k):
+            argv = ["--mode", "medium"] + [a for option in combo for a in option]
+            stem = results_stem(demo.parse_args(argv + ["--work-dir", str(tmp_path / "w")]))
+            assert stem not in names, (stem, names.get(stem), combo)
+            names[stem] = combo
+    assert names and "medium" in names and len(names) == 2 ** len(options)
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_seeds_default_to_the_modes_and_name_their_runs(name, tmp_path):
+    demo = load_demo(name)
+    base = ["--work-dir", str(tmp_path / "w")]
+    for mode, setting in demo.MODES.items():
+        assert demo.parse_args(["--mode", mode] + base).seeds == tuple(setting["seeds"])
+    assert len(demo.MODES["quick"]["seeds"]) >= 2 and len(demo.MODES["medium"]["seeds"]) >= 3
+    args = demo.parse_args(["--mode", "medium", "--seeds", "4,2"] + base)
+    assert args.seeds == (4, 2) and results_stem(args) == "medium-seeds4_2"
+    assert demo.run_dir(args, "rdrop", 2) == str(tmp_path / "w" / "rdrop-seed2")
+    cmd = demo.train_command(args, demo.MODES["medium"], str(tmp_path / "d"), demo.run_dir(args, "rdrop", 2),
+                             "rdrop", seed=2)
+    assert parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):]).seed == 2
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--mode", "medium", "--seeds", "1,1"] + base)

@@ -219,7 +219,7 @@ def _status_args(tmp_path):
     import argparse
 
     return argparse.Namespace(mode="medium", work_dir=str(tmp_path / "work"), alpha=1.0, default_alpha=1.0,
-                              dropout=None, default_dropout=0.3)
+                              dropout=None, default_dropout=0.3, seeds=(7,))
 
 
 def test_status_reads_every_state_and_changes_nothing(fake, monkeypatch):
@@ -260,15 +260,15 @@ def test_status_says_a_run_stopped_early(fake, monkeypatch):
 def test_status_table_pairs_the_runs_by_epoch(tmp_path, capsys):
     args = _status_args(tmp_path)
     for run, values in (("baseline", (9.0, 7.0, 8.0)), ("rdrop", (9.5, 6.5))):
-        os.makedirs(demo_runs.run_dir(args, run))
-        with open(os.path.join(demo_runs.run_dir(args, run), "train.log"), "w") as f:
+        os.makedirs(demo_runs.run_dir(args, run, 7))
+        with open(os.path.join(demo_runs.run_dir(args, run, 7), "train.log"), "w") as f:
             for epoch, v in enumerate(values, 1):
                 f.write(json.dumps({"epoch": epoch, "valid_loss": v, "valid_bleu": 10 + epoch}) + "\n")
-        with open(os.path.join(demo_runs.run_dir(args, run), "started.json"), "w") as f:
+        with open(os.path.join(demo_runs.run_dir(args, run, 7), "started.json"), "w") as f:
             json.dump({"budget": {"--max-epoch": "9"}, "prior_seconds": 7200}, f)
     demo_runs.print_status(args, ("loss", "bleu"))
     out = capsys.readouterr().out
-    assert "baseline  training: 3 epochs" in out and "2.00 h (--max-epoch 9)" in out
+    assert "seed 7" in out and "baseline  training: 3 epochs" in out and "2.00 h (--max-epoch 9)" in out
     assert "best valid loss 7.00 at epoch 2" in out and "best valid loss 6.50 at epoch 2" in out
     assert "best valid bleu 13.00 at epoch 3" in out and "best valid bleu 12.00 at epoch 2" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])}

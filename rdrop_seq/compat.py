@@ -85,3 +85,35 @@ def log_file_once() -> None:
 
     progress_bar._rdrop_seq_log_file_once = True
     module.progress_bar = progress_bar
+
+
+def bleu_of_empty_output() -> None:
+    """Give ``--eval-bleu`` a validation BLEU of 0 when every hypothesis is empty.
+
+    fairseq 0.12's translation task derives ``bleu`` only when the hypotheses
+    hold at least one n-gram; a model that emits only end-of-sentence for the
+    whole validation set (which a small model can do in its first epoch) then
+    logs no ``bleu``, and ``fairseq-train --best-checkpoint-metric bleu`` dies
+    with ``KeyError: 'bleu'``.  BLEU of an empty output is 0 (its brevity
+    penalty is 0), so this wraps ``reduce_metrics()`` to log exactly that in the
+    one case where fairseq logs nothing.
+    """
+    from fairseq import metrics
+    from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationTask
+
+    original = TranslationTask.reduce_metrics
+    if getattr(original, "_rdrop_seq_bleu_of_empty_output", False):
+        return
+
+    @functools.wraps(original)
+    def reduce_metrics(self, logging_outputs, criterion):
+        original(self, logging_outputs, criterion)
+        if not self.cfg.eval_bleu:
+            return
+        totals = [sum(float(log.get(f"_bleu_totals_{i}", 0)) for log in logging_outputs)
+                  for i in range(EVAL_BLEU_ORDER)]
+        if max(totals) <= 0:  # fairseq derived no "bleu"
+            metrics.log_scalar("bleu", 0.0, round=2)
+
+    reduce_metrics._rdrop_seq_bleu_of_empty_output = True
+    TranslationTask.reduce_metrics = reduce_metrics

@@ -31,3 +31,31 @@ def test_a_log_file_gets_one_handler_however_many_progress_bars(tmp_path):
             logger.removeHandler(handler)
             handler.close()
         logger.setLevel(level)
+
+
+def _validation_bleu(totals):
+    """What fairseq's translation task logs as validation ``bleu`` for these n-gram totals."""
+    from fairseq import metrics
+    from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+    from fairseq.data import Dictionary
+    from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+    task = TranslationTask(TranslationConfig(eval_bleu=True), Dictionary(), Dictionary())
+    log = {"loss": 1.0, "ntokens": 10, "nsentences": 2, "sample_size": 10,
+           "_bleu_sys_len": sum(totals[:1]), "_bleu_ref_len": 12}
+    for i, total in enumerate(totals):
+        log[f"_bleu_counts_{i}"] = total // 2
+        log[f"_bleu_totals_{i}"] = total
+    with metrics.aggregate() as agg:
+        task.reduce_metrics([log], CrossEntropyCriterion(task, sentence_avg=False))
+        return agg.get_smoothed_values().get("bleu")
+
+
+def test_validation_bleu_of_an_all_empty_output_is_zero_not_missing():
+    # fairseq 0.12 derives no "bleu" then, and --best-checkpoint-metric bleu dies with KeyError
+    assert _validation_bleu([0, 0, 0, 0]) == 0
+
+
+def test_validation_bleu_of_a_real_output_is_fairseqs_own():
+    bleu = _validation_bleu([8, 6, 4, 2])
+    assert bleu is not None and bleu > 0

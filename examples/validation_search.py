@@ -10,8 +10,12 @@ it stopped early, its epochs, updates and wall time.
 
 Usage::
 
-    python examples/validation_search.py translation --run baseline --limit 3000 --dropout 0.3
-    python examples/validation_search.py lm --run rdrop --train-lines 5000 --alpha 1
+    python examples/validation_search.py translation --run baseline --limit 2000 --dropout 0.1
+    python examples/validation_search.py lm --run rdrop --limit 3000 --alpha 1
+    python examples/validation_search.py lm --table      # the search so far, as in RESULTS.md
+
+A run stopped by hand for its cost is recorded as far as its log goes with the
+same settings and ``--record-stopped``.
 """
 
 import argparse
@@ -19,6 +23,9 @@ import json
 import os
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from demo_runs import parse_train_log  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -39,11 +46,30 @@ def load_demo(task):
     return module
 
 
+def print_table(task):
+    """The task's search so far (``search.jsonl``) as a Markdown table, one row per run."""
+    path = os.path.join(HERE, TASK_DIRS[task], "results", "search.jsonl")
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    shown = ("limit", "valid_limit", "vocab", "layers", "dim", "dropout", "alpha", "lr", "warmup", "patience", "seed")
+    print("| run | " + " | ".join(shown) + " | best valid | at epoch | epochs | how it ended | train s |")
+    print("|" + "---|" * (len(shown) + 6))
+    for r in records:
+        st = r["settings"]
+        ended = ("stopped by hand" if r.get("stopped_by_hand")
+                 else "early stopping" if r["stopped_early"] else "epoch budget")
+        cells = ["-" if st.get(k) is None else str(st[k]) for k in shown]
+        best = f"{r['metric']} {r['best']}" + (f" (ppl {r['best_valid_ppl']})" if r.get("best_valid_ppl") else "")
+        print(f"| {r['run']} | " + " | ".join(cells) +
+              f" | {best} | {r['best_epoch']} | {r['epochs']} | {ended} | {r['seconds']:.0f} |")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("task", choices=sorted(TASK_DIRS))
+    p.add_argument("--table", action="store_true", help="only print the task's search so far as a Markdown table")
     p.add_argument("--base-mode", default="quick", help="the demo mode whose settings are changed")
-    p.add_argument("--run", choices=("baseline", "rdrop"), required=True)
+    p.add_argument("--run", choices=("baseline", "rdrop"))
     p.add_argument("--limit", type=int, help="training pairs / sentences")
     p.add_argument("--valid-limit", type=int)
     p.add_argument("--vocab", type=int, help="sentencepiece vocabulary (translation)")
@@ -57,11 +83,19 @@ def parse_args(argv=None):
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--record-stopped", action="store_true",
+                   help="train nothing: record the run of these settings that was stopped by hand (for its "
+                        "cost) as far as its log goes, marked stopped_by_hand")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.table:
+        print_table(a.task)
+        return 0
+    if a.run is None:
+        raise SystemExit("--run is needed to train")
     demo = load_demo(a.task)
     setting = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo.MODES[a.base_mode].items()}
     data = setting["data"]
@@ -91,7 +125,7 @@ def main(argv=None):
         setting["train"]["lr"] = a.lr
     if a.warmup:
         setting["train"]["warmup-updates"] = a.warmup
-    settings = {k: v for k, v in vars(a).items() if k not in ("task", "threads")}
+    settings = {k: v for k, v in vars(a).items() if k not in ("task", "threads", "record_stopped")}
     tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if v is not None and k != "run")
     task_dir = os.path.join(HERE, TASK_DIRS[a.task])
     work = os.path.join(task_dir, "work", "search")
@@ -103,22 +137,28 @@ def main(argv=None):
     if a.alpha is not None:
         argv_demo += ["--alpha", str(a.alpha)]
     args = demo.parse_args(argv_demo + ["--work-dir", work])
-    prep_kwargs = dict(data, workers=a.threads)
-    d = demo.prep.prepare(data_dir, **prep_kwargs)
     save_dir = os.path.join(work, f"{a.run}-{tag}")
-    if a.task == "translation":
-        cmd = demo.train_command(args, setting, d["data_bin"], save_dir, a.run)
-    else:
-        cmd = demo.train_command(args, setting, d["data_bin"], save_dir, a.run, d["vocab_size"])
     t0 = time.time()
-    info = demo.train_run(cmd, save_dir, a.run, a.threads, demo.VALID_METRICS)
+    if a.record_stopped:
+        log = parse_train_log(os.path.join(save_dir, "train.log"), demo.VALID_METRICS)
+        with open(os.path.join(save_dir, "started.json"), encoding="utf-8") as f:
+            seconds = json.load(f).get("prior_seconds")
+        info = dict(log, seconds=seconds)
+    else:
+        d = demo.prep.prepare(data_dir, **dict(data, workers=a.threads))
+        if a.task == "translation":
+            cmd = demo.train_command(args, setting, d["data_bin"], save_dir, a.run)
+        else:
+            cmd = demo.train_command(args, setting, d["data_bin"], save_dir, a.run, d["vocab_size"])
+        info = demo.train_run(cmd, save_dir, a.run, a.threads, demo.VALID_METRICS)
     epochs = info["epochs"]
-    rows = [e for e in epochs if metric in e]
+    rows = [e for e in epochs if e.get(metric) is not None]
     best = (max if higher else min)(rows, key=lambda e: e[metric])
     rec = {
         "settings": settings, "run": a.run, "metric": "valid_" + metric,
         "best": best[metric], "best_epoch": best["epoch"], "epochs": len(epochs),
-        "stopped_early": len(epochs) < a.max_epoch, "updates": info["updates"],
+        "stopped_early": len(epochs) < a.max_epoch and not a.record_stopped,
+        "stopped_by_hand": a.record_stopped, "updates": info["updates"],
         "seconds": info["seconds"], "wall_this_call": round(time.time() - t0, 1),
         "best_valid_ppl": best.get("ppl"),
         "curve": [{k: e.get(k) for k in ("epoch", metric, "train_loss")} for e in epochs],

@@ -8,9 +8,10 @@ each seed's delta and p-value pair that seed's baseline with its R-Drop run.
 import datetime
 import os
 import platform
+import shlex
 import subprocess
 
-from demo_runs import REPO, rel, say, shell_quote
+from demo_runs import REPO, rel, say
 from demo_stats import mean_std
 from pipeline_stages import atomic_write, write_json
 
@@ -153,7 +154,7 @@ def write_results(results_dir, stem, results, plot):
 
 
 def command_line(script, argv):
-    return " ".join(["python", rel(os.path.abspath(script))] + [shell_quote(rel(a)) for a in argv])
+    return " ".join(["python", rel(os.path.abspath(script))] + [shlex.quote(rel(a)) for a in argv])
 
 
 def utc_now():

@@ -51,15 +51,11 @@ def flags(d):
     return out
 
 
-def shell_quote(s):
-    return s if re.fullmatch(r"[\w@%+=:,./-]+", s) else "'" + s.replace("'", "'\\''") + "'"
-
-
 def display(cmd):
     """A command as shown and recorded: tool names bare, repository paths relative."""
     head = os.path.basename(cmd[0])
     head = "python" if cmd[0] == sys.executable else head if head.startswith("fairseq-") else rel(cmd[0])
-    return " ".join([head] + [shell_quote(rel(c)) for c in cmd[1:]])
+    return " ".join([head] + [shlex.quote(rel(c)) for c in cmd[1:]])
 
 
 def has_cuda():

@@ -125,7 +125,7 @@ def main(argv=None):
         setting["train"]["lr"] = a.lr
     if a.warmup:
         setting["train"]["warmup-updates"] = a.warmup
-    settings = {k: v for k, v in vars(a).items() if k not in ("task", "threads", "record_stopped")}
+    settings = {k: v for k, v in vars(a).items() if k not in ("task", "threads", "record_stopped", "table")}
     tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if v is not None and k != "run")
     task_dir = os.path.join(HERE, TASK_DIRS[a.task])
     work = os.path.join(task_dir, "work", "search")

@@ -35,7 +35,7 @@ class DemoTask:
     compare: Callable  # (args, data, seed, {run: record}) -> {"p_values": {key: p}, "significance": {...}}
     results: Callable  # (args, data, per_seed) -> the task's own fields of the results file
     title: Callable  # args -> the plot's title
-    table_rows: Tuple  # (label, key, format) of the printed table
+    table_rows: Callable  # args -> (label, key, format) of the printed table
     curves: Tuple  # (metric, panel title, y label) of the plot
     status_metrics: Tuple  # what --status shows per epoch
     mean_keys: Tuple  # the per-seed figures averaged over seeds
@@ -137,7 +137,7 @@ def run_demo(task, argv=None):
         for key, p in c["p_values"].items():
             p_values.setdefault(key, {})[seed] = p
     print()
-    print("\n".join(seed_table(per_seed, task.table_rows, p_values)), flush=True)
+    print("\n".join(seed_table(per_seed, task.table_rows(args), p_values)), flush=True)
     significance = next(iter(comparisons.values()))["significance"]
     say(f"p: {significance['test']}, {significance['resamples']} resamples, per seed")
 

@@ -98,6 +98,9 @@ def plot_seed_curves(per_seed, path, panels, title, alpha):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    # a panel only for what the runs logged (a mode that picks checkpoints by loss logs no BLEU)
+    panels = [p for p in panels if any(e.get(p[0]) is not None for res in per_seed.values()
+                                       for run in RUN_LABELS for e in res[run]["curve"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     axes = list(axes) if len(panels) > 1 else [axes]
     colours = {"baseline": "tab:blue", "rdrop": "tab:red"}

@@ -132,11 +132,13 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
                         "R-Drop run in rdrop-alpha<A>/ beside the default one and writes <mode>-alpha<A>.json, "
                         "so an alpha sweep keeps every run and shares the baseline")
     p.set_defaults(default_alpha=alpha)
+    mode_dropout = {m: s.get("dropout", dropout) for m, s in modes.items()}
     p.add_argument("--dropout", type=float,
-                   help=f"override the dropout of both runs (default: {dropout:g}); another value trains both "
+                   help="override the dropout of both runs (default: the mode's, "
+                        + ", ".join(f"{m} {d:g}" for m, d in sorted(mode_dropout.items())) + "); another value trains both "
                         "runs in baseline-dropout<P>/ and rdrop-dropout<P>[-alpha<A>]/ and writes "
                         "<mode>-dropout<P>[-alpha<A>].json, beside the default runs")
-    p.set_defaults(default_dropout=dropout)
+    p.set_defaults(mode_dropout=mode_dropout)
     p.add_argument("--seeds", type=seed_list, metavar="S[,S...]",
                    help="the seeds; each trains both runs (default: the mode's, "
                         + ", ".join(f"{m} {','.join(map(str, s['seeds']))}" for m, s in sorted(modes.items()))
@@ -187,6 +189,7 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
     args.work_dir = os.path.abspath(args.work_dir or os.path.join(example_dir, "work", default_work))
     args.results_dir = os.path.abspath(args.results_dir)
     args.default_seeds = args.mode_seeds[args.mode]
+    args.default_dropout = args.mode_dropout[args.mode]
     if args.seeds is None:
         args.seeds = args.default_seeds
     if args.jobs is None:

@@ -60,9 +60,9 @@ def test_every_mode_gives_commands_fairseq_accepts(name, mode, tmp_path):
     train = setting["train"]
     assert base.max_epoch == train["max-epoch"]
     assert base.patience == train.get("patience", -1)
-    if mode in ("medium", "full"):
-        # "to convergence": early stopping on validation, a budget far past the quick mode's
-        assert base.patience > 0 and base.max_epoch >= 10 * demo.MODES["quick"]["train"]["max-epoch"]
+    if mode != "tiny":
+        # every run that reports a result stops on early stopping, within a budget it should not reach
+        assert base.patience > 0 and base.max_epoch >= 5 * base.patience
 
 
 def test_overrides_reach_the_command(tmp_path):
@@ -208,3 +208,16 @@ def test_seeds_default_to_the_modes_and_name_their_runs(name, tmp_path):
     assert parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):]).seed == 2
     with pytest.raises(SystemExit):
         demo.parse_args(["--mode", "medium", "--seeds", "1,1"] + base)
+
+
+def test_translation_modes_pick_checkpoints_by_their_own_validation_metric(tmp_path):
+    demo = load_demo("translation")
+    for mode, setting in demo.MODES.items():
+        args = demo.parse_args(["--mode", mode, "--work-dir", str(tmp_path / "w")])
+        cmd = demo.train_command(args, setting, str(tmp_path / "d"), str(tmp_path / "s"), "rdrop")
+        parsed = parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):])
+        metric = setting.get("select", "bleu")
+        assert parsed.best_checkpoint_metric == metric, mode
+        assert parsed.eval_bleu == (metric == "bleu") and parsed.maximize_best_checkpoint_metric == (metric == "bleu")
+        assert parsed.dropout == setting.get("dropout", demo.DROPOUT) == args.default_dropout
+    assert demo.MODES["quick"]["select"] == "loss" and demo.MODES["quick"]["dropout"] == 0.1

@@ -15,7 +15,8 @@ import prepare as prep  # noqa: E402
 from tests.example_modules import load_example  # noqa: E402
 
 DEMO = os.path.join(HERE, "demo.py")
-RUN_KEYS = {"test_bleu", "test_chrf", "best_valid_bleu", "best_epoch", "valid_loss_at_best", "updates", "seconds",
+RUN_KEYS = {"test_bleu", "test_chrf", "best_valid", "selected_by", "best_epoch", "valid_bleu_at_best",
+            "valid_loss_at_best", "updates", "seconds",
             "epochs", "stopped_early", "history", "curve", "train_command", "generate_command"}
 
 
@@ -127,7 +128,7 @@ def test_tiny_demo_end_to_end_with_two_seeds(tiny_run):
 
     res = json.loads((base / "results" / "tiny.json").read_text())
     assert res["seeds"] == [1, 2] and set(res["per_seed"]) == {"1", "2"}
-    for key in ("test_bleu", "test_chrf", "best_valid_bleu"):
+    for key in ("test_bleu", "test_chrf", "best_valid"):
         for stat in ("mean", "std"):
             assert f"{key}_{stat}" in res["baseline"] and f"{key}_{stat}" in res["rdrop"]
     for seed, runs in res["per_seed"].items():
@@ -135,6 +136,7 @@ def test_tiny_demo_end_to_end_with_two_seeds(tiny_run):
             rec = runs[run]
             assert RUN_KEYS <= set(rec), (seed, run)
             assert rec["epochs"] == 1 and rec["updates"] > 0 and rec["stopped_early"] is False
+            assert rec["selected_by"] == "valid_bleu" and rec["best_valid"] == rec["valid_bleu_at_best"]
             assert 0 <= rec["test_bleu"] <= 100 and 0 <= rec["test_chrf"] <= 100
             assert f"--seed {seed} " in rec["train_command"] and f"--seed {seed}" in rec["generate_command"]
             assert rec["history"] and rec["history"][-1]["end"] == "finished" and rec["history"][-1]["threads"] == 1

@@ -109,6 +109,7 @@ def run_jobs(task, args, jobs):
 def run_demo(task, argv=None):
     """The demo's main(): returns the exit code (2 for what the user has to fix)."""
     t_start = time.time()
+    commit = git_commit()  # the code this invocation runs (as it starts: the checkout may change later)
     args = task.parse_args(argv)
     if args.status:
         print_status(args, task.status_metrics)
@@ -159,7 +160,7 @@ def run_demo(task, argv=None):
     }
     results.update(task.results(args, data, per_seed))
     results.update({
-        "commit": git_commit(),
+        "commit": commit,
         "command": command_line(task.script, args.argv),
         "date": utc_now(),
         "total_seconds": round(time.time() - t_start, 1),

@@ -6,6 +6,7 @@ each seed's delta and p-value pair that seed's baseline with its R-Drop run.
 """
 
 import datetime
+import logging
 import os
 import platform
 import shlex
@@ -89,11 +90,17 @@ def _fmt_mean_std(f, values):
 def plot_seed_curves(per_seed, path, panels, title, alpha):
     """One panel per ``(metric, panel title, y label)``: every seed's curve of both runs (thin)
     and their mean over the seeds at each epoch that all of them reached (thick)."""
-    import logging
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # matplotlib logs at DEBUG (import, fonts) where logging is set up so
+    try:
+        _plot_seed_curves(per_seed, path, panels, title, alpha)
+    finally:
+        logging.disable(previous)
 
+
+def _plot_seed_curves(per_seed, path, panels, title, alpha):
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's imports log DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -118,6 +125,13 @@ def plot_seed_curves(per_seed, path, panels, title, alpha):
                 means = [sum(b[x] for b in by_epoch) / len(by_epoch) for x in common]
                 ax.plot(common, means, "-", lw=2.4, color=colours[run],
                         label=f"{names[run]}, mean of {len(curves)} seed{'s' if len(curves) > 1 else ''}")
+        # the first epoch's values dwarf the rest: scale the axis to the later epochs
+        later = [e[key] for res in per_seed.values() for run in RUN_LABELS for e in res[run]["curve"]
+                 if e.get(key) is not None and e["epoch"] > 1]
+        if len(later) > 2:
+            low, high = min(later), max(later)
+            margin = 0.05 * (high - low or abs(high) or 1.0)
+            ax.set_ylim(low - margin, high + margin)
         ax.set(title=panel_title, xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

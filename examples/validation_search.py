@@ -52,16 +52,20 @@ def print_table(task):
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     shown = ("limit", "valid_limit", "vocab", "layers", "dim", "dropout", "alpha", "lr", "warmup", "patience", "seed")
-    print("| run | " + " | ".join(shown) + " | best valid | at epoch | epochs | how it ended | train s |")
-    print("|" + "---|" * (len(shown) + 6))
+    print("| run | " + " | ".join(shown) + " | best valid (what stops the run) | at epoch "
+          "| lowest valid loss (epoch) | epochs | how it ended | train s |")
+    print("|" + "---|" * (len(shown) + 7))
     for r in records:
         st = r["settings"]
         ended = ("stopped by hand" if r.get("stopped_by_hand")
                  else "early stopping" if r["stopped_early"] else "epoch budget")
         cells = ["-" if st.get(k) is None else str(st[k]) for k in shown]
         best = f"{r['metric']} {r['best']}" + (f" (ppl {r['best_valid_ppl']})" if r.get("best_valid_ppl") else "")
+        losses = [e for e in r["curve"] if e.get("loss") is not None]
+        low = min(losses, key=lambda e: e["loss"]) if losses else None
+        low = f"{low['loss']} ({low['epoch']})" if low else "-"
         print(f"| {r['run']} | " + " | ".join(cells) +
-              f" | {best} | {r['best_epoch']} | {r['epochs']} | {ended} | {r['seconds']:.0f} |")
+              f" | {best} | {r['best_epoch']} | {low} | {r['epochs']} | {ended} | {r['seconds']:.0f} |")
 
 
 def parse_args(argv=None):
@@ -106,7 +110,8 @@ def main(argv=None):
             data["valid_limit"] = a.valid_limit
         if a.vocab:
             data["vocab_size"] = a.vocab
-        metric, higher = "bleu", True
+        metric = demo.selected_by(setting)
+        higher = metric == "bleu"
     else:
         if a.limit:
             data["train_lines"] = a.limit
@@ -161,7 +166,7 @@ def main(argv=None):
         "stopped_by_hand": a.record_stopped, "updates": info["updates"],
         "seconds": info["seconds"], "wall_this_call": round(time.time() - t0, 1),
         "best_valid_ppl": best.get("ppl"),
-        "curve": [{k: e.get(k) for k in ("epoch", metric, "train_loss")} for e in epochs],
+        "curve": [{k: e.get(k) for k in ("epoch", "loss", "bleu", "ppl", "train_loss") if k in e} for e in epochs],
     }
     out = os.path.join(task_dir, "results", "search.jsonl")
     with open(out, "a", encoding="utf-8") as f:

@@ -127,11 +127,14 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mode", default="quick", choices=sorted(modes), help="default: %(default)s")
-    p.add_argument("--alpha", type=float, default=alpha,
-                   help=f"R-Drop KL weight (default: %(default)s, {alpha_note}); another value trains its "
-                        "R-Drop run in rdrop-alpha<A>/ beside the default one and writes <mode>-alpha<A>.json, "
-                        "so an alpha sweep keeps every run and shares the baseline")
-    p.set_defaults(default_alpha=alpha)
+    mode_alpha = {m: s.get("alpha", alpha) for m, s in modes.items()}
+    p.add_argument("--alpha", type=float,
+                   help=f"R-Drop KL weight (default: the mode's, "
+                        + ", ".join(f"{m} {a:g}" for m, a in sorted(mode_alpha.items()))
+                        + f"; {alpha:g} is {alpha_note}); another value trains its R-Drop runs in "
+                        "rdrop-alpha<A>-seed<S>/ beside the default ones and writes <mode>-alpha<A>.json, "
+                        "so an alpha sweep keeps every run and shares the baselines")
+    p.set_defaults(mode_alpha=mode_alpha)
     mode_dropout = {m: s.get("dropout", dropout) for m, s in modes.items()}
     p.add_argument("--dropout", type=float,
                    help="override the dropout of both runs (default: the mode's, "
@@ -190,6 +193,9 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
     args.results_dir = os.path.abspath(args.results_dir)
     args.default_seeds = args.mode_seeds[args.mode]
     args.default_dropout = args.mode_dropout[args.mode]
+    args.default_alpha = args.mode_alpha[args.mode]
+    if args.alpha is None:
+        args.alpha = args.default_alpha
     if args.seeds is None:
         args.seeds = args.default_seeds
     if args.jobs is None:

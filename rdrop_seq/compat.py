@@ -87,17 +87,42 @@ def log_file_once() -> None:
     module.progress_bar = progress_bar
 
 
+def _bleu_or_zero(meters):
+    """fairseq's derived validation BLEU (sacrebleu on the summed n-gram statistics, exp
+    smoothing), and 0 while the hypotheses hold no n-gram at all."""
+    import numpy as np
+    from sacrebleu.metrics import BLEU
+
+    totals = np.asarray(meters["_bleu_totals"].sum)
+    if totals.max() <= 0:
+        return 0.0
+    bleu = BLEU.compute_bleu(
+        correct=meters["_bleu_counts"].sum,
+        total=meters["_bleu_totals"].sum,
+        sys_len=int(meters["_bleu_sys_len"].sum),
+        ref_len=int(meters["_bleu_ref_len"].sum),
+        smooth_method="exp",
+    )
+    return round(bleu.score, 2)
+
+
 def bleu_of_empty_output() -> None:
     """Give ``--eval-bleu`` a validation BLEU of 0 when every hypothesis is empty.
 
-    fairseq 0.12's translation task derives ``bleu`` only when the hypotheses
-    hold at least one n-gram; a model that emits only end-of-sentence for the
-    whole validation set (which a small model can do in its first epoch) then
-    logs no ``bleu``, and ``fairseq-train --best-checkpoint-metric bleu`` dies
-    with ``KeyError: 'bleu'``.  BLEU of an empty output is 0 (its brevity
-    penalty is 0), so this wraps ``reduce_metrics()`` to log exactly that in the
-    one case where fairseq logs nothing.
+    fairseq 0.12's translation task logs its BLEU statistics and derives
+    ``bleu`` only for validation steps whose hypotheses hold at least one
+    n-gram; when a model emits only end-of-sentence for the whole validation
+    set (which a small model can do in its first epoch) nothing is logged, and
+    ``fairseq-train --best-checkpoint-metric bleu`` dies with ``KeyError:
+    'bleu'``.  This wraps ``reduce_metrics()``: a step with no n-gram logs the
+    same (zero) statistics as any other step and the same derived ``bleu``,
+    computed as fairseq computes it and 0 while there is no n-gram.  Steps with
+    n-grams, before or after, add to the same statistics, so the epoch's BLEU is
+    the corpus BLEU of the whole validation set; it differs from what fairseq
+    alone would log only where a step produced no n-gram, whose reference
+    length fairseq drops (overstating BLEU through the brevity penalty).
     """
+    import numpy as np
     from fairseq import metrics
     from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationTask
 
@@ -110,10 +135,19 @@ def bleu_of_empty_output() -> None:
         original(self, logging_outputs, criterion)
         if not self.cfg.eval_bleu:
             return
-        totals = [sum(float(log.get(f"_bleu_totals_{i}", 0)) for log in logging_outputs)
-                  for i in range(EVAL_BLEU_ORDER)]
-        if max(totals) <= 0:  # fairseq derived no "bleu"
-            metrics.log_scalar("bleu", 0.0, round=2)
+
+        def total(key):
+            return sum(float(log.get(key, 0)) for log in logging_outputs)
+
+        counts = [total(f"_bleu_counts_{i}") for i in range(EVAL_BLEU_ORDER)]
+        totals = [total(f"_bleu_totals_{i}") for i in range(EVAL_BLEU_ORDER)]
+        if max(totals) > 0:
+            return  # fairseq logged this step's statistics and derived "bleu"
+        metrics.log_scalar("_bleu_counts", np.array(counts))
+        metrics.log_scalar("_bleu_totals", np.array(totals))
+        metrics.log_scalar("_bleu_sys_len", total("_bleu_sys_len"))
+        metrics.log_scalar("_bleu_ref_len", total("_bleu_ref_len"))
+        metrics.log_derived("bleu", _bleu_or_zero)  # kept where fairseq's is there already
 
     reduce_metrics._rdrop_seq_bleu_of_empty_output = True
     TranslationTask.reduce_metrics = reduce_metrics

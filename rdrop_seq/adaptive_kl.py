@@ -13,7 +13,7 @@ Two ways to compare the ``m`` dropout copies (same conventions as
 float32 whatever the input dtype):
 
 ``full``  the exact symmetric KL of the full-vocabulary distributions
-          (:func:`adaptive_log_probs` then :func:`rdrop_seq.losses.symmetric_kl`);
+          (:func:`adaptive_log_probs` then :func:`rdrop_seq.losses.pair_divergence`);
           needs every tail at every position and ``[m*N, V]`` memory.
 ``head``  the symmetric KL of the head distributions at every position, plus
           the symmetric KL of the conditional distribution of the target's own
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdrop_seq.losses import _kl_dtype, symmetric_kl
+from rdrop_seq.losses import _kl_dtype, pair_divergence
 
 
 def cluster_positions(target: Tensor, cutoff: Sequence[int]) -> List[Optional[Tensor]]:
@@ -94,6 +94,7 @@ def adaptive_head_kl(
     passes: int,
     mask: Optional[Tensor] = None,
     reduce: bool = True,
+    divergence: str = "sym-kl",
 ) -> Tensor:
     """The ``head`` mode KL: head distributions plus the target cluster's conditional.
 
@@ -106,13 +107,16 @@ def adaptive_head_kl(
     computes for the stacked target).  ``mask``: ``[N]`` bool, True at counted
     (non-pad) head positions.
 
-    Per position ``t``: mean over copy pairs of the symmetric KL of the heads,
-    plus, if ``t``'s target is in cluster ``i``, the same for cluster ``i``'s
+    Per position ``t``: mean over copy pairs of the divergence of the heads
+    (``divergence``, see :func:`rdrop_seq.losses.pair_divergence`), plus, if
+    ``t``'s target is in cluster ``i``, the same for cluster ``i``'s
     conditionals.  Returns the sum over positions (``reduce``) or ``[N]``.
+    (The chain rule that motivates the sum holds for KL; for ``js`` the sum is
+    the same construction, not the full-vocabulary Jensen-Shannon divergence.)
     """
     if len(tail_lprobs) != len(tail_positions):
         raise ValueError("tail_lprobs and tail_positions must have one entry per cluster")
-    per_position = symmetric_kl(head_lprobs, passes, mask, reduce=False)
+    per_position = pair_divergence(head_lprobs, passes, mask, reduce=False, divergence=divergence)
     for i, (lprobs, positions) in enumerate(zip(tail_lprobs, tail_positions)):
         if positions is None or positions.numel() == 0:
             if lprobs is not None and lprobs.numel() > 0:
@@ -124,6 +128,6 @@ def adaptive_head_kl(
                 f"tail {i}: {got} rows of scores for {positions.numel()} positions "
                 f"x {passes} copies"
             )
-        tail_kl = symmetric_kl(lprobs, passes, None, reduce=False)
+        tail_kl = pair_divergence(lprobs, passes, None, reduce=False, divergence=divergence)
         per_position = per_position.index_add(0, positions, tail_kl.to(per_position.dtype))
     return per_position.sum() if reduce else per_position

@@ -6,17 +6,20 @@ Conventions, used by every criterion of this package:
   copy ``i`` holding rows ``i*N .. (i+1)*N - 1`` of an ``[m*N, V]`` tensor, where
   ``N`` is the number of target positions of the original batch.
 * Every sum runs over non-pad target positions only.
-* The symmetric KL is computed in float32 (or float64 if given float64),
+* Divergences are computed in float32 (or float64 if given float64),
   whatever the input dtype.
 
 The R-Drop objective for ``m`` copies is::
 
-    sum_i LS-CE(copy i)  +  alpha * sum_t mean_{i<j} 1/2 (KL(P_i||P_j) + KL(P_j||P_i))
+    sum_i LS-CE(copy i)  +  alpha * sum_t mean_{i<j} D(P_i, P_j)
 
-which for ``m = 2`` is the paper's (and the official implementation's)
-``CE_1 + CE_2 + alpha * 1/2 (KL(P_1||P_2) + KL(P_2||P_1))``.
+with ``D`` one of :data:`DIVERGENCES`; the default, ``sym-kl``,
+``D = 1/2 (KL(P_i||P_j) + KL(P_j||P_i))``, makes it for ``m = 2`` the paper's
+(and the official implementation's) ``CE_1 + CE_2 + alpha * 1/2 (KL(P_1||P_2) +
+KL(P_2||P_1))``.
 """
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -60,27 +63,73 @@ def _kl_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def symmetric_kl(
-    lprobs: Tensor, passes: int, mask: Optional[Tensor] = None, reduce: bool = True
+# How the copies' distributions are compared (``--rdrop-divergence``), per copy pair:
+#   sym-kl       1/2 (KL(P_i||P_j) + KL(P_j||P_i))                        (the paper)
+#   js           1/2 KL(P_i||M) + 1/2 KL(P_j||M), M = (P_i + P_j) / 2   (Jensen-Shannon)
+#   kl-detached  1/2 (KL(sg P_j||P_i) + KL(sg P_i||P_j)), sg = no gradient: each copy is
+#                pulled towards the other's fixed distribution; the value is sym-kl's
+DIVERGENCES = ("sym-kl", "js", "kl-detached")
+
+
+def check_divergence(divergence: str) -> str:
+    """``divergence`` as a plain string, or a ValueError naming the choices."""
+    divergence = str(divergence)
+    if divergence not in DIVERGENCES:
+        raise ValueError(
+            f"--rdrop-divergence={divergence}: must be one of {', '.join(DIVERGENCES)}"
+        )
+    return divergence
+
+
+def _pair_js(li: Tensor, lj: Tensor) -> Tensor:
+    """Per row, the Jensen-Shannon divergence of two log-probability rows."""
+    lm = torch.logaddexp(li, lj) - math.log(2.0)
+    return 0.5 * (li.exp() * (li - lm)).sum(-1) + 0.5 * (lj.exp() * (lj - lm)).sum(-1)
+
+
+def _pair_kl_detached(li: Tensor, lj: Tensor) -> Tensor:
+    """Per row, ``1/2 (KL(sg P_j||P_i) + KL(sg P_i||P_j))``."""
+    si, sj = li.detach(), lj.detach()
+    return 0.5 * (sj.exp() * (sj - li)).sum(-1) + 0.5 * (si.exp() * (si - lj)).sum(-1)
+
+
+_PAIR_TERMS = {"js": _pair_js, "kl-detached": _pair_kl_detached}
+
+
+def pair_divergence(
+    lprobs: Tensor,
+    passes: int,
+    mask: Optional[Tensor] = None,
+    reduce: bool = True,
+    divergence: str = "sym-kl",
 ) -> Tensor:
-    """Mean over the ``m(m-1)/2`` copy pairs of ``1/2 (KL(P_i||P_j) + KL(P_j||P_i))``.
+    """Mean over the ``m(m-1)/2`` copy pairs of the divergence ``D(P_i, P_j)``.
 
     ``lprobs``: ``[m*N, V]`` log-probabilities of the ``m = passes`` copies,
     stacked copy-major.  ``mask``: ``[N]`` bool, True at positions that count
     (non-pad); None counts every position.  Returns the sum over counted
-    positions (``reduce``) or the ``[N]`` per-position values.
+    positions (``reduce``) or the ``[N]`` per-position values.  ``divergence``:
+    one of :data:`DIVERGENCES`.
 
-    Uses ``1/2 (KL(a||b) + KL(b||a)) = 1/2 sum_v (p_a - p_b) (l_a - l_b)``,
-    computed in float32 whatever the input dtype.
+    ``sym-kl`` uses ``1/2 (KL(a||b) + KL(b||a)) = 1/2 sum_v (p_a - p_b) (l_a - l_b)``
+    in a memory-lean autograd function; the others are plain expressions.  All
+    are computed in float32 whatever the input dtype (float64 stays float64).
     """
+    divergence = check_divergence(divergence)
     if passes < 2:
-        raise ValueError(f"symmetric_kl needs at least 2 copies, got passes={passes}")
+        raise ValueError(f"pair_divergence needs at least 2 copies, got passes={passes}")
     if lprobs.size(0) % passes != 0:
         raise ValueError(
             f"lprobs has {lprobs.size(0)} rows, not a multiple of passes={passes}"
         )
     lprobs = lprobs.to(_kl_dtype(lprobs.dtype))
-    per_position = _PairMeanSymmetricKL.apply(lprobs.view(passes, -1, lprobs.size(-1)))
+    copies = lprobs.view(passes, -1, lprobs.size(-1))
+    if divergence == "sym-kl":
+        per_position = _PairMeanSymmetricKL.apply(copies)
+    else:
+        term = _PAIR_TERMS[divergence]
+        pairs = [(i, j) for i in range(passes) for j in range(i + 1, passes)]
+        per_position = sum(term(copies[i], copies[j]) for i, j in pairs) / len(pairs)
     if mask is not None:
         per_position = per_position.masked_fill(~mask, 0.0)
     return per_position.sum() if reduce else per_position
@@ -147,7 +196,7 @@ class RDropLoss(NamedTuple):
 
     loss: Tensor  # sum_i LS-CE(copy i) + alpha * kl
     nll_loss: Tensor  # sum_i NLL(copy i), for the true perplexity
-    kl: Tensor  # sum over positions of the pair-mean symmetric KL
+    kl: Tensor  # sum over positions of the pair-mean divergence (symmetric KL by default)
 
 
 def _check_copies(lprobs: Tensor, target: Tensor, passes: int) -> None:
@@ -158,7 +207,7 @@ def _check_copies(lprobs: Tensor, target: Tensor, passes: int) -> None:
         )
 
 
-def _add_symmetric_kl(
+def _add_divergence(
     loss: Tensor,
     nll_loss: Tensor,
     lprobs: Tensor,
@@ -166,11 +215,12 @@ def _add_symmetric_kl(
     alpha: float,
     passes: int,
     ignore_index: Optional[int],
+    divergence: str,
 ) -> RDropLoss:
-    """``loss + alpha * symmetric_kl`` over the non-pad positions of ``target``."""
+    """``loss + alpha * pair_divergence`` over the non-pad positions of ``target``."""
     if passes > 1 and alpha != 0:
         mask = None if ignore_index is None else target.reshape(-1).ne(ignore_index)
-        kl = symmetric_kl(lprobs, passes, mask)
+        kl = pair_divergence(lprobs, passes, mask, divergence=divergence)
         loss = loss.to(torch.promote_types(loss.dtype, kl.dtype)) + alpha * kl
     else:
         kl = loss.new_zeros(())
@@ -184,6 +234,7 @@ def rdrop_label_smoothed_loss(
     alpha: float,
     passes: int,
     ignore_index: Optional[int] = None,
+    divergence: str = "sym-kl",
 ) -> RDropLoss:
     """The R-Drop objective on ``[m*N, V]`` log-probabilities and ``[N]`` targets.
 
@@ -196,7 +247,9 @@ def rdrop_label_smoothed_loss(
     loss, nll_loss = label_smoothed_nll_loss(
         lprobs, stacked_target, epsilon, ignore_index=ignore_index
     )
-    return _add_symmetric_kl(loss, nll_loss, lprobs, target, alpha, passes, ignore_index)
+    return _add_divergence(
+        loss, nll_loss, lprobs, target, alpha, passes, ignore_index, divergence
+    )
 
 
 def rdrop_cross_entropy_loss(
@@ -205,8 +258,9 @@ def rdrop_cross_entropy_loss(
     alpha: float,
     passes: int,
     ignore_index: Optional[int] = None,
+    divergence: str = "sym-kl",
 ) -> RDropLoss:
-    """The R-Drop objective with plain cross-entropy (language modelling).
+    """The R-Drop objective with plain cross-entropy (language modelling, classification).
 
     ``lprobs``: ``[m*N, V]`` log-probabilities of the ``m = passes`` copies,
     copy-major; ``target``: ``[N]``.  The cross-entropy is
@@ -222,4 +276,37 @@ def rdrop_cross_entropy_loss(
         ignore_index=-100 if ignore_index is None else ignore_index,
         reduction="sum",
     )
-    return _add_symmetric_kl(nll_loss, nll_loss, lprobs, target, alpha, passes, ignore_index)
+    return _add_divergence(
+        nll_loss, nll_loss, lprobs, target, alpha, passes, ignore_index, divergence
+    )
+
+
+def rdrop_regression_loss(
+    outputs: Tensor, target: Tensor, alpha: float, passes: int
+) -> RDropLoss:
+    """The R-Drop objective for regression: squared errors plus the copies' disagreement.
+
+    ``outputs``: ``[m*N]`` predictions of the ``m = passes`` copies, copy-major;
+    ``target``: ``[N]``.  ``loss = sum_i sum_n (y_i,n - t_n)^2 + alpha * kl`` with
+    ``kl = sum_n mean_{i<j} (y_i,n - y_j,n)^2`` (for m = 2, ``(y_1 - y_2)^2``);
+    computed in float32 (float64 stays float64).  The squared error is
+    ``F.mse_loss(..., reduction="sum")`` on the stacked target, the operation of
+    fairseq's ``sentence_prediction`` criterion, so with ``passes == 1`` or
+    ``alpha == 0`` the result is that criterion's on the stacked batch.
+    ``nll_loss`` holds the squared-error sum.
+    """
+    outputs = outputs.reshape(-1)
+    _check_copies(outputs.unsqueeze(-1), target, passes)
+    outputs = outputs.to(_kl_dtype(outputs.dtype))
+    squared_error = F.mse_loss(
+        outputs, target.reshape(-1).to(outputs.dtype).repeat(passes), reduction="sum"
+    )
+    if passes > 1 and alpha != 0:
+        copies = outputs.view(passes, -1)
+        pairs = [(i, j) for i in range(passes) for j in range(i + 1, passes)]
+        kl = sum(((copies[i] - copies[j]) ** 2).sum() for i, j in pairs) / len(pairs)
+        loss = squared_error + alpha * kl
+    else:
+        kl = squared_error.new_zeros(())
+        loss = squared_error
+    return RDropLoss(loss, squared_error, kl)

@@ -164,7 +164,7 @@ HALF_TOLERANCES = {
 
 
 def check_step_against_reference(model, criterion, sample, epsilon, alpha, passes, pad, no_fused,
-                                 tolerances=FLOAT32_TOLERANCES, interleaved=False):
+                                 tolerances=FLOAT32_TOLERANCES, interleaved=False, divergence="sym-kl"):
     """One training forward/backward of ``criterion`` checked against the float64 reference.
 
     Captures what the model returns inside the criterion's forward (logits when
@@ -173,7 +173,8 @@ def check_step_against_reference(model, criterion, sample, epsilon, alpha, passe
     it in float64 on the CPU (through the output projection when fused) and
     compares the loss, the logged nll and KL, and the gradient that reached the
     captured tensor.  ``interleaved``: the model gets the copies example-major
-    (recurrent encoders).  The model and sample may be on any device.  Returns
+    (recurrent encoders).  ``divergence``: the reference's ``--rdrop-divergence``.
+    The model and sample may be on any device.  Returns
     ``(captured, logging_output)``, the captured output copy-major.
     """
     from tests.reference import reference_rdrop_loss
@@ -207,14 +208,79 @@ def check_step_against_reference(model, criterion, sample, epsilon, alpha, passe
     ref_in = cpu64(out).reshape(-1, out.size(-1)).requires_grad_()
     logits = ref_in if no_fused else ref_in @ cpu64(weight).t()
     ref_loss, ref_nll, ref_kl = reference_rdrop_loss(
-        logits, sample["target"].cpu().reshape(-1), epsilon, alpha, passes, pad
+        logits, sample["target"].cpu().reshape(-1), epsilon, alpha, passes, pad, divergence
     )
     ref_loss.backward()
     torch.testing.assert_close(cpu64(loss), ref_loss, rtol=loss_tol[0], atol=loss_tol[1])
     torch.testing.assert_close(cpu64(log["nll_loss"]), ref_nll, rtol=loss_tol[0], atol=loss_tol[1])
-    torch.testing.assert_close(cpu64(log["rdrop_kl"]), ref_kl, rtol=kl_tol[0], atol=kl_tol[1])
+    torch.testing.assert_close(cpu64(log["rdrop_kl"]), ref_kl.detach(), rtol=kl_tol[0], atol=kl_tol[1])
     torch.testing.assert_close(
         cpu64(grad).reshape(-1, out.size(-1)), ref_in.grad, rtol=grad_tol[0], atol=grad_tol[1]
     )
     assert log["copies_ntokens"] == passes * sample["ntokens"]
     return out, log
+
+
+HEAD = "sentence_classification_head"
+
+
+def sentence_task(classes=3, words=40, label_names=None):
+    """fairseq's ``sentence_prediction`` task over a tiny dictionary; ``classes=1``: regression."""
+    from fairseq.data import Dictionary
+    from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
+
+    labels = Dictionary()
+    for name in label_names or [str(c) for c in range(classes)]:
+        labels.add_symbol(name)
+    labels.finalize(padding_factor=1)
+    cfg = SentencePredictionConfig(
+        data="unused", num_classes=classes, regression_target=classes == 1,
+        classification_head_name=HEAD, seed=1, max_positions=64,
+    )
+    return SentencePredictionTask(cfg, tiny_dictionary(words), labels)
+
+
+def tiny_roberta(task, seed=0, **overrides):
+    """A 1-layer, 16-dim ``roberta`` encoder with a classification head of the task's classes."""
+    from argparse import Namespace
+
+    from fairseq.models.roberta import RobertaModel
+
+    torch.manual_seed(seed)
+    args = Namespace(
+        encoder_layers=1, encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_attention_heads=2,
+        dropout=0.3, attention_dropout=0.1, activation_dropout=0.1, pooler_dropout=0.3,
+        max_positions=64,
+    )
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    model = RobertaModel.build_model(args, task)
+    model.register_classification_head(HEAD, num_classes=task.cfg.num_classes)
+    return model
+
+
+def sentence_batch(task, batch_size=6, seed=0, min_len=3, max_len=10):
+    """A collated sentence-prediction sample: left-padded sentences of different lengths."""
+    from fairseq.data import data_utils
+
+    g = torch.Generator().manual_seed(seed)
+    d = task.source_dictionary
+    lengths = torch.randint(min_len, max_len + 1, (batch_size,), generator=g)
+    lengths[0] = max_len
+    lengths[-1] = min_len  # some padding, always
+    sentences = [
+        torch.cat([torch.tensor([d.bos()]), torch.randint(d.nspecial, len(d), (int(n) - 1,), generator=g)])
+        for n in lengths
+    ]
+    tokens = data_utils.collate_tokens(sentences, d.pad(), left_pad=False)
+    if task.cfg.regression_target:
+        target = torch.rand(batch_size, 1, generator=g) * 5
+    else:
+        target = torch.randint(0, task.cfg.num_classes, (batch_size,), generator=g)
+    return {
+        "id": torch.arange(batch_size),
+        "net_input": {"src_tokens": tokens, "src_lengths": lengths},
+        "target": target,
+        "ntokens": int(lengths.sum()),
+        "nsentences": batch_size,
+    }

@@ -17,20 +17,48 @@ def smoothed_target(target, vocab, epsilon):
     return q
 
 
-def reference_rdrop_loss(logits, target, epsilon, alpha, passes, pad):
+def kl_rows(p, logp, logq):
+    """Per row, KL(P||Q) = sum_v p_v (log p_v - log q_v)."""
+    return (p * (logp - logq)).sum(-1)
+
+
+def reference_pair_divergence(logp_i, logp_j, divergence="sym-kl"):
+    """Per row, the divergence D(P_i, P_j) of two float64 log-probability rows.
+
+    sym-kl:      1/2 (KL(P_i||P_j) + KL(P_j||P_i))
+    js:          1/2 KL(P_i||M) + 1/2 KL(P_j||M) with M = (P_i + P_j) / 2
+    kl-detached: 1/2 (KL(sg P_j||P_i) + KL(sg P_i||P_j)), sg = detached (no gradient)
+    """
+    p_i, p_j = torch.exp(logp_i), torch.exp(logp_j)
+    if divergence == "sym-kl":
+        return 0.5 * (kl_rows(p_i, logp_i, logp_j) + kl_rows(p_j, logp_j, logp_i))
+    if divergence == "js":
+        log_m = torch.log(0.5 * (p_i + p_j))
+        return 0.5 * kl_rows(p_i, logp_i, log_m) + 0.5 * kl_rows(p_j, logp_j, log_m)
+    if divergence == "kl-detached":
+        fixed_i, fixed_j = logp_i.detach(), logp_j.detach()
+        return 0.5 * (
+            kl_rows(torch.exp(fixed_j), fixed_j, logp_i) + kl_rows(torch.exp(fixed_i), fixed_i, logp_j)
+        )
+    raise ValueError(divergence)
+
+
+def reference_rdrop_loss(logits, target, epsilon, alpha, passes, pad, divergence="sym-kl"):
     """R-Drop objective from the definition, in float64.
 
     logits: [passes * N, V] (copy-major), target: [N].  Returns
     (loss, nll, kl) summed over non-pad positions; loss = sum_i CE_q(copy i)
-    + alpha * sum_t mean_{i<j} 1/2 (KL(P_i||P_j) + KL(P_j||P_i)).
+    + alpha * sum_t mean_{i<j} D(P_i, P_j), D from :func:`reference_pair_divergence`
+    (default: 1/2 (KL(P_i||P_j) + KL(P_j||P_i))).  ``pad=None``: no padding.
     """
     logits = logits.to(torch.float64)
     vocab = logits.size(-1)
     copies = logits.view(passes, -1, vocab)
-    keep = target.reshape(-1).ne(pad).to(torch.float64)
+    keep = torch.ones(target.numel(), dtype=torch.float64)
+    if pad is not None:
+        keep = target.reshape(-1).ne(pad).to(torch.float64)
     q = smoothed_target(target, vocab, epsilon)
     logp = [torch.log(torch.softmax(c, dim=-1)) for c in copies]
-    probs = [torch.softmax(c, dim=-1) for c in copies]
     ce = sum(((-(q * lp).sum(-1)) * keep).sum() for lp in logp)
     nll = sum(
         ((-lp.gather(-1, target.reshape(-1, 1)).squeeze(-1)) * keep).sum() for lp in logp
@@ -38,11 +66,29 @@ def reference_rdrop_loss(logits, target, epsilon, alpha, passes, pad):
     pairs = list(itertools.combinations(range(passes), 2))
     kl = torch.zeros((), dtype=torch.float64)
     for i, j in pairs:
-        kl_ij = (probs[i] * (logp[i] - logp[j])).sum(-1)
-        kl_ji = (probs[j] * (logp[j] - logp[i])).sum(-1)
-        kl = kl + ((0.5 * (kl_ij + kl_ji)) * keep).sum()
+        kl = kl + (reference_pair_divergence(logp[i], logp[j], divergence) * keep).sum()
     kl = kl / len(pairs) if pairs else kl
     return ce + alpha * kl, nll, kl
+
+
+def reference_regression_loss(outputs, target, alpha, passes):
+    """R-Drop for regression from the definition, in float64, sentence by sentence.
+
+    outputs: [passes * N] (copy-major), target: [N].  Returns (loss, squared
+    error, disagreement): squared error = sum_i sum_n (y_in - t_n)^2,
+    disagreement = sum_n mean_{i<j} (y_in - y_jn)^2, loss = error + alpha * disagreement.
+    """
+    y = outputs.to(torch.float64).reshape(passes, -1)
+    t = target.to(torch.float64).reshape(-1)
+    error = torch.zeros((), dtype=torch.float64)
+    disagreement = torch.zeros((), dtype=torch.float64)
+    pairs = list(itertools.combinations(range(passes), 2))
+    for n in range(t.numel()):
+        for i in range(passes):
+            error = error + (y[i, n] - t[n]) ** 2
+        if pairs:
+            disagreement = disagreement + sum((y[i, n] - y[j, n]) ** 2 for i, j in pairs) / len(pairs)
+    return error + alpha * disagreement, error, disagreement
 
 
 def random_batch(passes, n, vocab, pad, pad_fraction=0.25, seed=0, scale=3.0):

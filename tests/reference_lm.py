@@ -9,6 +9,8 @@ import itertools
 
 import torch
 
+from tests.reference import reference_pair_divergence
+
 
 def cluster_of(word, cutoff):
     """-1 for a head word, else the index of the tail cluster holding ``word``."""
@@ -25,9 +27,9 @@ def softmax64(x):
     return e / e.sum()
 
 
-def sym_kl(p, q):
-    """1/2 (KL(p||q) + KL(q||p)) of two probability vectors."""
-    return 0.5 * ((p * (p.log() - q.log())).sum() + (q * (q.log() - p.log())).sum())
+def divergence_of(p, q, divergence="sym-kl"):
+    """``--rdrop-divergence`` of two probability vectors (default 1/2 (KL(p||q) + KL(q||p)))."""
+    return reference_pair_divergence(p.log(), q.log(), divergence)
 
 
 def full_distribution(head_row, tail_rows, cutoff):
@@ -57,7 +59,8 @@ def reference_full_log_probs(head_logits, tail_logits, cutoff):
     return torch.stack(rows)
 
 
-def reference_adaptive_full(head_logits, tail_logits, target, cutoff, alpha, passes, pad):
+def reference_adaptive_full(head_logits, tail_logits, target, cutoff, alpha, passes, pad,
+                            divergence="sym-kl"):
     """R-Drop objective with the ``full`` KL, in float64.
 
     ``head_logits``: ``[m*N, H]``; ``tail_logits[i]``: ``[m*N, V_i]`` (every
@@ -81,11 +84,12 @@ def reference_adaptive_full(head_logits, tail_logits, target, cutoff, alpha, pas
         for p in dists:
             nll = nll - p[y].log()
         if pairs:
-            kl = kl + sum(sym_kl(dists[i], dists[j]) for i, j in pairs) / len(pairs)
+            kl = kl + sum(divergence_of(dists[i], dists[j], divergence) for i, j in pairs) / len(pairs)
     return nll + alpha * kl, nll, kl
 
 
-def reference_adaptive_head(head_logits, tail_logits, target, cutoff, alpha, passes, pad):
+def reference_adaptive_head(head_logits, tail_logits, target, cutoff, alpha, passes, pad,
+                            divergence="sym-kl"):
     """R-Drop objective with the ``head`` KL, in float64.
 
     ``head_logits``: ``[m*N, H]``, copy-major.  ``tail_logits[i]``: cluster
@@ -125,9 +129,9 @@ def reference_adaptive_head(head_logits, tail_logits, target, cutoff, alpha, pas
             else:
                 nll = nll - heads[c][cutoff[0] + i].log() - tails[c][y - cutoff[i]].log()
         if pairs:
-            pos = sum(sym_kl(heads[a], heads[b]) for a, b in pairs)
+            pos = sum(divergence_of(heads[a], heads[b], divergence) for a, b in pairs)
             if tails is not None:
-                pos = pos + sum(sym_kl(tails[a], tails[b]) for a, b in pairs)
+                pos = pos + sum(divergence_of(tails[a], tails[b], divergence) for a, b in pairs)
             kl = kl + pos / len(pairs)
     return nll + alpha * kl, nll, kl
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rdrop_seq.losses import label_smoothed_nll_loss, rdrop_label_smoothed_loss, symmetric_kl
+from rdrop_seq.losses import label_smoothed_nll_loss, rdrop_label_smoothed_loss, pair_divergence
 from tests.reference import random_batch, reference_rdrop_loss
 
 PAD = 1
@@ -79,7 +79,7 @@ def test_two_copies_is_the_papers_symmetric_kl():
     kl12 = F.kl_div(p2, p1, log_target=True, reduction="none").sum(-1)  # KL(P1||P2)
     kl21 = F.kl_div(p1, p2, log_target=True, reduction="none").sum(-1)  # KL(P2||P1)
     expected = (0.5 * (kl12 + kl21))[keep].sum()
-    torch.testing.assert_close(symmetric_kl(lp, 2, keep), expected)
+    torch.testing.assert_close(pair_divergence(lp, 2, keep), expected)
 
 
 def test_label_smoothing_is_bitwise_fairseqs():
@@ -97,7 +97,7 @@ def test_label_smoothing_is_bitwise_fairseqs():
 def test_identical_copies_have_zero_kl():
     logits, target = random_batch(1, n=8, vocab=6, pad=PAD, seed=4)
     lp = F.log_softmax(logits.repeat(3, 1), -1)
-    assert symmetric_kl(lp, 3, target.ne(PAD)).abs() < 1e-12
+    assert pair_divergence(lp, 3, target.ne(PAD)).abs() < 1e-12
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -126,4 +126,4 @@ def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="passes"):
         rdrop_label_smoothed_loss(F.log_softmax(logits, -1), target, 0.1, 1.0, 3, PAD)
     with pytest.raises(ValueError, match="at least 2"):
-        symmetric_kl(logits, 1)
+        pair_divergence(logits, 1)

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from fairseq import utils
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
 from rdrop_seq.batching import StackedCopies
+from rdrop_seq.losses import DIVERGENCES, check_divergence
 from rdrop_seq.schedule import RDropSchedule
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,20 @@ class RDropConfig(FairseqDataclass):
     rdrop_alpha_warmup: int = field(
         default=0,
         metadata={"help": "alpha grows linearly from 0 over this many updates"},
+    )
+    rdrop_divergence: ChoiceEnum(DIVERGENCES) = field(
+        default="sym-kl",
+        metadata={
+            "help": "how each pair of copies is compared: 'sym-kl' = 1/2 (KL(P1||P2) + "
+            "KL(P2||P1)) (the paper); 'js' = Jensen-Shannon, 1/2 KL(P1||M) + 1/2 KL(P2||M) "
+            "with M = (P1 + P2)/2; 'kl-detached' = 1/2 (KL(sg P2||P1) + KL(sg P1||P2)) with "
+            "sg = no gradient (each copy pulled towards the other's fixed distribution; "
+            "same value as sym-kl, other gradient). The fused output layer computes "
+            "sym-kl only: with js or kl-detached the token-level criterions compute the "
+            "loss from the full log-probabilities, as with --rdrop-no-fused (memory of "
+            "[copies x tokens, vocabulary]). With --regression-target the copies' "
+            "outputs are compared by their squared difference, which needs sym-kl"
+        },
     )
 
 
@@ -134,6 +149,7 @@ class RDropCriterionBase:
         rdrop_alpha_warmup,
         rdrop_no_fused=False,
         rdrop_chunk_size=0,
+        rdrop_divergence="sym-kl",
     ):
         self.schedule = RDropSchedule(
             alpha=float(rdrop_alpha),
@@ -143,7 +159,9 @@ class RDropCriterionBase:
         )
         if int(rdrop_chunk_size) < 0:
             raise ValueError(f"--rdrop-chunk-size={rdrop_chunk_size}: must be >= 0 (0 = automatic)")
-        self.fused = not rdrop_no_fused
+        self.divergence = check_divergence(rdrop_divergence)
+        # the fused output layer computes sym-kl only (see --rdrop-divergence)
+        self.fused = not rdrop_no_fused and self.divergence == "sym-kl"
         self.chunk_size = int(rdrop_chunk_size) or None
         self._num_updates = None
         self._dropout_checked = False

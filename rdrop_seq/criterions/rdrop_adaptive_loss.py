@@ -7,7 +7,7 @@ Objective for m = 2, summed over non-pad target tokens::
 where CE is fairseq's ``adaptive_loss`` (head cross-entropy plus the
 cross-entropy inside the target word's tail cluster, i.e. the negative
 log-likelihood of the adaptive softmax) and KL the pair-mean symmetric KL
-chosen by ``--rdrop-adaptive-kl``:
+(or the divergence ``--rdrop-divergence`` names) chosen by ``--rdrop-adaptive-kl``:
 
 ``head`` (default)
     of the head distributions at every position, plus that of the target's own
@@ -98,6 +98,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         rdrop_passes=2,
         rdrop_every=1,
         rdrop_alpha_warmup=0,
+        rdrop_divergence="sym-kl",
     ):
         FairseqCriterion.__init__(self, task)
         self.sentence_avg = sentence_avg
@@ -106,7 +107,13 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
                 f"--rdrop-adaptive-kl={rdrop_adaptive_kl}: must be one of {', '.join(KL_MODES)}"
             )
         self.kl_mode = str(rdrop_adaptive_kl)
-        self.init_rdrop(rdrop_alpha, rdrop_passes, rdrop_every, rdrop_alpha_warmup)
+        self.init_rdrop(
+            rdrop_alpha,
+            rdrop_passes,
+            rdrop_every,
+            rdrop_alpha_warmup,
+            rdrop_divergence=rdrop_divergence,
+        )
 
     @classmethod
     def build_criterion(cls, cfg, task):
@@ -172,6 +179,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
                 cluster_positions(target, asm.cutoff),
                 passes,
                 mask=target.ne(self.padding_idx),
+                divergence=self.divergence,
             )
             loss = nll + alpha * kl
         else:
@@ -184,6 +192,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
         lprobs = adaptive_log_probs(asm.head(x), [tail(x) for tail in asm.tail], asm.cutoff)
         terms = rdrop_cross_entropy_loss(
-            lprobs, target, alpha, passes, ignore_index=self.padding_idx
+            lprobs, target, alpha, passes, ignore_index=self.padding_idx,
+            divergence=self.divergence,
         )
         return RDropTerms(terms.loss, terms.nll_loss, terms.kl)

@@ -45,6 +45,7 @@ class RDropCrossEntropyCriterion(SoftmaxRDropCriterion, CrossEntropyCriterion):
         rdrop_alpha_warmup=0,
         rdrop_no_fused=False,
         rdrop_chunk_size=0,
+        rdrop_divergence="sym-kl",
     ):
         CrossEntropyCriterion.__init__(self, task, sentence_avg)
         self.init_rdrop(
@@ -54,10 +55,12 @@ class RDropCrossEntropyCriterion(SoftmaxRDropCriterion, CrossEntropyCriterion):
             rdrop_alpha_warmup,
             rdrop_no_fused,
             rdrop_chunk_size,
+            rdrop_divergence,
         )
 
     def generic_terms(self, lprobs, target, passes, alpha) -> RDropTerms:
         terms = rdrop_cross_entropy_loss(
-            lprobs, target, alpha, passes, ignore_index=self.padding_idx
+            lprobs, target, alpha, passes, ignore_index=self.padding_idx,
+            divergence=self.divergence,
         )
         return RDropTerms(terms.loss, terms.nll_loss, terms.kl)

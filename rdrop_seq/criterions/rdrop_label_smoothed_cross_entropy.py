@@ -48,6 +48,7 @@ class RDropLabelSmoothedCrossEntropyCriterion(
         rdrop_alpha_warmup=0,
         rdrop_no_fused=False,
         rdrop_chunk_size=0,
+        rdrop_divergence="sym-kl",
     ):
         LabelSmoothedCrossEntropyCriterion.__init__(
             self,
@@ -64,10 +65,12 @@ class RDropLabelSmoothedCrossEntropyCriterion(
             rdrop_alpha_warmup,
             rdrop_no_fused,
             rdrop_chunk_size,
+            rdrop_divergence,
         )
 
     def generic_terms(self, lprobs, target, passes, alpha) -> RDropTerms:
         terms = rdrop_label_smoothed_loss(
-            lprobs, target, self.eps, alpha, passes, ignore_index=self.padding_idx
+            lprobs, target, self.eps, alpha, passes, ignore_index=self.padding_idx,
+            divergence=self.divergence,
         )
         return RDropTerms(terms.loss, terms.nll_loss, terms.kl)

@@ -75,6 +75,22 @@ def stage_key(**inputs):
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def file_stage_done(output, key):
+    """True when the file ``output`` exists and its stamp (``output.stamp``) records ``key``."""
+    stamp = output + ".stamp"
+    if not (os.path.exists(output) and os.path.exists(stamp)):
+        return False
+    try:
+        return read_json(stamp).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def mark_file_stage(output, key, **info):
+    """Record that the file ``output`` was written for ``key`` (with ``info`` beside it)."""
+    write_json(output + ".stamp", dict(key=key, **info))
+
+
 def dir_stage(name, out_dir, key, build, detail="", log=None):
     """Run ``build(tmp_dir)`` unless ``out_dir`` is done for ``key``; swap in atomically.
 

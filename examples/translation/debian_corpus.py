@@ -52,9 +52,6 @@ compressed index files, as apt may store them).
 """
 
 import argparse
-import bz2
-import datetime
-import gzip
 import hashlib
 import html
 import json
@@ -62,15 +59,20 @@ import lzma
 import os
 import random
 import re
-import shutil
-import subprocess
 import sys
 import unicodedata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pipeline_stages import atomic_write, read_json, sha256_file, show_path, stage_key, write_json  # noqa: E402,F401
+from debian_apt import (  # noqa: E402
+    DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError, description_md5, iter_stanzas, now_utc,
+)
+import debian_apt  # noqa: E402
+from pipeline_stages import (  # noqa: E402,F401
+    atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key, write_json,
+)
+
 DATA_DIR = os.path.join(HERE, "data")
 SNAPSHOT = os.path.join(DATA_DIR, "debian-de-en.tsv.xz")
 PROVENANCE = os.path.join(DATA_DIR, "PROVENANCE.json")
@@ -82,77 +84,17 @@ SEED = 1
 N_VALID = 2000
 N_TEST = 2000
 
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-DEFAULT_SUITE = "bookworm"
-DEFAULT_COMPONENT = "main"
-DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-
 SPLITS = ("train", "valid", "test")
 LANGS = ("de", "en")
 TSV_HEADER = "split\tde\ten"
-
-
-class CorpusError(Exception):
-    """Bad input to the corpus builder (the message names the file)."""
-
-
-# ---------------------------------------------------------------------------
-# atomic output and stage bookkeeping
-
-
-def stage_done(output, key):
-    """True when ``output`` exists and its stamp records the same ``key``."""
-    stamp = output + ".stamp"
-    if not (os.path.exists(output) and os.path.exists(stamp)):
-        return False
-    try:
-        return read_json(stamp).get("key") == key
-    except (OSError, ValueError):
-        return False
-
-
-def mark_done(output, key, **info):
-    write_json(output + ".stamp", dict(key=key, **info))
-
-
-def say(msg):
-    print(f"[corpus] {msg}", flush=True)
 
 
 # ---------------------------------------------------------------------------
 # reading apt index files
 
 
-def read_index_text(path):
-    """The text of an index file, decompressed by its magic bytes.
-
-    apt stores lists plain or compressed (gz, xz, bz2, lz4) depending on its
-    settings; all are read.  lz4 needs the ``lz4`` command (no stdlib module).
-    """
-    if not os.path.exists(path):
-        raise CorpusError(f"index file not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        elif raw[:6] == b"\xfd7zXZ\x00":
-            raw = lzma.decompress(raw)
-        elif raw[:3] == b"BZh":
-            raw = bz2.decompress(raw)
-        elif raw[:4] == b"\x04\x22\x4d\x18":
-            if not shutil.which("lz4"):
-                raise CorpusError(
-                    f"{path} is lz4-compressed and the 'lz4' command is missing; install lz4 "
-                    "or fetch with apt's Acquire::GzipIndexes=false"
-                )
-            raw = subprocess.run(["lz4", "-dc", path], check=True, stdout=subprocess.PIPE).stdout
-    except (OSError, EOFError, lzma.LZMAError, subprocess.CalledProcessError) as e:
-        raise CorpusError(f"cannot decompress index file {path}: {e}") from e
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"index file {path} is not UTF-8 text: {e}") from e
+def say(msg):
+    print(f"[corpus] {msg}", flush=True)
 
 
 def parse_index(path, lang):
@@ -163,55 +105,20 @@ def parse_index(path, lang):
     ``Description-md5`` wins (several packages may share one description).
     Raises :class:`CorpusError` naming the file for empty or malformed input.
     """
-    text = read_index_text(path)
     field = f"Description-{lang}"
     entries = {}
-    stanza = {}
-    current = None  # name of the field continuation lines belong to
-    n_stanzas = 0
-
-    def finish(lineno):
-        nonlocal n_stanzas
-        if not stanza:
-            return
-        n_stanzas += 1
-        other = [k for k in stanza if k.startswith("Description-") and k not in (field, "Description-md5")]
+    for lineno, stanza in iter_stanzas(path, what="apt Translation"):
         if field not in stanza:
+            other = [k for k in stanza if k.startswith("Description-") and k not in (field, "Description-md5")]
             if other:
                 raise CorpusError(
                     f"{path}: stanza ending at line {lineno} has {other[0]} but no {field} "
                     f"(is this really the '{lang}' index?)"
                 )
             raise CorpusError(f"{path}: stanza ending at line {lineno} has no {field} field")
-        if "Description-md5" not in stanza:
-            raise CorpusError(f"{path}: stanza ending at line {lineno} has no Description-md5 field")
-        md5 = stanza["Description-md5"][0].strip()
-        if not re.fullmatch(r"[0-9a-f]{32}", md5):
-            raise CorpusError(f"{path}: bad Description-md5 {md5!r} in stanza ending at line {lineno}")
+        md5 = description_md5(stanza, path, lineno)
         lines = stanza[field]
         entries.setdefault(md5, (lines[0].strip(), lines[1:]))
-        stanza.clear()
-
-    lineno = 0
-    for lineno, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            finish(lineno)
-            current = None
-            continue
-        if line[0] in " \t":
-            if current is None:
-                raise CorpusError(f"{path}:{lineno}: continuation line outside a field")
-            stanza[current].append(line[1:].rstrip())
-            continue
-        if ":" not in line:
-            raise CorpusError(f"{path}:{lineno}: not a deb822 field line: {line[:60]!r}")
-        name, value = line.split(":", 1)
-        current = name.strip()
-        stanza[current] = [value.strip()]
-    finish(lineno + 1)
-    if n_stanzas == 0:
-        raise CorpusError(f"index file {path} holds no stanzas (empty or not an apt Translation file)")
     return entries
 
 
@@ -505,94 +412,12 @@ def corpus_digest(splits):
 # fetching the index files with apt
 
 
-def apt_list_name(mirror, suite, component, lang):
-    """apt's file name in its lists dir for a Translation index."""
-    uri = re.sub(r"^[a-z]+://", "", mirror.rstrip("/"))
-    return f"{uri}/dists/{suite}/{component}/i18n/Translation-{lang}".replace("/", "_")
-
-
 def fetch_indexes(apt_dir, mirror=DEFAULT_MIRROR, suite=DEFAULT_SUITE, component=DEFAULT_COMPONENT):
-    """Run ``apt-get update`` into a private dir; return ``(de_path, en_path, release)``.
-
-    Nothing of the system's apt state is touched: lists, cache, status file
-    and sources list all live under ``apt_dir``.  Indexes are stored
-    uncompressed (``Acquire::GzipIndexes=false``) and only the translations
-    are fetched (no Packages index).
-    """
-    apt_get = shutil.which("apt-get")
-    if not apt_get:
-        raise CorpusError("apt-get not found: cannot rebuild the corpus from apt (use the snapshot)")
-    lists = os.path.join(apt_dir, "lists")
-    os.makedirs(os.path.join(lists, "partial"), exist_ok=True)
-    os.makedirs(os.path.join(apt_dir, "cache", "archives", "partial"), exist_ok=True)
-    status = os.path.join(apt_dir, "status")
-    if not os.path.exists(status):
-        open(status, "w").close()
-    sources = os.path.join(apt_dir, "sources.list")
-    signed = f"[signed-by={DEBIAN_KEYRING}] " if os.path.exists(DEBIAN_KEYRING) else ""
-    with atomic_write(sources) as f:
-        f.write(f"deb {signed}{mirror} {suite} {component}\n")
-    cmd = [
-        apt_get, "update", "-q",
-        "-o", f"Dir::State::Lists={lists}",
-        "-o", f"Dir::State::status={status}",
-        "-o", f"Dir::Cache={os.path.join(apt_dir, 'cache')}",
-        "-o", "Dir::Cache::pkgcache=",
-        "-o", "Dir::Cache::srcpkgcache=",
-        "-o", f"Dir::Etc::SourceList={sources}",
-        "-o", "Dir::Etc::SourceParts=/dev/null",
-        "-o", "Acquire::Languages=en,de",
-        "-o", "Acquire::GzipIndexes=false",
-        "-o", "Acquire::IndexTargets::deb::Packages::DefaultEnabled=false",
-        "-o", "APT::Get::List-Cleanup=0",
-    ]  # fmt: skip
-    say("apt-get update into a private lists dir (" + f"{mirror} {suite} {component}, languages en,de)")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise CorpusError(f"apt-get update failed (exit {proc.returncode}):\n{proc.stdout.strip()}")
-    de_path = os.path.join(lists, apt_list_name(mirror, suite, component, "de"))
-    en_path = os.path.join(lists, apt_list_name(mirror, suite, component, "en"))
-    for p in (de_path, en_path):
-        if not os.path.exists(p):
-            found = [n for n in os.listdir(lists) if "Translation" in n]
-            raise CorpusError(f"apt-get update did not produce index file {p} (found: {found or 'none'})")
-    uri = re.sub(r"^[a-z]+://", "", mirror.rstrip("/"))
-    release = read_release(os.path.join(lists, f"{uri}/dists/{suite}/InRelease".replace("/", "_")))
-    release.update(mirror=mirror, component=component, fetched=_now())
-    listed = release.pop("sha256", {})
-    for lang, p in (("de", de_path), ("en", en_path)):
-        want = listed.get(f"{component}/i18n/Translation-{lang}")
-        if want and want != sha256_file(p):
-            raise CorpusError(f"{p} does not match the sha256 listed in the suite's InRelease (a broken download?)")
-        release[f"inrelease_lists_sha256_{lang}"] = bool(want)
-    return de_path, en_path, release
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def read_release(path):
-    """Fields of an (In)Release file: origin, suite, codename, version, date,
-    and ``sha256`` (``{path in the suite: sha256}`` from its SHA256 list)."""
-    info = {"sha256": {}}
-    if not os.path.exists(path):
-        return info
-    section = None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = re.match(r"^(Origin|Label|Suite|Codename|Version|Date):\s*(.*)$", line)
-            if m:
-                info[m.group(1).lower()] = m.group(2).strip()
-            if line.startswith("-----BEGIN PGP SIGNATURE"):
-                break
-            if line[:1] not in (" ", "\t"):
-                section = line.split(":", 1)[0]
-            elif section == "SHA256":
-                parts = line.split()
-                if len(parts) == 3:
-                    info["sha256"][parts[2]] = parts[0]
-    return info
+    """``Translation-de`` and ``Translation-en`` fetched with apt into ``apt_dir``: ``(de, en, release)``."""
+    paths, release = debian_apt.fetch_indexes(
+        apt_dir, ("en", "de"), mirror=mirror, suite=suite, component=component, say=say
+    )
+    return paths["Translation-de"], paths["Translation-en"], release
 
 
 # ---------------------------------------------------------------------------
@@ -622,7 +447,7 @@ def build(
 
     pairs_tsv = os.path.join(work_dir, "pairs.tsv")
     key = stage_key(stage="pairs", hashes=hashes, max_words=max_words, max_ratio=max_ratio)
-    if stage_done(pairs_tsv, key):
+    if file_stage_done(pairs_tsv, key):
         say(f"pairs: done already ({pairs_tsv})")
     else:
         say("pairs: joining, aligning and cleaning the descriptions")
@@ -631,13 +456,13 @@ def build(
             f.write("de\ten\n")
             for de, en in pairs:
                 f.write(f"{de}\t{en}\n")
-        mark_done(pairs_tsv, key, stats=stats)
+        mark_file_stage(pairs_tsv, key, stats=stats)
         say(f"pairs: {len(pairs)} pairs from {stats['descriptions_joined']} joined descriptions")
     stats = read_json(pairs_tsv + ".stamp")["stats"]
 
     corpus_tsv = os.path.join(work_dir, "debian-de-en.tsv")
     key2 = stage_key(stage="split", pairs=key, n_valid=n_valid, n_test=n_test, seed=seed)
-    if stage_done(corpus_tsv, key2):
+    if file_stage_done(corpus_tsv, key2):
         say(f"split: done already ({corpus_tsv})")
     else:
         with open(pairs_tsv, encoding="utf-8") as f:
@@ -646,7 +471,7 @@ def build(
         splits = split_corpus(pairs, n_valid, n_test, seed)
         check_disjoint(splits)
         write_tsv(corpus_tsv, splits_to_rows(splits))
-        mark_done(corpus_tsv, key2, counts={s: len(splits[s]) for s in SPLITS}, digest=corpus_digest(splits))
+        mark_file_stage(corpus_tsv, key2, counts={s: len(splits[s]) for s in SPLITS}, digest=corpus_digest(splits))
         say("split: " + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS))
     stamp = read_json(corpus_tsv + ".stamp")
     info = {
@@ -699,7 +524,7 @@ def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PRO
         },
         "rebuild": "python examples/translation/debian_corpus.py build --from-apt --suite "
         f"{release.get('codename') or DEFAULT_SUITE}",
-        "built": _now(),
+        "built": now_utc(),
         "terms": "Debian package descriptions (from the packages' maintainers) and their German translations "
         "(from the Debian Description Translation Project, DDTP), as published in the Debian archive's i18n "
         "index files; see the Debian archive and the DDTP for their terms",

@@ -1,0 +1,242 @@
+"""Debian's apt index files as a data source: fetch them privately, read them, check them.
+
+What the corpus builders (German-English translations, package sections) share:
+
+* :func:`fetch_indexes` runs ``apt-get update`` into a private directory (lists,
+  cache, status file and sources list all below it; nothing of the system's apt
+  state is touched) for the index files asked for, and checks each against the
+  SHA256 list of the suite's signed ``InRelease``;
+* :func:`read_index_text` reads an index file however apt stored it (plain, gz,
+  xz, bz2, lz4);
+* :func:`iter_stanzas` parses the deb822 format of ``Packages`` and
+  ``Translation-*`` files, raising :class:`CorpusError` with the file and line
+  of anything malformed.
+
+Only the standard library is needed (plus the ``lz4`` command for lz4
+compressed index files, as apt may store them).
+"""
+
+import bz2
+import datetime
+import gzip
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pipeline_stages import atomic_write, sha256_file  # noqa: E402
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SUITE = "bookworm"
+DEFAULT_COMPONENT = "main"
+DEFAULT_ARCHITECTURE = "amd64"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+class CorpusError(Exception):
+    """Bad input to a corpus builder (the message names the file)."""
+
+
+def now_utc():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------
+# reading index files
+
+
+def read_index_text(path):
+    """The text of an index file, decompressed by its magic bytes.
+
+    apt stores lists plain or compressed (gz, xz, bz2, lz4) depending on its
+    settings; all are read.  lz4 needs the ``lz4`` command (no stdlib module).
+    """
+    if not os.path.exists(path):
+        raise CorpusError(f"index file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        elif raw[:6] == b"\xfd7zXZ\x00":
+            raw = lzma.decompress(raw)
+        elif raw[:3] == b"BZh":
+            raw = bz2.decompress(raw)
+        elif raw[:4] == b"\x04\x22\x4d\x18":
+            if not shutil.which("lz4"):
+                raise CorpusError(
+                    f"{path} is lz4-compressed and the 'lz4' command is missing; install lz4 "
+                    "or fetch with apt's Acquire::GzipIndexes=false"
+                )
+            raw = subprocess.run(["lz4", "-dc", path], check=True, stdout=subprocess.PIPE).stdout
+    except (OSError, EOFError, lzma.LZMAError, subprocess.CalledProcessError) as e:
+        raise CorpusError(f"cannot decompress index file {path}: {e}") from e
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"index file {path} is not UTF-8 text: {e}") from e
+
+
+def iter_stanzas(path, what="apt index"):
+    """The stanzas of a deb822 file as ``(line, {field: [value, continuation lines...]})``.
+
+    ``line`` is the line number where the stanza ends (for error messages);
+    continuation lines have their first space removed (so a paragraph
+    separator of a description is ``"."``).  Raises :class:`CorpusError`
+    naming the file and line for a continuation line outside a field, a line
+    that is not a field, or a file without any stanza (``what`` names the
+    kind of file expected).
+    """
+    text = read_index_text(path)
+    stanza = {}
+    current = None  # the field continuation lines belong to
+    n_stanzas = 0
+    lineno = 0
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            if stanza:
+                n_stanzas += 1
+                yield lineno, stanza
+            stanza, current = {}, None
+            continue
+        if line[0] in " \t":
+            if current is None:
+                raise CorpusError(f"{path}:{lineno}: continuation line outside a field")
+            stanza[current].append(line[1:].rstrip())
+            continue
+        if ":" not in line:
+            raise CorpusError(f"{path}:{lineno}: not a deb822 field line: {line[:60]!r}")
+        name, value = line.split(":", 1)
+        current = name.strip()
+        stanza[current] = [value.strip()]
+    if stanza:
+        n_stanzas += 1
+        yield lineno + 1, stanza
+    if n_stanzas == 0:
+        raise CorpusError(f"index file {path} holds no stanzas (empty or not an {what} file)")
+
+
+def description_md5(stanza, path, lineno):
+    """A stanza's ``Description-md5``, checked to be 32 hex digits."""
+    if "Description-md5" not in stanza:
+        raise CorpusError(f"{path}: stanza ending at line {lineno} has no Description-md5 field")
+    md5 = stanza["Description-md5"][0].strip()
+    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+        raise CorpusError(f"{path}: bad Description-md5 {md5!r} in stanza ending at line {lineno}")
+    return md5
+
+
+# ---------------------------------------------------------------------------
+# fetching index files with apt
+
+
+def _suite_prefix(mirror, suite):
+    uri = re.sub(r"^[a-z]+://", "", mirror.rstrip("/"))
+    return f"{uri}/dists/{suite}"
+
+
+def list_file_name(mirror, suite, path_in_suite):
+    """apt's file name in its lists dir for ``path_in_suite`` (e.g. ``main/i18n/Translation-en``)."""
+    return f"{_suite_prefix(mirror, suite)}/{path_in_suite}".replace("/", "_")
+
+
+def read_release(path):
+    """Fields of an (In)Release file: origin, suite, codename, version, date,
+    and ``sha256`` (``{path in the suite: sha256}`` from its SHA256 list)."""
+    info = {"sha256": {}}
+    if not os.path.exists(path):
+        return info
+    section = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = re.match(r"^(Origin|Label|Suite|Codename|Version|Date):\s*(.*)$", line)
+            if m:
+                info[m.group(1).lower()] = m.group(2).strip()
+            if line.startswith("-----BEGIN PGP SIGNATURE"):
+                break
+            if line[:1] not in (" ", "\t"):
+                section = line.split(":", 1)[0]
+            elif section == "SHA256":
+                parts = line.split()
+                if len(parts) == 3:
+                    info["sha256"][parts[2]] = parts[0]
+    return info
+
+
+def fetch_indexes(
+    apt_dir,
+    languages,
+    packages=False,
+    mirror=DEFAULT_MIRROR,
+    suite=DEFAULT_SUITE,
+    component=DEFAULT_COMPONENT,
+    architecture=DEFAULT_ARCHITECTURE,
+    say=print,
+):
+    """Run ``apt-get update`` into ``apt_dir``; return ``(paths, release)``.
+
+    ``paths`` maps ``Translation-<lang>`` for each of ``languages`` (and
+    ``Packages`` if ``packages``, for ``architecture``) to the fetched file;
+    ``release`` holds the suite's ``InRelease`` fields, the mirror, component,
+    architecture, fetch time and, per file, whether its sha256 was listed in
+    (and so checked against) the signed ``InRelease``.  Indexes are stored
+    uncompressed (``Acquire::GzipIndexes=false``).
+    """
+    apt_get = shutil.which("apt-get")
+    if not apt_get:
+        raise CorpusError("apt-get not found: cannot rebuild the corpus from apt (use the snapshot)")
+    lists = os.path.join(apt_dir, "lists")
+    os.makedirs(os.path.join(lists, "partial"), exist_ok=True)
+    os.makedirs(os.path.join(apt_dir, "cache", "archives", "partial"), exist_ok=True)
+    status = os.path.join(apt_dir, "status")
+    if not os.path.exists(status):
+        open(status, "w").close()
+    sources = os.path.join(apt_dir, "sources.list")
+    signed = f"[signed-by={DEBIAN_KEYRING}] " if os.path.exists(DEBIAN_KEYRING) else ""
+    with atomic_write(sources) as f:
+        f.write(f"deb {signed}{mirror} {suite} {component}\n")
+    cmd = [
+        apt_get, "update", "-q",
+        "-o", f"Dir::State::Lists={lists}",
+        "-o", f"Dir::State::status={status}",
+        "-o", f"Dir::Cache={os.path.join(apt_dir, 'cache')}",
+        "-o", "Dir::Cache::pkgcache=",
+        "-o", "Dir::Cache::srcpkgcache=",
+        "-o", f"Dir::Etc::SourceList={sources}",
+        "-o", "Dir::Etc::SourceParts=/dev/null",
+        "-o", f"Acquire::Languages={','.join(languages)}",
+        "-o", "Acquire::GzipIndexes=false",
+        "-o", f"APT::Architecture={architecture}",
+        "-o", f"APT::Architectures={architecture}",
+        "-o", f"Acquire::IndexTargets::deb::Packages::DefaultEnabled={'true' if packages else 'false'}",
+        "-o", "APT::Get::List-Cleanup=0",
+    ]  # fmt: skip
+    what = f"languages {','.join(languages)}" + (f", Packages for {architecture}" if packages else "")
+    say(f"apt-get update into a private lists dir ({mirror} {suite} {component}, {what})")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise CorpusError(f"apt-get update failed (exit {proc.returncode}):\n{proc.stdout.strip()}")
+    in_suite = {f"Translation-{lang}": f"{component}/i18n/Translation-{lang}" for lang in languages}
+    if packages:
+        in_suite["Packages"] = f"{component}/binary-{architecture}/Packages"
+    paths = {name: os.path.join(lists, list_file_name(mirror, suite, p)) for name, p in in_suite.items()}
+    for p in paths.values():
+        if not os.path.exists(p):
+            found = [n for n in os.listdir(lists) if "Translation" in n or "Packages" in n]
+            raise CorpusError(f"apt-get update did not produce index file {p} (found: {found or 'none'})")
+    release = read_release(os.path.join(lists, f"{_suite_prefix(mirror, suite)}/InRelease".replace("/", "_")))
+    release.update(mirror=mirror, component=component, fetched=now_utc())
+    if packages:
+        release["architecture"] = architecture
+    listed = release.pop("sha256", {})
+    for name, p in paths.items():
+        want = listed.get(in_suite[name])
+        if want and want != sha256_file(p):
+            raise CorpusError(f"{p} does not match the sha256 listed in the suite's InRelease (a broken download?)")
+        release[f"inrelease_lists_sha256_{name.replace('Translation-', '')}"] = bool(want)
+    return paths, release

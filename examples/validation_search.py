@@ -51,7 +51,8 @@ def print_table(task):
     path = os.path.join(HERE, TASK_DIRS[task], "results", "search.jsonl")
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    shown = ("limit", "valid_limit", "vocab", "layers", "dim", "dropout", "alpha", "lr", "warmup", "patience", "seed")
+    shown = ("base_mode", "limit", "valid_limit", "vocab", "layers", "dim", "dropout", "alpha", "lr", "warmup", "patience",
+             "seed")
     print("| run | " + " | ".join(shown) + " | best valid (what stops the run) | at epoch "
           "| lowest valid loss (epoch) | epochs | how it ended | train s |")
     print("|" + "---|" * (len(shown) + 7))

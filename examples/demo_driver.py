@@ -140,7 +140,8 @@ def run_demo(task, argv=None):
     print()
     print("\n".join(seed_table(per_seed, task.table_rows(args), p_values)), flush=True)
     significance = next(iter(comparisons.values()))["significance"]
-    say(f"p: {significance['test']}, {significance['resamples']} resamples, per seed")
+    resamples = significance.get("resamples")
+    say(f"p: {significance['test']}" + (f", {resamples} resamples" if resamples else "") + ", per seed")
 
     summary = summarise_seeds(per_seed, task.mean_keys)
     keys = {seed: str(seed) for seed in per_seed}
@@ -176,8 +177,8 @@ def run_demo(task, argv=None):
 
 def settings(args):
     """The settings that name the results (the mode's, or the user's where given)."""
-    keys = ("alpha", "dropout", "max_epoch", "patience", "max_tokens", "limit", "train_lines", "beam", "threads",
-            "jobs")
+    keys = ("alpha", "dropout", "max_epoch", "patience", "max_tokens", "limit", "train_lines", "train_limit", "beam",
+            "threads", "jobs")
     out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     out["data_name"] = args.data_name
     return out

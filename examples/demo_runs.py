@@ -248,7 +248,7 @@ def run_dir(args, run, seed):
 
 
 # options that change the results but not a run's directory: (attribute, name in the results name)
-NAMED_OVERRIDES = (("limit", "limit"), ("train_lines", "lines"), ("beam", "beam"),
+NAMED_OVERRIDES = (("limit", "limit"), ("train_lines", "lines"), ("train_limit", "limit"), ("beam", "beam"),
                    ("max_epoch", "epochs"), ("patience", "patience"))
 
 

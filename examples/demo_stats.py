@@ -4,7 +4,9 @@
 * :func:`paired_bleu_test`: sacrebleu's paired bootstrap test on BLEU and chrF;
 * :func:`read_word_logprobs` and :func:`paired_bootstrap_lm`: a paired block
   bootstrap test on the per-token log-probabilities that
-  ``fairseq-eval-lm --output-word-probs`` prints.
+  ``fairseq-eval-lm --output-word-probs`` prints;
+* :func:`mcnemar_test`: McNemar's exact test on two classifiers' predictions
+  of the same examples.
 
 The p-values of both tests follow sacrebleu's paired bootstrap definition
 (two-sided, null-shifted, +1 smoothing); see :func:`paired_bleu_test` and
@@ -20,6 +22,7 @@ import numpy as np
 
 RUNS = ("baseline", "rdrop")
 BLEU_TEST = "sacrebleu paired bootstrap resampling (paired-bs)"
+MCNEMAR_TEST = "McNemar's exact test (two-sided binomial test on the discordant examples, scipy.stats.binomtest)"
 LM_TEST = ("paired block bootstrap of the per-token log-prob difference "
            "(scipy.stats.bootstrap, paired=True; p-value as sacrebleu paired-bs)")
 
@@ -255,4 +258,41 @@ def paired_bootstrap_lm(logprobs_baseline, logprobs_system, block=100, n_samples
         "n_blocks": len(n_tokens),
         "n_tokens": int(baseline.size),
         "seed": seed,
+    }
+
+
+def mcnemar_test(baseline_correct, system_correct):
+    """McNemar's exact test: do two classifiers err on the same examples equally often?
+
+    ``baseline_correct`` and ``system_correct``: one bool per example (the same
+    examples, in the same order), whether each classifier got it right.  Only
+    the discordant examples count: ``b`` that only the baseline got right, ``c``
+    that only the system got right; under the null hypothesis each discordant
+    example is either with probability 1/2, and the p-value is
+    ``scipy.stats.binomtest(c, b + c, 0.5)``'s two-sided one (1.0 when there is
+    no discordant example).  Returns ``p_value``, ``baseline_only``,
+    ``system_only``, ``both``, ``neither``, ``n``, ``test`` and ``resamples``
+    (``None``: the test is exact).  Raises ``ValueError`` for lists of
+    different lengths or empty ones.
+    """
+    from scipy.stats import binomtest
+
+    baseline = np.asarray(baseline_correct, dtype=bool)
+    system = np.asarray(system_correct, dtype=bool)
+    if baseline.ndim != 1 or baseline.shape != system.shape:
+        raise ValueError(f"both classifiers must be scored on the same examples: {baseline.size} vs {system.size}")
+    if baseline.size == 0:
+        raise ValueError("mcnemar_test() needs at least one example")
+    b = int(np.sum(baseline & ~system))
+    c = int(np.sum(system & ~baseline))
+    p_value = 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5).pvalue)
+    return {
+        "p_value": p_value,
+        "baseline_only": b,
+        "system_only": c,
+        "both": int(np.sum(baseline & system)),
+        "neither": int(np.sum(~baseline & ~system)),
+        "n": int(baseline.size),
+        "test": MCNEMAR_TEST,
+        "resamples": None,
     }

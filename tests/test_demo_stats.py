@@ -273,3 +273,33 @@ def test_lm_bootstrap_weighs_a_short_last_block_by_its_tokens():
     assert (res["block"], res["n_blocks"], res["n_tokens"], res["resamples"]) == (100, 3, 250, 200)
     assert res["logprob_diff"] == pytest.approx(0.2)
     assert res["system_ppl"] == pytest.approx(math.exp(3.0 - 0.2))
+
+
+# ---- McNemar's test on two classifiers' predictions --------------------------------------
+
+def test_mcnemar_counts_the_discordant_examples_and_matches_the_binomial_definition():
+    from math import comb
+
+    from demo_stats import mcnemar_test
+
+    baseline = [True] * 50 + [False] * 30 + [True] * 3 + [False] * 17
+    system = [True] * 50 + [False] * 30 + [False] * 3 + [True] * 17
+    out = mcnemar_test(baseline, system)
+    assert (out["baseline_only"], out["system_only"], out["both"], out["neither"], out["n"]) == (3, 17, 50, 30, 100)
+    # two-sided exact binomial p-value written from the definition: 2 * P(X <= 3), X ~ Bin(20, 1/2)
+    expected = min(1.0, 2 * sum(comb(20, k) for k in range(0, 4)) / 2 ** 20)
+    assert out["p_value"] == pytest.approx(expected, rel=1e-12)
+    assert out["p_value"] < 0.01 and "McNemar" in out["test"]
+
+
+def test_mcnemar_is_symmetric_and_gives_one_without_disagreement():
+    from demo_stats import mcnemar_test
+
+    a = [True, False, True, True, False, False, True]
+    b = [False, False, True, False, True, True, True]
+    assert mcnemar_test(a, b)["p_value"] == pytest.approx(mcnemar_test(b, a)["p_value"])
+    assert mcnemar_test(a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="same examples"):
+        mcnemar_test(a, b[:-1])
+    with pytest.raises(ValueError, match="at least one"):
+        mcnemar_test([], [])

@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""R-Drop for sentence classification: Debian package descriptions -> their archive section.
+
+The paper fine-tunes pre-trained encoders on GLUE with R-Drop; this demo keeps
+that shape at laptop size, on real data that needs no download (the corpus
+snapshot in ``data/``, built from Debian's apt index files by
+``debian_sections.py``):
+
+1. a small RoBERTa-style encoder (fairseq ``roberta``) is pre-trained with
+   fairseq's ``masked_lm`` task on every training description, once;
+2. from that checkpoint it is fine-tuned twice per seed on a labelled slice,
+   with the same settings and seed: stock ``sentence_prediction`` (the
+   baseline) and ``rdrop_sentence_prediction`` (R-Drop), each stopped early on
+   validation accuracy;
+3. each run's best checkpoint (by validation accuracy) predicts the test set;
+   the demo reports test accuracy and macro-F1 per seed and over seeds, and
+   McNemar's exact test between the two runs' test predictions of each seed.
+
+Modes:
+
+* ``tiny``: a smoke test of the whole pipeline (a minute or two).
+* ``quick`` (default; 3 seeds): the settings chosen on validation
+  (RESULTS.md), within the 25-minute budget on 2 CPU cores.
+* ``full`` (3 seeds; ``--seeds`` changes that): every training description
+  labelled, the architecture's own size; for a GPU.
+
+Results go to ``results/<mode>.json`` and ``.png`` (the per-seed validation
+curves); the runs are resumable (run the same command again).
+
+Examples::
+
+    python examples/classification/demo.py                    # quick mode
+    python examples/classification/demo.py --mode tiny
+    python examples/classification/demo.py --alpha 2          # another alpha: rdrop-alpha2-seed<S>/
+    python examples/classification/demo.py --status           # where the runs stand
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import prepare as prep  # noqa: E402
+from demo_driver import DemoTask, run_demo  # noqa: E402
+from demo_report import checkpoint_epoch  # noqa: E402
+from demo_runs import (  # noqa: E402
+    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, display,
+    dropout_override, flags, has_cuda, parse_demo_args, demo_parser, rel, run_dir, say, stopped_early,
+    train_flags, train_run,
+)
+from demo_stats import mcnemar_test  # noqa: E402
+from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  # noqa: E402
+
+RDROP_CRITERION = "rdrop_sentence_prediction"
+HEAD = "sentence_classification_head"
+ARCH = "roberta"
+ARCH_DROPOUT = 0.1  # the dropout ARCH sets; --dropout overrides it in fine-tuning
+VALID_METRICS = ("loss", "accuracy")
+
+SMALL_MODEL = {
+    "encoder-layers": 2, "encoder-embed-dim": 128, "encoder-ffn-embed-dim": 512, "encoder-attention-heads": 4,
+}
+# Per-mode settings: "data" goes to prepare.prepare(); "model" is shared by pre-training and
+# fine-tuning; "pretrain" and "train" are the two stages' own fairseq-train flags.
+MODES = {
+    "tiny": {
+        "data": {"train_limit": 200, "valid_limit": 100, "test_limit": 100, "pretrain_limit": 2000,
+                 "vocab_size": 2000},
+        "model": {"encoder-layers": 1, "encoder-embed-dim": 32, "encoder-ffn-embed-dim": 64,
+                  "encoder-attention-heads": 2},
+        "pretrain": {"lr": "1e-3", "warmup-updates": 5, "max-update": 10, "max-tokens": 2048},
+        "train": {"lr": "1e-3", "warmup-updates": 5, "max-epoch": 2, "batch-size": 16},
+        "positions": 32,
+        "seeds": (1, 2),
+    },
+    "quick": {
+        "data": {"train_limit": 2000, "valid_limit": 1000, "test_limit": None, "pretrain_limit": None,
+                 "vocab_size": 8000},
+        "model": SMALL_MODEL,
+        "pretrain": {"lr": "1e-3", "warmup-updates": 60, "max-update": 600, "max-tokens": 4096},
+        "train": {"lr": "3e-4", "warmup-updates": 60, "max-epoch": 40, "patience": 3, "batch-size": 32},
+        "positions": 64,
+        "seeds": (1, 2, 3),
+    },
+    "full": {
+        "data": {"train_limit": None, "valid_limit": None, "test_limit": None, "pretrain_limit": None,
+                 "vocab_size": 16000},
+        "model": {},  # the architecture's own size
+        "pretrain": {"lr": "5e-4", "warmup-updates": 1000, "max-update": 20000, "max-tokens": 8192},
+        "train": {"lr": "1e-4", "warmup-updates": 500, "max-epoch": 20, "patience": 3, "batch-size": 32},
+        "positions": 128,
+        "seeds": (1, 2, 3),
+    },
+}  # fmt: skip
+DEFAULT_ALPHA = 1.0
+
+
+def check_setup(args):
+    """Refuse bad input before any data preparation or training."""
+    check_demo_args(args)
+    if args.train_limit is not None and args.train_limit < 10:
+        raise DemoError(f"--train-limit must be >= 10, got {args.train_limit}")
+    for tool in ("preprocess", "train"):
+        cmd = fairseq_command(tool)
+        if len(cmd) == 1 and not os.path.exists(cmd[0]):
+            raise DemoError(f"fairseq-{tool} not found")
+    try:
+        import sentencepiece  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as e:
+        raise DemoError(f"{e.name} is missing: pip install -e '.[demo]'") from None
+    check_criterion_registers(RDROP_CRITERION, args.threads)
+    check_results_dir(args.results_dir, args.work_dir)
+
+
+def _fairseq_train(data_bin, task_flags, setting, save_dir, seed, extra):
+    cmd = fairseq_command("train") + [data_bin] + task_flags + ["--arch", ARCH] + flags(setting["model"])
+    cmd += [
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-06", "--weight-decay", "0.01",
+        "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt", "--seed", str(seed), "--num-workers", "0",
+        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
+        "--log-file", os.path.join(save_dir, "train.log"),
+        # registers the R-Drop criterion, and lets torch's weights-only loader accept fairseq checkpoints
+        "--user-dir", USER_DIR,
+    ]  # fmt: skip
+    cmd += extra
+    if not has_cuda():
+        cmd.append("--cpu")
+    return cmd
+
+
+def pretrain(args, data, threads):
+    """The masked-LM pre-training (once per mode and data), on every training description."""
+    setting = MODES[args.mode]
+    out = os.path.join(args.work_dir, "pretrain")
+    positions = setting["positions"]
+    task_flags = ["--task", "masked_lm", "--criterion", "masked_lm", "--tokens-per-sample", str(positions),
+                  "--sample-break-mode", "none", "--mask-prob", "0.15"]
+    key = stage_key(stage="pretrain", data=data["key"], model=setting["model"], pretrain=setting["pretrain"],
+                    positions=positions)
+
+    def build(tmp):
+        cmd = _fairseq_train(data["mlm_bin"], task_flags, setting, tmp, 1,
+                             flags(setting["pretrain"]) + [
+                                 "--no-epoch-checkpoints", "--no-save-optimizer-state",
+                                 # no background batching thread: --max-update stops mid-epoch, and a
+                                 # thread still collating in torch at exit can abort the process
+                                 "--data-buffer-size", "0"])
+        say("  " + display(cmd))
+        proc = subprocess.run(cmd, env=child_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise DemoError(f"masked-LM pre-training failed:\n{proc.stdout[-3000:]}")
+        m = re.findall(r'"valid_loss": "([\d.]+)"', proc.stdout)
+        # the directory moves into place when this returns: the command names its final place
+        return {"command": display(cmd).replace(tmp, out), "valid_loss": float(m[-1]) if m else None}
+
+    dir_stage("pretrain", out, key, build,
+              f"masked-LM pre-training on {data['pretrain_lines']} descriptions, {threads} threads", log=say)
+    with open(os.path.join(out, ".stage.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    ckpt = os.path.join(out, "checkpoint_last.pt")
+    return dict(info, checkpoint=ckpt, checkpoint_sha256=sha256_file(ckpt))
+
+
+def train_command(args, data, save_dir, run, seed):
+    setting = MODES[args.mode]
+    positions = setting["positions"]
+    task_flags = [
+        "--task", "sentence_prediction", "--num-classes", str(data["classes"]), "--max-positions", str(positions),
+        "--shorten-method", "truncate", "--init-token", "0", "--separator-token", "2",
+        "--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric",
+    ]  # fmt: skip
+    extra = ["--finetune-from-model", data["pretrain"]["checkpoint"], "--no-epoch-checkpoints",
+             "--required-batch-size-multiple", "1"]
+    dropout = dropout_override(args)
+    if dropout is not None:
+        extra += ["--dropout", dropout]
+    extra += train_flags(args, setting)
+    if run == "rdrop":
+        extra += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
+    else:
+        extra += ["--criterion", "sentence_prediction"]
+    return _fairseq_train(data["cls_bin"], task_flags, setting, save_dir, seed, extra)
+
+
+def predict(args, data, run, seed):
+    """The best checkpoint's test predictions (``predict.py``), keyed on the checkpoint."""
+    save_dir = run_dir(args, run, seed)
+    ckpt = os.path.join(save_dir, "checkpoint_best.pt")
+    out_dir = os.path.join(save_dir, "test")
+    cmd = [sys.executable, os.path.join(HERE, "predict.py"), data["cls_bin"], "--path", ckpt, "--subset", "test",
+           "--out", os.path.join(out_dir, "test.pred")]
+    key = stage_key(ckpt=sha256_file(ckpt), data=data["key"])
+    label = f"{run} seed {seed}"
+
+    def build(tmp):
+        tmp_cmd = cmd[:-1] + [os.path.join(tmp, "test.pred")]
+        say("  " + display(cmd))
+        proc = subprocess.run(tmp_cmd, env=child_env(args.threads), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise DemoError(f"predicting the test set ({label}) failed:\n{proc.stdout[-3000:]}")
+        return {"command": display(cmd)}
+
+    dir_stage(f"predict {label}", out_dir, key, build, "the best checkpoint on the test set", log=say)
+    with open(os.path.join(out_dir, ".stage.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    with open(os.path.join(out_dir, "test.pred"), encoding="utf-8") as f:
+        rows = [line.split() for line in f]
+    if len(rows) != data["counts"]["test"]:
+        raise DemoError(f"{label}: {len(rows)} test predictions for {data['counts']['test']} test sentences")
+    return dict(info, predicted=[p for p, _ in rows], gold=[g for _, g in rows],
+                output=os.path.join(out_dir, "test.pred"))
+
+
+def scores(predicted, gold):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"test_accuracy": 100.0 * accuracy_score(gold, predicted),
+            "test_macro_f1": 100.0 * f1_score(gold, predicted, average="macro", labels=sorted(set(gold)),
+                                             zero_division=0)}
+
+
+# ---------------------------------------------------------------------------
+# one run of one seed, and the comparison of a seed's two runs
+
+
+def run_one(args, data, run, seed):
+    """Fine-tune (or find fine-tuned) and score ``run`` of ``seed``; its per-seed record."""
+    save_dir = run_dir(args, run, seed)
+    cmd = train_command(args, data, save_dir, run, seed)
+    info = train_run(cmd, save_dir, f"{run} seed {seed}", args.threads, VALID_METRICS, data=data["key"])
+    test = predict(args, data, run, seed)
+    figures = scores(test["predicted"], test["gold"])
+    say(f"{run} seed {seed}: test accuracy {figures['test_accuracy']:.2f}, macro-F1 {figures['test_macro_f1']:.2f}")
+    epochs = info["epochs"]
+    best = checkpoint_epoch(epochs, "accuracy", higher_is_better=True) or {}
+    return dict(
+        figures,
+        best_valid_accuracy=best.get("accuracy"),
+        best_epoch=best.get("epoch"),
+        epochs=len(epochs),
+        updates=info["updates"],
+        stopped_early=stopped_early(info["budget"], len(epochs)),
+        seconds=info["seconds"],
+        history=info.get("history", []),
+        curve=epochs,
+        train_command=info["command"],
+        predict_command=test["command"],
+        predictions=rel(test["output"]),
+    )
+
+
+def compare(args, data, seed, runs):
+    """McNemar's exact test between the two runs' test predictions."""
+    correct = {}
+    for run, record in runs.items():
+        with open(os.path.join(REPO_ROOT, record["predictions"]), encoding="utf-8") as f:
+            correct[run] = [p == g for p, g in (line.split() for line in f)]
+    test = mcnemar_test(correct["baseline"], correct["rdrop"])
+    return {
+        "p_values": {"test_accuracy": test["p_value"]},
+        "significance": {"test": test["test"], "resamples": test["resamples"]},
+        "discordant": {k: test[k] for k in ("baseline_only", "system_only", "both", "neither", "n")},
+    }
+
+
+TABLE_ROWS = (
+    ("test accuracy", "test_accuracy", "{:.2f}"),
+    ("test macro-F1", "test_macro_f1", "{:.2f}"),
+    ("best valid accuracy", "best_valid_accuracy", "{:.2f}"),
+    ("its epoch", "best_epoch", "{:d}"),
+    ("epochs", "epochs", "{:d}"),
+    ("stopped early", "stopped_early", "{}"),
+    ("train time (s)", "seconds", "{:.0f}"),
+)
+MEAN_KEYS = ("test_accuracy", "test_macro_f1", "best_valid_accuracy", "best_epoch", "epochs", "updates", "seconds")
+CURVES = (
+    ("accuracy", "validation accuracy", "accuracy (%)"),
+    ("loss", "validation loss", "loss (base 2)"),
+)
+STATUS_METRICS = ("accuracy", "loss")
+
+
+def parse_args(argv=None):
+    p = demo_parser(__doc__, MODES, DEFAULT_ALPHA, "rdrop_sentence_prediction's default", ARCH_DROPOUT)
+    p.add_argument("--train-limit", type=int, help="override the mode's number of labelled training sentences")
+    return parse_demo_args(p, argv, HERE)
+
+
+def prepare_data(args):
+    say("data: preparing the Debian sections corpus (each stage is skipped when done)")
+    data = dict(MODES[args.mode]["data"])
+    if args.train_limit is not None:
+        data["train_limit"] = args.train_limit
+    # the data and the pre-training serve every run: both use all the cores
+    threads = max(args.threads * args.jobs, args.threads)
+    d = prep.prepare(os.path.join(args.work_dir, "data"), workers=threads, **data)
+    d["key"] = stage_key(cls=sha256_file(os.path.join(d["cls_bin"], "input0", "train.bin")),
+                         labels=sha256_file(os.path.join(d["cls_bin"], "label", "train.bin")))
+    d["pretrain"] = pretrain(args, d, threads)
+    # fine-tuning runs restart when the pre-trained model they start from changes
+    d["key"] = stage_key(data=d["key"], pretrained=d["pretrain"]["checkpoint_sha256"])
+    return d
+
+
+def task_results(args, data, per_seed):
+    deltas = [res["rdrop"]["test_accuracy"] - res["baseline"]["test_accuracy"] for res in per_seed.values()]
+    results = {
+        "delta_accuracy": round(sum(deltas) / len(deltas), 2),
+        "delta_accuracy_per_seed": {str(s): round(d, 2) for s, d in zip(per_seed, deltas)},
+        "arch": ARCH,
+        "model": MODES[args.mode]["model"] or "the architecture's own",
+        "pretrain": {k: data["pretrain"][k] for k in ("command", "valid_loss", "checkpoint_sha256")},
+        "data": {"counts": data["counts"], "classes": data["classes"], "pretrain_lines": data["pretrain_lines"],
+                 "source": "examples/classification/data/debian-sections.tsv.xz (see its PROVENANCE.json)"},
+    }
+    say(f"test accuracy change by R-Drop, mean over seeds: {results['delta_accuracy']:+.2f} points")
+    return results
+
+
+TASK = DemoTask(
+    script=os.path.abspath(__file__),
+    parse_args=parse_args,
+    check_setup=check_setup,
+    prepare=prepare_data,
+    run_one=run_one,
+    compare=compare,
+    results=task_results,
+    title=lambda args: f"Debian sections, {ARCH} (pre-trained, fine-tuned), mode '{args.mode}'",
+    table_rows=lambda args: TABLE_ROWS,
+    curves=CURVES,
+    status_metrics=STATUS_METRICS,
+    mean_keys=MEAN_KEYS,
+    errors=(prep.PrepareError,),
+)
+
+
+def main(argv=None):
+    return run_demo(TASK, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The sentence-classification demo (masked-LM pre-training, then sentence_prediction vs
+rdrop_sentence_prediction on Debian sections), tiny mode, end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "examples", "classification", "demo.py")
+
+
+def run_demo(*args, timeout=900):
+    return subprocess.run(
+        [sys.executable, DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def test_bad_settings_are_refused_before_anything_runs(tmp_path):
+    r = run_demo("--mode", "tiny", "--alpha", "-1", "--work-dir", tmp_path / "w", "--results-dir", tmp_path / "r")
+    assert r.returncode == 2 and "--alpha must be >= 0" in r.stderr
+    r = run_demo("--mode", "tiny", "--train-limit", "3", "--work-dir", tmp_path / "w", "--results-dir", tmp_path / "r")
+    assert r.returncode == 2 and "--train-limit must be >= 10" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_tiny_classification_demo_pretrains_once_fine_tunes_both_runs_and_compares_them(tmp_path):
+    args = ["--mode", "tiny", "--threads", "1", "--work-dir", tmp_path / "work", "--results-dir", tmp_path / "res"]
+    r = run_demo(*args, "--jobs", "2")
+    assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert "pretrain: masked-LM pre-training on 2000 descriptions" in r.stdout
+    assert "training 4 runs, 2 at once" in r.stdout and "test accuracy" in r.stdout
+
+    res = json.loads((tmp_path / "res" / "tiny.json").read_text())
+    assert {"seeds", "per_seed", "baseline", "rdrop", "delta_accuracy", "p_values", "significance",
+            "stopped_early", "commit", "command", "date", "machine", "pretrain", "data"} <= set(res)
+    assert res["seeds"] == [1, 2] and res["data"]["classes"] == 35
+    assert "McNemar" in res["significance"]["test"]
+    assert "--task masked_lm" in res["pretrain"]["command"]
+    for stat in ("test_accuracy_mean", "test_accuracy_std", "test_macro_f1_mean", "best_valid_accuracy_mean"):
+        assert stat in res["baseline"] and stat in res["rdrop"]
+    pretrained = os.path.join(tmp_path / "work", "pretrain", "checkpoint_last.pt")
+    for seed, runs in res["per_seed"].items():
+        for run in ("baseline", "rdrop"):
+            rec = runs[run]
+            assert rec["epochs"] == 2 and rec["updates"] > 0 and rec["stopped_early"] is False
+            # the test figures are the predictions file's, one line per test sentence
+            rows = [line.split() for line in open(os.path.join(REPO, rec["predictions"]), encoding="utf-8")]
+            assert len(rows) == res["data"]["counts"]["test"] == 100
+            accuracy = 100.0 * sum(p == g for p, g in rows) / len(rows)
+            assert rec["test_accuracy"] == pytest.approx(accuracy)
+            from sklearn.metrics import f1_score
+
+            gold = [g for _, g in rows]
+            f1 = 100.0 * f1_score(gold, [p for p, _ in rows], average="macro", labels=sorted(set(gold)), zero_division=0)
+            assert rec["test_macro_f1"] == pytest.approx(f1) and 0 <= f1 <= 100
+            assert f"--finetune-from-model {pretrained}" in rec["train_command"]
+        assert "--criterion sentence_prediction" in runs["baseline"]["train_command"]
+        assert "--criterion rdrop_sentence_prediction --rdrop-alpha 1.0" in runs["rdrop"]["train_command"]
+        discordant = runs["comparison"]["discordant"]
+        assert sum(discordant[k] for k in ("baseline_only", "system_only", "both", "neither")) == 100
+        assert 0 < res["p_values"]["test_accuracy"][seed] <= 1
+
+    # a rerun finds everything done: nothing is pre-trained or trained again
+    again = run_demo(*args, "--jobs", "1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "pretrain: done already" in again.stdout and "starting" not in again.stdout
+    assert json.loads((tmp_path / "res" / "tiny.json").read_text())["per_seed"] == res["per_seed"]

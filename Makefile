@@ -8,7 +8,7 @@ MODE ?= quick
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rdrop-seq-installed
 
-.PHONY: install test demo demo-lm clean
+.PHONY: install test demo demo-lm demo-cls clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ demo: install
 
 demo-lm: install
 	$(PY) examples/language_model/demo.py --mode $(MODE)
+
+demo-cls: install
+	$(PY) examples/classification/demo.py --mode $(MODE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

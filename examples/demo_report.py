@@ -19,19 +19,6 @@ from pipeline_stages import atomic_write, write_json
 RUN_LABELS = {"baseline": "baseline", "rdrop": "R-Drop"}
 
 
-def checkpoint_epoch(curve, metric, higher_is_better):
-    """The epoch row whose checkpoint fairseq keeps as ``checkpoint_best.pt``: the best
-    ``metric``, the later epoch on a tie (fairseq replaces the best on ``>=`` / ``<=``)."""
-    best = None
-    for row in curve:
-        value = row.get(metric)
-        if value is None:
-            continue
-        if best is None or (value >= best[metric] if higher_is_better else value <= best[metric]):
-            best = row
-    return best
-
-
 def seed_table(per_seed, rows, p_values=None):
     """The printed comparison: for each row ``(label, key, format)`` of ``rows``, one line per
     seed (baseline, R-Drop, delta and, where ``p_values[key][seed]`` exists, the p-value),

@@ -600,13 +600,23 @@ def run_status(save_dir, metrics, now=None):
                 budget=record.get("budget", {}))
 
 
+def checkpoint_epoch(curve, metric, higher_is_better):
+    """The epoch row whose checkpoint fairseq keeps as ``checkpoint_best.pt``: the best
+    ``metric``, the later epoch on a tie (fairseq replaces the best on ``>=`` / ``<=``)."""
+    best = None
+    for row in curve:
+        value = row.get(metric)
+        if value is None:
+            continue
+        if best is None or (value >= best[metric] if higher_is_better else value <= best[metric]):
+            best = row
+    return best
+
+
 def best_epoch(epochs, metric):
-    """The row with the best ``metric`` (highest BLEU/accuracy, lowest otherwise), or None."""
-    rows = [e for e in epochs if e.get(metric) is not None]
-    if not rows:
-        return None
-    pick = max if metric in HIGHER_IS_BETTER else min
-    return pick(rows, key=lambda e: e[metric])
+    """The epoch of ``checkpoint_best.pt`` when ``metric`` picks it (higher BLEU/accuracy, lower
+    otherwise): :func:`checkpoint_epoch`."""
+    return checkpoint_epoch(epochs, metric, metric in HIGHER_IS_BETTER)
 
 
 def print_status(args, metrics):

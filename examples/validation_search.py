@@ -12,6 +12,7 @@ Usage::
 
     python examples/validation_search.py translation --run baseline --limit 2000 --dropout 0.1
     python examples/validation_search.py lm --run rdrop --limit 3000 --alpha 1
+    python examples/validation_search.py cls --run rdrop --limit 2000 --alpha 1
     python examples/validation_search.py lm --table      # the search so far, as in RESULTS.md
 
 A run stopped by hand for its cost is recorded as far as its log goes with the
@@ -25,13 +26,19 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo_runs import parse_train_log  # noqa: E402
+from demo_runs import checkpoint_epoch, parse_train_log  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 
-TASK_DIRS = {"translation": "translation", "lm": "language_model"}
+TASK_DIRS = {"translation": "translation", "lm": "language_model", "cls": "classification"}
+# which data setting of each demo the search's --limit, --valid-limit and --vocab change
+DATA_KEYS = {
+    "translation": {"limit": "limit", "valid_limit": "valid_limit", "vocab": "vocab_size"},
+    "lm": {"limit": "train_lines", "valid_limit": "valid_lines"},
+    "cls": {"limit": "train_limit", "valid_limit": "valid_limit", "vocab": "vocab_size"},
+}
 
 
 def load_demo(task):
@@ -75,9 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--table", action="store_true", help="only print the task's search so far as a Markdown table")
     p.add_argument("--base-mode", default="quick", help="the demo mode whose settings are changed")
     p.add_argument("--run", choices=("baseline", "rdrop"))
-    p.add_argument("--limit", type=int, help="training pairs / sentences")
+    p.add_argument("--limit", type=int, help="training pairs / sentences / labelled sentences")
     p.add_argument("--valid-limit", type=int)
-    p.add_argument("--vocab", type=int, help="sentencepiece vocabulary (translation)")
+    p.add_argument("--vocab", type=int, help="sentencepiece vocabulary (translation, cls)")
     p.add_argument("--layers", type=int)
     p.add_argument("--dim", type=int, help="embedding dims (FFN 4x)")
     p.add_argument("--dropout", type=float)
@@ -104,20 +111,15 @@ def main(argv=None):
     demo = load_demo(a.task)
     setting = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo.MODES[a.base_mode].items()}
     data = setting["data"]
+    for option, key in DATA_KEYS[a.task].items():
+        if getattr(a, option):
+            data[key] = getattr(a, option)
     if a.task == "translation":
-        if a.limit:
-            data["limit"] = a.limit
-        if a.valid_limit:
-            data["valid_limit"] = a.valid_limit
-        if a.vocab:
-            data["vocab_size"] = a.vocab
         metric = demo.selected_by(setting)
         higher = metric == "bleu"
+    elif a.task == "cls":
+        metric, higher = "accuracy", True
     else:
-        if a.limit:
-            data["train_lines"] = a.limit
-        if a.valid_limit:
-            data["valid_lines"] = a.valid_limit
         metric, higher = "loss", False
     model = setting["model"]
     for key in list(model):
@@ -150,6 +152,13 @@ def main(argv=None):
         with open(os.path.join(save_dir, "started.json"), encoding="utf-8") as f:
             seconds = json.load(f).get("prior_seconds")
         info = dict(log, seconds=seconds)
+    elif a.task == "cls":
+        # the demo's own data preparation and masked-LM pre-training (shared by the search's runs,
+        # each stage redone only when its inputs change), with the changed settings
+        demo.MODES[a.base_mode] = setting
+        d = demo.prepare_data(args)
+        cmd = demo.train_command(args, d, save_dir, a.run, a.seed)
+        info = demo.train_run(cmd, save_dir, a.run, a.threads, demo.VALID_METRICS, data=d["key"])
     else:
         d = demo.prep.prepare(data_dir, **dict(data, workers=a.threads))
         if a.task == "translation":
@@ -158,8 +167,7 @@ def main(argv=None):
             cmd = demo.train_command(args, setting, d["data_bin"], save_dir, a.run, d["vocab_size"])
         info = demo.train_run(cmd, save_dir, a.run, a.threads, demo.VALID_METRICS)
     epochs = info["epochs"]
-    rows = [e for e in epochs if e.get(metric) is not None]
-    best = (max if higher else min)(rows, key=lambda e: e[metric])
+    best = checkpoint_epoch(epochs, metric, higher)
     rec = {
         "settings": settings, "run": a.run, "metric": "valid_" + metric,
         "best": best[metric], "best_epoch": best["epoch"], "epochs": len(epochs),
@@ -167,9 +175,11 @@ def main(argv=None):
         "stopped_by_hand": a.record_stopped, "updates": info["updates"],
         "seconds": info["seconds"], "wall_this_call": round(time.time() - t0, 1),
         "best_valid_ppl": best.get("ppl"),
-        "curve": [{k: e.get(k) for k in ("epoch", "loss", "bleu", "ppl", "train_loss") if k in e} for e in epochs],
+        "curve": [{k: e.get(k) for k in ("epoch", "loss", "bleu", "ppl", "accuracy", "train_loss") if k in e}
+                  for e in epochs],
     }
     out = os.path.join(task_dir, "results", "search.jsonl")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec) + "\n")
     print(json.dumps({k: v for k, v in rec.items() if k != "curve"}))

@@ -26,6 +26,34 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("mode", ["tiny", "quick", "full"])
+def test_every_mode_gives_pretraining_and_fine_tuning_commands_fairseq_accepts(mode, tmp_path):
+    from fairseq import options
+
+    from tests.example_modules import load_example
+
+    demo = load_example(DEMO, "demo_classification")
+    args = demo.parse_args(["--mode", mode, "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")])
+
+    def parsed(cmd, data_dir):
+        return options.parse_args_and_arch(options.get_training_parser(), input_args=cmd[cmd.index(data_dir):])
+
+    pre = parsed(demo.pretrain_command(args, str(tmp_path / "mlm"), str(tmp_path / "pre")), str(tmp_path / "mlm"))
+    assert pre.task == "masked_lm" and pre.max_update == demo.MODES[mode]["pretrain"]["max-update"]
+    data = {"cls_bin": str(tmp_path / "cls"), "classes": 35, "pretrain": {"checkpoint": str(tmp_path / "pre.pt")}}
+    runs = {run: parsed(demo.train_command(args, data, str(tmp_path / run), run, 1), data["cls_bin"])
+            for run in ("baseline", "rdrop")}
+    base, rdrop = runs["baseline"], runs["rdrop"]
+    assert base.criterion == "sentence_prediction" and rdrop.criterion == "rdrop_sentence_prediction"
+    for key in ("arch", "lr", "max_epoch", "patience", "seed", "dropout", "batch_size", "max_positions",
+                "finetune_from_model", "num_classes", "encoder_layers", "encoder_embed_dim"):
+        assert getattr(base, key) == getattr(rdrop, key), key
+    assert base.encoder_embed_dim == pre.encoder_embed_dim and base.max_positions == pre.tokens_per_sample
+    assert base.best_checkpoint_metric == "accuracy" and base.maximize_best_checkpoint_metric
+    if mode != "tiny":
+        assert base.patience > 0 and base.max_epoch >= 5 * base.patience
+
+
 def test_tiny_classification_demo_pretrains_once_fine_tunes_both_runs_and_compares_them(tmp_path):
     args = ["--mode", "tiny", "--threads", "1", "--work-dir", tmp_path / "work", "--results-dir", tmp_path / "res"]
     r = run_demo(*args, "--jobs", "2")

@@ -257,3 +257,13 @@ def test_fairseq_builds_the_criterion_from_its_flags():
     crit = build_criterion(Namespace(**vars(args)), sentence_task(classes=3))
     assert isinstance(crit, RDropSentencePredictionCriterion)
     assert crit.schedule.alpha == 0.7 and crit.schedule.passes == 3 and crit.divergence == "js"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("rdrop_alpha", -1.0, "--rdrop-alpha=-1.0: must be a finite number >= 0"),
+    ("rdrop_passes", 1, "--rdrop-passes=1: must be >= 2"),
+    ("rdrop_divergence", "kl", "--rdrop-divergence=kl: must be one of sym-kl, js, kl-detached"),
+])
+def test_bad_flags_are_refused_when_the_criterion_is_built_naming_the_flag(flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        make_criterion(sentence_task(classes=3), **{flag: value})

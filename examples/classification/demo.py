@@ -40,6 +40,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -48,8 +49,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import prepare as prep  # noqa: E402
 from demo_driver import DemoTask, run_demo  # noqa: E402
-from demo_report import checkpoint_epoch  # noqa: E402
 from demo_runs import (  # noqa: E402
+    checkpoint_epoch,
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, display,
     dropout_override, flags, has_cuda, parse_demo_args, demo_parser, rel, run_dir, say, stopped_early,
     train_flags, train_run,
@@ -135,30 +136,37 @@ def _fairseq_train(data_bin, task_flags, setting, save_dir, seed, extra):
     return cmd
 
 
+def pretrain_command(args, mlm_bin, save_dir):
+    """The masked-LM pre-training's fairseq-train command."""
+    setting = MODES[args.mode]
+    task_flags = ["--task", "masked_lm", "--criterion", "masked_lm", "--tokens-per-sample", str(setting["positions"]),
+                  "--sample-break-mode", "none", "--mask-prob", "0.15"]
+    return _fairseq_train(mlm_bin, task_flags, setting, save_dir, 1, flags(setting["pretrain"]) + [
+        "--no-epoch-checkpoints", "--no-save-optimizer-state",
+        # no background batching thread: --max-update stops mid-epoch, and a
+        # thread still collating in torch at exit can abort the process
+        "--data-buffer-size", "0"])
+
+
 def pretrain(args, data, threads):
     """The masked-LM pre-training (once per mode and data), on every training description."""
     setting = MODES[args.mode]
     out = os.path.join(args.work_dir, "pretrain")
-    positions = setting["positions"]
-    task_flags = ["--task", "masked_lm", "--criterion", "masked_lm", "--tokens-per-sample", str(positions),
-                  "--sample-break-mode", "none", "--mask-prob", "0.15"]
-    key = stage_key(stage="pretrain", data=data["key"], model=setting["model"], pretrain=setting["pretrain"],
-                    positions=positions)
+    mlm_data = [sha256_file(os.path.join(data["mlm_bin"], name)) for name in ("train.bin", "dict.txt")]
+    key = stage_key(stage="pretrain", data=mlm_data, model=setting["model"], pretrain=setting["pretrain"],
+                    positions=setting["positions"])
 
     def build(tmp):
-        cmd = _fairseq_train(data["mlm_bin"], task_flags, setting, tmp, 1,
-                             flags(setting["pretrain"]) + [
-                                 "--no-epoch-checkpoints", "--no-save-optimizer-state",
-                                 # no background batching thread: --max-update stops mid-epoch, and a
-                                 # thread still collating in torch at exit can abort the process
-                                 "--data-buffer-size", "0"])
+        cmd = pretrain_command(args, data["mlm_bin"], tmp)
         say("  " + display(cmd))
+        t0 = time.time()
         proc = subprocess.run(cmd, env=child_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             raise DemoError(f"masked-LM pre-training failed:\n{proc.stdout[-3000:]}")
         m = re.findall(r'"valid_loss": "([\d.]+)"', proc.stdout)
         # the directory moves into place when this returns: the command names its final place
-        return {"command": display(cmd).replace(tmp, out), "valid_loss": float(m[-1]) if m else None}
+        return {"command": display(pretrain_command(args, data["mlm_bin"], out)), "threads": threads,
+                "seconds": round(time.time() - t0, 1), "valid_loss": float(m[-1]) if m else None}
 
     dir_stage("pretrain", out, key, build,
               f"masked-LM pre-training on {data['pretrain_lines']} descriptions, {threads} threads", log=say)
@@ -317,7 +325,8 @@ def task_results(args, data, per_seed):
         "delta_accuracy_per_seed": {str(s): round(d, 2) for s, d in zip(per_seed, deltas)},
         "arch": ARCH,
         "model": MODES[args.mode]["model"] or "the architecture's own",
-        "pretrain": {k: data["pretrain"][k] for k in ("command", "valid_loss", "checkpoint_sha256")},
+        "pretrain": {k: data["pretrain"].get(k) for k in ("command", "threads", "seconds", "valid_loss",
+                                                          "checkpoint_sha256")},
         "data": {"counts": data["counts"], "classes": data["classes"], "pretrain_lines": data["pretrain_lines"],
                  "source": "examples/classification/data/debian-sections.tsv.xz (see its PROVENANCE.json)"},
     }

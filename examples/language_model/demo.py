@@ -92,8 +92,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import prepare as prep  # noqa: E402
 from demo_driver import DemoTask, run_demo  # noqa: E402
-from demo_report import checkpoint_epoch  # noqa: E402
 from demo_runs import (  # noqa: E402
+    checkpoint_epoch,
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
     demo_parser, display, dropout_override, flags, has_cuda, max_tokens_override, parse_demo_args, rel, run_dir,
     say, stopped_early, text_dir_name, text_dir_source, train_flags, train_run,

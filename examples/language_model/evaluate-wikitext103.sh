@@ -33,6 +33,9 @@ case $MODEL in
     adaptive) EVAL=(--tokens-per-sample 3072 --context-window 2560 --batch-size 2 --softmax-batch 1024) ;;
     *) die "unknown model '$MODEL': transformer or adaptive" ;;
 esac
+# fairseq 0.12 leaves out the last batch when its size is no multiple of this (default 8):
+# every block of the split must be scored
+EVAL+=(--required-batch-size-multiple 1)
 if [ "$SMOKE" = 1 ]; then
     EVAL+=(--cpu --tokens-per-sample 64 --context-window 32)
 fi

@@ -384,6 +384,16 @@ def test_bad_configuration_is_refused_naming_the_flag(kw, flag):
         make_criterion(translation_task(), **kw)
 
 
+@pytest.mark.parametrize("kw, why", [
+    (dict(rdrop_no_fused=True), "--rdrop-no-fused"),
+    (dict(rdrop_divergence="js"), "--rdrop-divergence js"),
+])
+def test_a_chunk_size_for_a_fused_loss_that_is_off_is_refused(kw, why):
+    with pytest.raises(ValueError, match=f"--rdrop-chunk-size=64 sets the chunks of the fused loss, which {why}"):
+        make_criterion(translation_task(), rdrop_chunk_size=64, **kw)
+    assert make_criterion(translation_task(), rdrop_chunk_size=64).chunk_size == 64
+
+
 def test_alpha_without_dropout_warns_once(caplog):
     task = translation_task()
     model = tiny_transformer(task, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)

@@ -100,7 +100,9 @@ class FusedLossConfig(FairseqDataclass):
         default=0,
         metadata={
             "help": "target positions per chunk of the fused loss (0: chosen from the "
-            "vocabulary and hidden sizes)"
+            "vocabulary size, and the hidden size where the output projection is fused); "
+            "refused where the fused loss is off (--rdrop-no-fused, --rdrop-divergence other "
+            "than sym-kl)"
         },
     )
 
@@ -162,6 +164,12 @@ class RDropCriterionBase:
         self.divergence = check_divergence(rdrop_divergence)
         # the fused output layer computes sym-kl only (see --rdrop-divergence)
         self.fused = not rdrop_no_fused and self.divergence == "sym-kl"
+        if int(rdrop_chunk_size) > 0 and not self.fused:
+            why = "--rdrop-no-fused" if rdrop_no_fused else f"--rdrop-divergence {self.divergence}"
+            raise ValueError(
+                f"--rdrop-chunk-size={rdrop_chunk_size} sets the chunks of the fused loss, which "
+                f"{why} turns off: leave --rdrop-chunk-size out"
+            )
         self.chunk_size = int(rdrop_chunk_size) or None
         self._num_updates = None
         self._dropout_checked = False

@@ -243,6 +243,16 @@ class RDropCriterionBase:
         """The summed objective of the copies; ``copies.run(model)`` is the model's output on them."""
         raise NotImplementedError
 
+    def copies_for(self, model, sample, reduce=True):
+        """``(m, alpha, copies)`` for this forward: the schedule's decision, the rank's own
+        dropout masks, and the sample's batch stacked ``m`` times (the sample untouched)."""
+        if not reduce:
+            raise ValueError("R-Drop criterions only support reduce=True")
+        passes, alpha = self.passes_and_alpha(model)
+        if model.training:
+            self.decorrelate_rank_dropout()
+        return passes, alpha, StackedCopies(model, sample["net_input"], passes, sample["target"].size(0))
+
     def forward(self, model, sample, reduce=True):
         """Loss over ``passes`` dropout copies in one forward over ``[x; x]``.
 
@@ -250,13 +260,8 @@ class RDropCriterionBase:
         criterion; ``sample_size`` is the original batch's token (or sentence)
         count, whatever the number of copies.
         """
-        if not reduce:
-            raise ValueError("R-Drop criterions only support reduce=True")
-        passes, alpha = self.passes_and_alpha(model)
-        if model.training:
-            self.decorrelate_rank_dropout()
+        passes, alpha, copies = self.copies_for(model, sample, reduce)
         batch_size = sample["target"].size(0)
-        copies = StackedCopies(model, sample["net_input"], passes, batch_size)
         terms = self.loss_terms(model, copies, sample, passes, alpha)
         ntokens = sample["ntokens"]
         sample_size = batch_size if self.sentence_avg else ntokens

@@ -42,7 +42,6 @@ from fairseq.criterions.sentence_prediction import (
 )
 from fairseq.logging import metrics
 
-from rdrop_seq.batching import StackedCopies
 from rdrop_seq.criterions.base import RDropConfig, RDropCriterionBase
 from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_regression_loss
 
@@ -80,8 +79,6 @@ class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCri
             )
 
     def forward(self, model, sample, reduce=True):
-        if not reduce:
-            raise ValueError("R-Drop criterions only support reduce=True")
         heads = getattr(model, "classification_heads", None)
         if heads is None or self.classification_head_name not in heads:
             raise ValueError(
@@ -89,11 +86,8 @@ class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCri
                 f"'{self.classification_head_name}' (--classification-head-name), e.g. "
                 "--arch roberta_base with --num-classes"
             )
-        passes, alpha = self.passes_and_alpha(model)
-        if model.training:
-            self.decorrelate_rank_dropout()
+        passes, alpha, copies = self.copies_for(model, sample, reduce)
         batch_size = sample["target"].size(0)
-        copies = StackedCopies(model, sample["net_input"], passes, batch_size)
         logits, _ = copies.run(
             model, features_only=True, classification_head_name=self.classification_head_name
         )

@@ -337,25 +337,15 @@ def _match(record, cmd, data=None):
     """``"same"`` (settings and budget), ``"budget"`` (only the budget differs) or None.
 
     ``data``: the key of the binarised data the run trains on; a record of other
-    data is no match (a record from before data keys were kept matches any).
+    data is no match.  A record without a settings key (written by an earlier
+    version of the demos) is no match either: its run is started afresh, the
+    old directory kept aside.
     """
-    if data is not None and record.get("data_key", data) != data:
+    if data is not None and record.get("data_key") != data:
         return None
-    if "settings_key" in record:
-        if record["settings_key"] != _settings_key(cmd):
-            return None
-        return "same" if record.get("budget") == _budget(cmd) else "budget"
-    # a record written before budgets were kept apart: its key hashes the whole command
-    if record.get("key") == _full_key(cmd):
-        return "same"
-    old = _budget(shlex.split(record.get("command", "")))
-    alt = list(cmd)
-    if set(old) != set(_budget(cmd)):
+    if record.get("settings_key") != _settings_key(cmd):
         return None
-    for i, c in enumerate(alt[:-1]):
-        if c in old:
-            alt[i + 1] = old[c]
-    return "budget" if _full_key(alt) == record.get("key") else None
+    return "same" if record.get("budget") == _budget(cmd) else "budget"
 
 
 def _record(cmd, data=None, **extra):

@@ -142,18 +142,16 @@ def test_failed_run_resumes_and_its_time_counts(fake, monkeypatch):
     assert info["seconds"] >= spent
 
 
-def test_records_from_before_budgets_were_kept_apart(fake):
-    """done.json written by the earlier code (a key over the whole command) keeps working."""
+def test_a_record_of_an_earlier_format_starts_the_run_afresh_keeping_the_old_one(fake):
+    """done.json without a settings key (the demos' earlier format) is not trusted: the run restarts."""
     info = fake(3)
-    done = fake.save_dir / "done.json"
-    legacy = {k: v for k, v in info.items() if k not in ("settings_key", "budget")}
-    done.write_text(json.dumps(legacy))
-    assert epochs(fake(3)) == [1, 2, 3] and fake.invocations() == [1]  # same command: skipped
-    assert epochs(fake(4)) == [1, 2, 3, 4] and fake.invocations() == [1, 4]  # larger budget: continued
-    done.write_text(json.dumps(dict(legacy, key="0" * 16)))
-    (fake.save_dir / "started.json").write_text(json.dumps({"key": "0" * 16}))
-    fake(4)
-    assert fake.invocations() == [1, 4, 1]  # unknown settings: afresh
+    for name in ("done.json", "started.json"):  # both written in the earlier format
+        path = fake.save_dir / name
+        record = json.loads(path.read_text()) if path.exists() else info
+        path.write_text(json.dumps({k: v for k, v in record.items() if k not in ("settings_key", "budget")}))
+    assert epochs(fake(3)) == [1, 2, 3] and fake.invocations() == [1, 1]  # afresh, from epoch 1
+    aside = [p for p in fake.save_dir.parent.iterdir() if p.name.startswith(fake.save_dir.name + ".replaced-")]
+    assert len(aside) == 1 and (aside[0] / "done.json").exists()
 
 
 def test_budget_flags_do_not_change_the_settings_key():
@@ -286,11 +284,11 @@ def test_a_run_on_other_data_starts_afresh_and_the_old_one_is_kept(fake, capsys)
     assert len(kept) == 1 and json.loads((kept[0] / "done.json").read_text())["data_key"] == "aaaa"
 
 
-def test_records_from_before_data_keys_match_any_data(fake):
-    fake(3)  # no data key recorded, as runs trained before keys were kept
+def test_a_record_without_a_data_key_is_no_match_for_keyed_data(fake):
+    fake(3)  # no data key recorded
     os.remove(fake.save_dir / "done.json")  # interrupted after its last epoch
     info = fake(4, data="cccc")
-    assert fake.invocations() == [1, 4] and info["resumed"] and info["data_key"] == "cccc"
+    assert fake.invocations() == [1, 1] and not info["resumed"] and info["data_key"] == "cccc"
 
 
 def test_data_key_reads_what_training_reads(tmp_path):

@@ -130,6 +130,30 @@ def dir_stage(name, out_dir, key, build, detail="", log=None):
     return out_dir
 
 
+def train_sentencepiece(inputs, out_dir, vocab_size, threads):
+    """A unigram sentencepiece model ``out_dir/spm.model`` on the text files ``inputs``; its size.
+
+    The settings every demo uses: full character coverage, the vocabulary size as
+    an upper bound (small inputs have fewer pieces than asked for), at most 2M
+    sentences sampled.
+    """
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(
+        input=list(inputs),
+        model_prefix=os.path.join(out_dir, "spm"),
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        num_threads=threads,
+        minloglevel=2,
+    )
+    return spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "spm.model")).get_piece_size()
+
+
 def fairseq_command(tool):
     """How to run a fairseq CLI tool (``preprocess``, ``train``, ``generate``, ``eval-lm``)."""
     script = os.path.join(os.path.dirname(sys.executable), f"fairseq-{tool}")

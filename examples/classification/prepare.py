@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import debian_sections as ds  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, say, sha256_file, stage_key  # noqa: E402
+from pipeline_stages import dir_stage, fairseq_command, say, sha256_file, stage_key, train_sentencepiece  # noqa: E402
 
 SPLITS = ds.SPLITS
 VERSION = 1  # bump when a stage's output format changes
@@ -110,22 +110,7 @@ def stage_spm(work_dir, text_dir, vocab_size=8000, threads=2):
     out = os.path.join(work_dir, "spm")
 
     def build(tmp):
-        import sentencepiece as spm
-
-        spm.SentencePieceTrainer.train(
-            input=os.path.join(text_dir, "pretrain.txt"),
-            model_prefix=os.path.join(tmp, "spm"),
-            vocab_size=vocab_size,
-            model_type="unigram",
-            character_coverage=1.0,
-            hard_vocab_limit=False,  # small inputs have fewer pieces than asked for
-            input_sentence_size=2_000_000,
-            shuffle_input_sentence=True,
-            num_threads=threads,
-            minloglevel=2,
-        )
-        sp = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "spm.model"))
-        return {"vocab_size": sp.get_piece_size()}
+        return {"vocab_size": train_sentencepiece([os.path.join(text_dir, "pretrain.txt")], tmp, vocab_size, threads)}
 
     return dir_stage("spm", out, key, build, f"a sentencepiece model (vocab {vocab_size}) on the training texts")
 

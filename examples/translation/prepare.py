@@ -31,7 +31,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import debian_corpus as dc  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, show_path  # noqa: E402,F401
+from pipeline_stages import dir_stage, fairseq_command, show_path, train_sentencepiece  # noqa: E402,F401
 
 SRC, TGT = "de", "en"
 
@@ -161,22 +161,8 @@ def stage_spm(work_dir, text_dir, vocab_size=8000, threads=2):
     out = os.path.join(work_dir, "spm")
 
     def build(tmp):
-        import sentencepiece as spm
-
-        spm.SentencePieceTrainer.train(
-            input=[os.path.join(text_dir, "train.de"), os.path.join(text_dir, "train.en")],
-            model_prefix=os.path.join(tmp, "spm"),
-            vocab_size=vocab_size,
-            model_type="unigram",
-            character_coverage=1.0,
-            hard_vocab_limit=False,  # small slices have fewer pieces than asked for
-            input_sentence_size=2_000_000,
-            shuffle_input_sentence=True,
-            num_threads=threads,
-            minloglevel=2,
-        )
-        sp = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "spm.model"))
-        return {"vocab_size": sp.get_piece_size(), "train_pairs": counts["train"]}
+        inputs = [os.path.join(text_dir, "train.de"), os.path.join(text_dir, "train.en")]
+        return {"vocab_size": train_sentencepiece(inputs, tmp, vocab_size, threads), "train_pairs": counts["train"]}
 
     return dir_stage("spm", out, key, build, f"training a joint sentencepiece model (vocab {vocab_size}) on train")
 

@@ -198,19 +198,21 @@ def _chunk_core(
         torch.log_softmax(logits[a], -1, dtype=acc, out=lbuf[a])
     tgt = target.view(1, c, 1).expand(m, c, 1)
     nll_rows = lbuf.gather(-1, tgt).view(m, c)
-    smooth_rows = lbuf.sum(-1)
+    # the smoothing term's sum only where it counts (no pass over the chunk for epsilon = 0)
+    smooth_rows = lbuf.sum(-1) if epsilon != 0 else None
     n_correct = None
     if keep is not None:
         keep_f = keep.view(1, c).to(acc)
         nll_rows = nll_rows * keep_f
-        smooth_rows.mul_(keep_f)
+        if smooth_rows is not None:
+            smooth_rows.mul_(keep_f)
     if accuracy:
         correct = lbuf.argmax(-1).eq_(target.view(1, c))
         if keep is not None:
             correct.logical_and_(keep.view(1, c))
         n_correct = correct.sum()
     nll = nll_rows.sum().neg_()
-    smooth = smooth_rows.sum().neg_()
+    smooth = lbuf.new_zeros(()) if smooth_rows is None else smooth_rows.sum().neg_()
 
     e = epsilon / (vocab - 1) if vocab > 1 else 0.0
     kl = lbuf.new_zeros(())

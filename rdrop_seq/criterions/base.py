@@ -87,20 +87,22 @@ class RDropLMConfig(RDropConfig):
 
 @dataclass
 class FusedLossConfig(FairseqDataclass):
-    """Flags of the criterions whose model ends in a full softmax (fused loss)."""
+    """Flags of the criterions with a fused, chunked loss (full and adaptive softmax)."""
 
     rdrop_no_fused: bool = field(
         default=False,
         metadata={
-            "help": "compute the training loss from the full log-probabilities instead "
-            "of the fused, chunked output layer + loss (for debugging; slower, more memory)"
+            "help": "compute the training loss from the log-probabilities of the whole "
+            "batch instead of the fused, chunked output layer + loss (for debugging; "
+            "slower, more memory)"
         },
     )
     rdrop_chunk_size: int = field(
         default=0,
         metadata={
             "help": "target positions per chunk of the fused loss (0: chosen from the "
-            "vocabulary size, and the hidden size where the output projection is fused); "
+            "vocabulary (or adaptive-softmax cluster) size, and the hidden size where "
+            "the output projection or the adaptive softmax's full KL is fused); "
             "refused where the fused loss is off (--rdrop-no-fused, --rdrop-divergence other "
             "than sym-kl)"
         },

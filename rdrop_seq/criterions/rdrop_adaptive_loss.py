@@ -18,9 +18,15 @@ log-likelihood of the adaptive softmax) and KL the pair-mean symmetric KL
     expectation;
 ``full``
     of the full-vocabulary distributions: exact, but every tail cluster is
-    scored at every position and ``[m*N, V]`` log-probabilities are held (for
-    PTB's 10k words the softmax part then costs 2-3x that of ``head`` on CPU;
-    at WikiText-103's 267k words, gigabytes per batch).
+    scored at every position.
+
+In training both modes take the fused, chunked loss of
+:mod:`rdrop_seq.adaptive_fused` (``head``: from the scores the adaptive softmax
+computes anyway, keeping only their gradient; ``full``: the head and tails
+called on a chunk of positions at a time, so no ``[m*N, V]`` tensor exists);
+``--rdrop-no-fused`` (and ``--rdrop-divergence`` other than ``sym-kl``) take the
+unfused path, which holds the log-probabilities of the whole batch (in ``full``
+mode ``[m*N, V]`` of them: gigabytes per batch at WikiText-103's 267k words).
 
 One forward over ``[x; x]``; ``sample_size`` is the original batch's token
 count (as stock ``adaptive_loss``: non-pad targets).  Validation runs the stock
@@ -33,8 +39,9 @@ Differences from the stock criterion, both deliberate:
   targets are shifted in-cluster indices: the word ``c_i + pad`` (e.g. 2001
   with cutoffs 2000,6000) collides with the pad index and silently gets no
   tail loss.  Tail clusters never contain padding (pad < c_0), so here every
-  word counts.  On batches without such a word, ``--rdrop-alpha 0`` gives
-  bitwise the stock loss and gradients on the doubled batch.
+  word counts.  On batches without such a word, ``--rdrop-alpha 0
+  --rdrop-no-fused`` gives bitwise the stock loss and gradients on the doubled
+  batch (the fused loss: the same up to float rounding).
 * Low-precision (fp16/bf16) scores are turned into log-probabilities in float32.
 """
 
@@ -47,8 +54,9 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.criterions.adaptive_loss import AdaptiveLossConfig
 from fairseq.dataclass import ChoiceEnum
 
+from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
-from rdrop_seq.criterions.base import RDropCriterionBase, RDropLMConfig, RDropTerms
+from rdrop_seq.criterions.base import FusedLossConfig, RDropCriterionBase, RDropLMConfig, RDropTerms
 from rdrop_seq.losses import rdrop_cross_entropy_loss
 
 KL_MODES = ("full", "head")
@@ -58,7 +66,7 @@ INCOMPATIBLE_DDP_BACKENDS = ("c10d", "pytorch_ddp")
 
 
 @dataclass
-class RDropAdaptiveLossConfig(AdaptiveLossConfig, RDropLMConfig):
+class RDropAdaptiveLossConfig(AdaptiveLossConfig, RDropLMConfig, FusedLossConfig):
     rdrop_adaptive_kl: ChoiceEnum(KL_MODES) = field(
         default="head",
         metadata={
@@ -66,7 +74,8 @@ class RDropAdaptiveLossConfig(AdaptiveLossConfig, RDropLMConfig):
             "distributions plus the target cluster's conditional distributions "
             "(cheap: no extra scoring), 'full' = of the full-vocabulary "
             "distributions (exact; scores every tail cluster at every position, "
-            "[copies*tokens, vocab] memory)"
+            "chunk by chunk: more time than 'head' and a chunk of [copies x "
+            "positions, vocab] memory; with --rdrop-no-fused [copies x tokens, vocab])"
         },
     )
 
@@ -99,6 +108,8 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         rdrop_every=1,
         rdrop_alpha_warmup=0,
         rdrop_divergence="sym-kl",
+        rdrop_no_fused=False,
+        rdrop_chunk_size=0,
     ):
         FairseqCriterion.__init__(self, task)
         self.sentence_avg = sentence_avg
@@ -112,7 +123,9 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
             rdrop_passes,
             rdrop_every,
             rdrop_alpha_warmup,
-            rdrop_divergence=rdrop_divergence,
+            rdrop_no_fused,
+            rdrop_chunk_size,
+            rdrop_divergence,
         )
 
     @classmethod
@@ -154,13 +167,26 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         net_output = copies.run(model)
         features = net_output[0]  # [m*B, T, d], copy-major
         target = model.get_targets(sample, net_output).reshape(-1)  # original [B*T]
+        fused = self.fused and model.training
         if passes > 1 and alpha != 0 and self.kl_mode == "full":
-            return self._full_terms(asm, features, target, passes, alpha)
-        return self._head_terms(asm, features, target, passes, alpha)
+            return self._full_terms(asm, features, target, passes, alpha, fused)
+        return self._head_terms(asm, features, target, passes, alpha, fused)
 
-    def _head_terms(self, asm, features, target, passes, alpha) -> RDropTerms:
+    def _head_terms(self, asm, features, target, passes, alpha, fused) -> RDropTerms:
         """The stock scoring (tails only where needed); ``head`` KL if R-Drop is on."""
         scores, targets = asm(features, target.repeat(passes))
+        if fused:
+            out = adaptive_head_rdrop_loss(
+                scores[0],
+                scores[1:],
+                targets[0][: target.numel()],
+                [None if t is None else t[: t.numel() // passes] for t in targets[1:]],
+                alpha=alpha,
+                passes=passes,
+                ignore_index=self.padding_idx,
+                chunk_size=self.chunk_size,
+            )
+            return RDropTerms(out.loss, out.nll_loss, out.kl)
         lprobs = [None if s is None else F.log_softmax(_float_scores(s), dim=-1) for s in scores]
         nll = None
         for i, (lp, tgt) in enumerate(zip(lprobs, targets)):
@@ -187,9 +213,15 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
             loss = nll
         return RDropTerms(loss, nll, kl)
 
-    def _full_terms(self, asm, features, target, passes, alpha) -> RDropTerms:
+    def _full_terms(self, asm, features, target, passes, alpha, fused) -> RDropTerms:
         """Every tail scored at every position: full-vocabulary CE and KL."""
         x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
+        if fused:
+            out = adaptive_full_rdrop_loss(
+                x, asm.head, asm.tail, asm.cutoff, target, alpha=alpha, passes=passes,
+                ignore_index=self.padding_idx, chunk_size=self.chunk_size,
+            )
+            return RDropTerms(out.loss, out.nll_loss, out.kl)
         lprobs = adaptive_log_probs(asm.head(x), [tail(x) for tail in asm.tail], asm.cutoff)
         terms = rdrop_cross_entropy_loss(
             lprobs, target, alpha, passes, ignore_index=self.padding_idx,

@@ -1,0 +1,296 @@
+"""R-Drop's loss for an adaptive softmax, chunked, gradients formed in the forward.
+
+The same objective as the unfused path of ``rdrop_adaptive_loss`` (the
+adaptive softmax's cross-entropy of every copy + alpha * the pair-mean
+symmetric KL of :mod:`rdrop_seq.adaptive_kl`, sums over non-pad positions), in
+the manner of :mod:`rdrop_seq.fused`: a chunk holds the same positions of every
+copy, one float32 log-softmax per chunk serves the cross-entropy of all copies
+and the KL, and the gradient is written out analytically and used at once.
+
+``head`` mode (:func:`adaptive_head_rdrop_loss`) starts from the scores the
+adaptive softmax computes for the stacked target anyway (the head at every
+position, each tail cluster where the target is in it): each of them goes
+through :func:`rdrop_seq.fused.chunked_rdrop_loss` (no label smoothing), which
+keeps no log-probabilities, only the gradient with respect to the scores.
+
+``full`` mode (:func:`adaptive_full_rdrop_loss`) needs every tail cluster at
+every position.  It calls the head and tail modules on one chunk of positions
+at a time, forms that chunk's full-vocabulary log-probabilities ``[m, c, V]``
+(float32), takes their loss and gradient from the chunk core of
+:mod:`rdrop_seq.fused`, carries the gradient back to the head's and the tails'
+scores by the chain rule below, and from there through the modules with
+``torch.autograd.grad`` to the chunk's inputs and the modules' parameters,
+accumulated over chunks (float32).  Nothing of size ``[m*N, V]``, or of any
+tail's size at every position, exists at any time; the backward only scales
+the stored gradients.  Tied weights, quantisation noise and the dropout inside
+the tails work as in the modules themselves (the tails' dropout masks are
+drawn chunk by chunk).
+
+Chain rule of the full log-probabilities ``L`` (cutoffs ``c_0 < ... < c_k``,
+head scores ``h``, cluster ``i``'s scores ``t_i``)::
+
+    L_w = h_w - lse(h)                                        w < c_0
+    L_w = h_(c_0+i) - lse(h) + t_i,(w-c_i) - lse(t_i)         c_i <= w < c_(i+1)
+
+For an incoming gradient ``G`` on ``L`` with row sum ``S`` and cluster sums
+``S_i``: ``dh_w = G_w - softmax(h)_w S`` (head words), ``dh_(c_0+i) = S_i -
+softmax(h)_(c_0+i) S`` and ``dt_i = G_(cluster i) - softmax(t_i) S_i``.  The
+chunk core's ``G`` is the gradient through one more log-softmax of ``L``
+(which is ``L`` itself, ``L`` being normalised): its extra term is a multiple
+of ``exp(L)``, which the map from scores to ``L`` sends to zero, and its rows
+sum to zero (those of the cross-entropy's ``p - onehot`` and of the KL's
+gradient alike), so ``S = 0`` and its terms are left out.
+
+No fairseq import here.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rdrop_seq.fused import (
+    FP16_GRAD_SCALE,
+    FusedRDropLoss,
+    _acc_dtype,
+    _chunk_core,
+    _finish,
+    _LOW_PRECISION,
+    _Totals,
+    auto_chunk_size,
+    chunked_rdrop_loss,
+)
+
+__all__ = ["adaptive_full_rdrop_loss", "adaptive_head_rdrop_loss"]
+
+
+def adaptive_head_rdrop_loss(
+    head_scores: Tensor,
+    tail_scores: Sequence[Optional[Tensor]],
+    head_target: Tensor,
+    tail_targets: Sequence[Optional[Tensor]],
+    *,
+    alpha: float,
+    passes: int,
+    ignore_index: Optional[int],
+    chunk_size: Optional[int] = None,
+) -> FusedRDropLoss:
+    """The ``head``-mode objective from the adaptive softmax's own scores.
+
+    ``head_scores``: ``[m*N, H]``, the ``m = passes`` copies copy-major;
+    ``head_target``: ``[N]`` head classes (the word, or ``c_0 + i`` for a word
+    of tail cluster ``i``; ``ignore_index`` at padding).  ``tail_scores[i]``:
+    ``[m*K_i, V_i]``, cluster ``i``'s scores at the ``K_i`` positions whose
+    target is in it, copy-major (None if none); ``tail_targets[i]``: ``[K_i]``
+    in-cluster indices.  Tail clusters hold no padding, so nothing is ignored
+    there (a word whose in-cluster index equals the pad index counts).
+    Returns the summed loss, NLL and KL (``n_correct`` None); gradients
+    w.r.t. the scores are formed in this call (see
+    :func:`rdrop_seq.fused.chunked_rdrop_loss`).
+    """
+    if len(tail_scores) != len(tail_targets):
+        raise ValueError("tail_scores and tail_targets must have one entry per cluster")
+    common = dict(epsilon=0.0, alpha=alpha, passes=passes, chunk_size=chunk_size, report_accuracy=False)
+    out = chunked_rdrop_loss(head_scores, head_target, ignore_index=ignore_index, **common)
+    loss, nll, kl = out.loss, out.nll_loss, out.kl
+    for i, (scores, target) in enumerate(zip(tail_scores, tail_targets)):
+        if scores is None:
+            if target is not None and target.numel() > 0:
+                raise ValueError(f"tail {i} has targets but no scores")
+            continue
+        tail = chunked_rdrop_loss(scores, target, ignore_index=None, **common)
+        loss, nll, kl = loss + tail.loss, nll + tail.nll_loss, kl + tail.kl
+    return FusedRDropLoss(loss, nll, kl, None)
+
+
+# ---- full mode -----------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class _FullSpec:
+    """What :class:`_AdaptiveFullRDrop` needs besides its tensor inputs."""
+
+    head: nn.Module
+    tails: Sequence[nn.Module]
+    cutoff: Sequence[int]
+    target: Tensor  # [N] word ids
+    alpha: float
+    passes: int
+    ignore_index: Optional[int]
+    chunk_size: Optional[int]
+
+
+def _grad_scale(dtype) -> float:
+    """float16 gradients are handed to autograd scaled (see ``rdrop_seq.fused.FP16_GRAD_SCALE``)."""
+    return FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
+
+
+def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: bool,
+                  need_params: Sequence[bool]):
+    m, target = spec.passes, spec.target
+    n = target.numel()
+    cutoff = list(spec.cutoff)
+    c0, vocab = cutoff[0], cutoff[-1]
+    k = len(cutoff) - 1
+    device, dtype = x.device, x.dtype
+    acc = _acc_dtype(dtype)
+    with_kl = m > 1 and spec.alpha != 0
+    need_grad = need_x or any(need_params)
+
+    if spec.ignore_index is None:
+        positions = torch.arange(n, device=device)
+    else:
+        positions = target.ne(spec.ignore_index).nonzero().squeeze(1)
+    count = positions.numel()
+    c = spec.chunk_size or auto_chunk_size(
+        vocab, x.size(-1), m, with_kl=with_kl, low_precision=dtype in _LOW_PRECISION
+    )
+    c = max(1, min(int(c), max(count, 1)))
+
+    zbuf = torch.empty(m * c * vocab, dtype=acc, device=device)  # log-probs, then probs
+    lbuf = torch.empty(m * c * vocab, dtype=acc, device=device)  # log-probs, then gradient
+    mbuf = torch.empty(c * vocab, dtype=acc, device=device) if with_kl else None
+    grad_x = torch.zeros(m * n, x.size(-1), dtype=acc, device=device) if need_x else None
+    grad_p: List[Optional[Tensor]] = [None] * len(params)
+    wanted = [p for p, need in zip(params, need_params) if need]
+    offsets = (torch.arange(m, device=device) * n).view(m, 1)
+    totals = _Totals(device, accuracy=False)
+    for start in range(0, count, c):
+        cc = min(c, count - start)
+        r = m * cc
+        pos = positions[start:start + cc]
+        rows = (offsets + pos.view(1, cc)).view(-1)
+        xc = x.detach().index_select(0, rows)
+        with torch.enable_grad() if need_grad else torch.no_grad():
+            if need_x:
+                xc.requires_grad_()
+            h = spec.head(xc)
+            ts = [tail(xc) for tail in spec.tails]
+        if h.shape != (r, c0 + k):
+            raise ValueError(f"head scores have shape {tuple(h.shape)}; cutoff {cutoff} needs {(r, c0 + k)}")
+        z = zbuf[: r * vocab].view(r, vocab)
+        h_lsm = torch.log_softmax(h.detach(), -1, dtype=acc)
+        z[:, :c0] = h_lsm[:, :c0]
+        t_lsm = []
+        for i, t in enumerate(ts):
+            if t.shape != (r, cutoff[i + 1] - cutoff[i]):
+                raise ValueError(f"tail {i} scores have shape {tuple(t.shape)}, expected "
+                                 f"{(r, cutoff[i + 1] - cutoff[i])}")
+            tl = torch.log_softmax(t.detach(), -1, dtype=acc)
+            torch.add(tl, h_lsm[:, c0 + i : c0 + i + 1], out=z[:, cutoff[i] : cutoff[i + 1]])
+            t_lsm.append(tl)
+        l3 = lbuf[: r * vocab].view(m, cc, vocab)
+        totals.add(*_chunk_core(
+            z.view(m, cc, vocab), l3, z.view(m, cc, vocab),
+            mbuf[: cc * vocab].view(cc, vocab) if with_kl else None,
+            target.index_select(0, pos), None, 0.0, spec.alpha, with_kl, need_grad, False,
+        ))
+        if not need_grad:
+            continue
+        g = l3.view(r, vocab)  # gradient w.r.t. L; its rows sum to zero (S = 0)
+        g_h = torch.empty_like(h_lsm)
+        g_h[:, :c0] = g[:, :c0]
+        g_ts = []
+        for i, tl in enumerate(t_lsm):
+            g_i = g[:, cutoff[i] : cutoff[i + 1]]
+            s_i = g_i.sum(-1, keepdim=True)
+            g_h[:, c0 + i : c0 + i + 1] = s_i
+            g_ts.append(tl.exp_().mul_(s_i.neg()).add_(g_i))  # G_i - softmax(t_i) S_i
+        outs = [h] + ts
+        grads_out = [(gg * _grad_scale(o.dtype)).to(o.dtype) for gg, o in zip([g_h] + g_ts, outs)]
+        inputs = ([xc] if need_x else []) + wanted
+        got = list(torch.autograd.grad(outs, inputs, grads_out, allow_unused=True))
+        scale = _grad_scale(h.dtype)
+        if need_x:
+            gx = got.pop(0)
+            grad_x.index_copy_(0, rows, gx.to(acc) if scale == 1.0 else gx.to(acc) / scale)
+        it = iter(got)
+        for j, need in enumerate(need_params):
+            if not need:
+                continue
+            gp = next(it)
+            if gp is None:
+                continue
+            gp = gp.to(acc) if scale == 1.0 else gp.to(acc) / scale
+            grad_p[j] = gp if grad_p[j] is None else grad_p[j].add_(gp)
+    if need_grad:
+        # parameters no chunk reached (no non-pad position) get a zero gradient
+        grad_p = [None if not need else (torch.zeros_like(p, dtype=acc) if g is None else g)
+                  for p, need, g in zip(params, need_params, grad_p)]
+    values = _finish(totals.values, None, 0.0, spec.alpha, vocab, acc)
+    return values[:3], (grad_x, grad_p)
+
+
+class _AdaptiveFullRDrop(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec, x, *params):
+        need_x = ctx.needs_input_grad[1]
+        need_params = list(ctx.needs_input_grad[2:])
+        (loss, nll, kl), (grad_x, grad_p) = _full_forward(spec, x, params, need_x, need_params)
+        ctx.grads = (grad_x, grad_p)
+        ctx.dtypes = (x.dtype, [p.dtype for p in params])
+        ctx.mark_non_differentiable(nll, kl)
+        return loss, nll, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, *unused):
+        if ctx.grads is None:
+            raise RuntimeError(
+                "adaptive R-Drop loss: backward called twice (its stored gradients are "
+                "consumed by the first backward)"
+            )
+        (grad_x, grad_p), ctx.grads = ctx.grads, None
+        x_dtype, p_dtypes = ctx.dtypes
+
+        def scaled(g, dtype):
+            return None if g is None else g.mul_(grad_loss.to(g.dtype)).to(dtype)
+
+        return (None, scaled(grad_x, x_dtype)) + tuple(scaled(g, d) for g, d in zip(grad_p, p_dtypes))
+
+
+def adaptive_full_rdrop_loss(
+    x: Tensor,
+    head: nn.Module,
+    tails: Sequence[nn.Module],
+    cutoff: Sequence[int],
+    target: Tensor,
+    *,
+    alpha: float,
+    passes: int,
+    ignore_index: Optional[int],
+    chunk_size: Optional[int] = None,
+) -> FusedRDropLoss:
+    """The ``full``-mode objective: full-vocabulary cross-entropy and KL, chunked.
+
+    ``x``: ``[m*N, d]``, the adaptive softmax's input (after its dropout), the
+    ``m = passes`` copies copy-major; ``head``: the module giving ``[*, c_0 + k]``
+    head scores; ``tails[i]``: the module giving cluster ``i``'s ``[*, V_i]``
+    scores; ``cutoff``: ``[c_0, ..., V]``; ``target``: ``N`` word ids.
+    ``chunk_size``: positions (of every copy) per chunk, by default
+    :func:`rdrop_seq.fused.auto_chunk_size` of the whole vocabulary and ``d``.
+    Same values as ``rdrop_cross_entropy_loss(adaptive_log_probs(...))``;
+    gradients w.r.t. ``x`` and every parameter of ``head`` and ``tails`` that
+    requires grad are computed during this call (the backward, which can run
+    once, scales them by the incoming gradient).  ``n_correct`` is None.
+    """
+    cutoff = list(cutoff)
+    if len(tails) != len(cutoff) - 1:
+        raise ValueError(f"{len(tails)} tail modules for cutoff {cutoff}")
+    x2d = x.reshape(-1, x.size(-1))
+    target1d = target.reshape(-1)
+    if passes < 1 or x2d.size(0) != passes * target1d.numel():
+        raise ValueError(
+            f"x has {x2d.size(0)} rows; expected passes * targets = {passes} * {target1d.numel()}"
+        )
+    spec = _FullSpec(head, list(tails), cutoff, target1d, float(alpha), int(passes), ignore_index, chunk_size)
+    params = []
+    seen = set()
+    for module in [head, *tails]:
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    if torch.is_grad_enabled() and (x2d.requires_grad or params):
+        loss, nll, kl = _AdaptiveFullRDrop.apply(spec, x2d, *params)
+    else:
+        (loss, nll, kl), _ = _full_forward(spec, x2d, params, False, [False] * len(params))
+    return FusedRDropLoss(loss, nll, kl, None)

@@ -7,11 +7,14 @@ the manner of :mod:`rdrop_seq.fused`: a chunk holds the same positions of every
 copy, one float32 log-softmax per chunk serves the cross-entropy of all copies
 and the KL, and the gradient is written out analytically and used at once.
 
-``head`` mode (:func:`adaptive_head_rdrop_loss`) starts from the scores the
-adaptive softmax computes for the stacked target anyway (the head at every
-position, each tail cluster where the target is in it): each of them goes
-through :func:`rdrop_seq.fused.chunked_rdrop_loss` (no label smoothing), which
-keeps no log-probabilities, only the gradient with respect to the scores.
+``head`` mode (:func:`adaptive_head_rdrop_loss`) scores what the adaptive
+softmax scores for the stacked target anyway: the head at every position, each
+tail cluster where the target is in it.  Where the head is a plain projection
+of the softmax's input, the head's loss is
+:func:`rdrop_seq.fused.fused_linear_rdrop_loss` (its ``[m*N, H]`` scores never
+exist); otherwise, and for the tails, :func:`rdrop_seq.fused.chunked_rdrop_loss`
+from the scores, which keeps no log-probabilities, only the gradient with
+respect to the scores.  No label smoothing.
 
 ``full`` mode (:func:`adaptive_full_rdrop_loss`) needs every tail cluster at
 every position.  It calls the head and tail modules on one chunk of positions
@@ -45,7 +48,7 @@ No fairseq import here.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -60,13 +63,14 @@ from rdrop_seq.fused import (
     _Totals,
     auto_chunk_size,
     chunked_rdrop_loss,
+    fused_linear_rdrop_loss,
 )
 
 __all__ = ["adaptive_full_rdrop_loss", "adaptive_head_rdrop_loss"]
 
 
 def adaptive_head_rdrop_loss(
-    head_scores: Tensor,
+    head: Union[Tensor, Tuple[Tensor, Tensor]],
     tail_scores: Sequence[Optional[Tensor]],
     head_target: Tensor,
     tail_targets: Sequence[Optional[Tensor]],
@@ -78,21 +82,26 @@ def adaptive_head_rdrop_loss(
 ) -> FusedRDropLoss:
     """The ``head``-mode objective from the adaptive softmax's own scores.
 
-    ``head_scores``: ``[m*N, H]``, the ``m = passes`` copies copy-major;
-    ``head_target``: ``[N]`` head classes (the word, or ``c_0 + i`` for a word
+    ``head``: the head's scores ``[m*N, H]``, the ``m = passes`` copies
+    copy-major, or a pair ``(hidden [m*N, d], weight [H, d])`` whose product
+    ``hidden @ weight.T`` they are (then fused with the loss); ``head_target``: ``[N]`` head classes (the word, or ``c_0 + i`` for a word
     of tail cluster ``i``; ``ignore_index`` at padding).  ``tail_scores[i]``:
     ``[m*K_i, V_i]``, cluster ``i``'s scores at the ``K_i`` positions whose
     target is in it, copy-major (None if none); ``tail_targets[i]``: ``[K_i]``
     in-cluster indices.  Tail clusters hold no padding, so nothing is ignored
     there (a word whose in-cluster index equals the pad index counts).
     Returns the summed loss, NLL and KL (``n_correct`` None); gradients
-    w.r.t. the scores are formed in this call (see
-    :func:`rdrop_seq.fused.chunked_rdrop_loss`).
+    w.r.t. the scores (or the hidden states and the weight) are formed in this
+    call (see :mod:`rdrop_seq.fused`).
     """
     if len(tail_scores) != len(tail_targets):
         raise ValueError("tail_scores and tail_targets must have one entry per cluster")
     common = dict(epsilon=0.0, alpha=alpha, passes=passes, chunk_size=chunk_size, report_accuracy=False)
-    out = chunked_rdrop_loss(head_scores, head_target, ignore_index=ignore_index, **common)
+    if isinstance(head, tuple):
+        hidden, weight = head
+        out = fused_linear_rdrop_loss(hidden, weight, head_target, ignore_index=ignore_index, **common)
+    else:
+        out = chunked_rdrop_loss(head, head_target, ignore_index=ignore_index, **common)
     loss, nll, kl = out.loss, out.nll_loss, out.kl
     for i, (scores, target) in enumerate(zip(tail_scores, tail_targets)):
         if scores is None:

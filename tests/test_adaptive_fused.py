@@ -40,28 +40,41 @@ def head_classes(target):
     return out
 
 
+@pytest.mark.parametrize("head_as", ["scores", "projection"])
 @pytest.mark.parametrize("chunk_size", [None, 1, 4])
 @pytest.mark.parametrize("passes", [2, 3])
-def test_head_mode_matches_reference_value_and_gradient(passes, chunk_size):
-    head, tails, target = random_adaptive_batch(passes, 17, CUTOFF, PAD, seed=passes)
+def test_head_mode_matches_reference_value_and_gradient(passes, chunk_size, head_as):
+    _, tails, target = random_adaptive_batch(passes, 17, CUTOFF, PAD, seed=passes)
+    g = torch.Generator().manual_seed(passes)
+    hidden = torch.randn(passes * target.numel(), 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(CUTOFF[0] + 2, 8, generator=g, dtype=torch.float64)
     tail_rows, tail_targets = head_mode_scores(tails, target, passes)
     assert all(t.numel() >= 2 for t in tail_targets)  # chunks of 4 split them unevenly
-    ours = [head.float().requires_grad_()] + [r.float().requires_grad_() for r in tail_rows]
+    # ours: float32 leaves (the head's scores, or the hidden states and weight they come from)
+    leaves = [hidden.float().requires_grad_(), weight.float().requires_grad_()]
+    if head_as == "scores":
+        leaves = [(hidden @ weight.t()).float().requires_grad_()]
+    tail_leaves = [r.float().requires_grad_() for r in tail_rows]
     out = adaptive_head_rdrop_loss(
-        ours[0], ours[1:], head_classes(target), tail_targets,
-        alpha=1.5, passes=passes, ignore_index=PAD, chunk_size=chunk_size,
+        leaves[0] if head_as == "scores" else tuple(leaves), tail_leaves, head_classes(target),
+        tail_targets, alpha=1.5, passes=passes, ignore_index=PAD, chunk_size=chunk_size,
     )
-    ref = [head.clone().requires_grad_()] + [r.clone().requires_grad_() for r in tail_rows]
-    ref_loss, ref_nll, ref_kl = reference_adaptive_head(ref[0], ref[1:], target, CUTOFF, 1.5, passes, PAD)
+    ref_leaves = [hidden.clone().requires_grad_(), weight.clone().requires_grad_()]
+    ref_scores = ref_leaves[0] @ ref_leaves[1].t()
+    if head_as == "scores":
+        ref_leaves = [ref_scores.detach().requires_grad_()]
+        ref_scores = ref_leaves[0]
+    ref_tails = [r.clone().requires_grad_() for r in tail_rows]
+    ref_loss, ref_nll, ref_kl = reference_adaptive_head(ref_scores, ref_tails, target, CUTOFF, 1.5, passes, PAD)
     assert out.loss.dtype == torch.float32 and ref_kl > 0
     torch.testing.assert_close(out.loss.double(), ref_loss, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.nll_loss.double(), ref_nll.detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.kl.double(), ref_kl.detach(), rtol=1e-5, atol=1e-5)
     out.loss.backward()
     ref_loss.backward()
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-6)
-    assert ours[0].grad[target.eq(PAD).repeat(passes)].abs().max() == 0
+    for a, b in zip(leaves + tail_leaves, ref_leaves + ref_tails):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-5)
+    assert leaves[0].grad[target.eq(PAD).repeat(passes)].abs().max() == 0
 
 
 def test_head_mode_counts_the_tail_word_that_collides_with_the_pad_index():

@@ -16,11 +16,13 @@ logits path, and anything else the generic path through
 import inspect
 from typing import Optional
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from fairseq.models.fairseq_decoder import FairseqDecoder
 from fairseq.models.fairseq_model import BaseFairseqModel, FairseqLanguageModel
 from fairseq.models.transformer.transformer_decoder import TransformerDecoderBase
+from fairseq.modules.adaptive_softmax import TiedHeadModule, TiedLinear
 
 
 def _stock_normalization(decoder) -> bool:
@@ -90,3 +92,21 @@ def net_output_is_logits(model) -> bool:
     """Whether ``net_output[0]`` holds logits normalised by a plain log-softmax."""
     decoder = getattr(model, "decoder", None)
     return isinstance(decoder, FairseqDecoder) and _stock_normalization(decoder)
+
+
+def fusable_head_weight(adaptive_softmax) -> Optional[Tensor]:
+    """The ``[c_0 + k, d]`` weight whose product with an adaptive softmax's input is its head's
+    scores, if its head is such a projection: a bias-free ``nn.Linear``, or fairseq's
+    ``TiedHeadModule`` over a tied embedding of the input's size (no projection in between);
+    never with quantisation noise (it changes the weights inside the modules' forward)."""
+    if getattr(adaptive_softmax, "q_noise", 0):
+        return None
+    head = adaptive_softmax.head
+    if type(head) is nn.Linear and head.bias is None:
+        return head.weight
+    if type(head) is TiedHeadModule:
+        words, classes = head.word_proj, head.class_proj
+        if (type(words) is TiedLinear and not words.transpose and type(classes) is nn.Linear
+                and classes.bias is None):
+            return torch.cat([words.weight, classes.weight])
+    return None

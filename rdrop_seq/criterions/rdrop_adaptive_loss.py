@@ -57,6 +57,7 @@ from fairseq.dataclass import ChoiceEnum
 from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
 from rdrop_seq.criterions.base import FusedLossConfig, RDropCriterionBase, RDropLMConfig, RDropTerms
+from rdrop_seq.criterions.output_layer import fusable_head_weight
 from rdrop_seq.losses import rdrop_cross_entropy_loss
 
 KL_MODES = ("full", "head")
@@ -174,7 +175,15 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
 
     def _head_terms(self, asm, features, target, passes, alpha, fused) -> RDropTerms:
         """The stock scoring (tails only where needed); ``head`` KL if R-Drop is on."""
-        scores, targets = asm(features, target.repeat(passes))
+        weight = fusable_head_weight(asm) if fused else None
+        if weight is not None:
+            # what asm(features, target) does, but the head's scores are left to the fused loss
+            targets, rows = asm.adapt_target(target.repeat(passes))
+            x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
+            scores = [(x, weight)]
+            scores += [None if r is None else tail(x.index_select(0, r)) for tail, r in zip(asm.tail, rows)]
+        else:
+            scores, targets = asm(features, target.repeat(passes))
         if fused:
             out = adaptive_head_rdrop_loss(
                 scores[0],

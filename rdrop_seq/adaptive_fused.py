@@ -63,7 +63,9 @@ from rdrop_seq.fused import (
     _Totals,
     auto_chunk_size,
     chunked_rdrop_loss,
+    consume_stored_grads,
     fused_linear_rdrop_loss,
+    scale_stored_grads,
 )
 
 __all__ = ["adaptive_full_rdrop_loss", "adaptive_head_rdrop_loss"]
@@ -235,25 +237,15 @@ class _AdaptiveFullRDrop(torch.autograd.Function):
         need_x = ctx.needs_input_grad[1]
         need_params = list(ctx.needs_input_grad[2:])
         (loss, nll, kl), (grad_x, grad_p) = _full_forward(spec, x, params, need_x, need_params)
-        ctx.grads = (grad_x, grad_p)
-        ctx.dtypes = (x.dtype, [p.dtype for p in params])
+        ctx.grads = [grad_x] + grad_p
+        ctx.dtypes = [x.dtype] + [p.dtype for p in params]
         ctx.mark_non_differentiable(nll, kl)
         return loss, nll, kl
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
-        if ctx.grads is None:
-            raise RuntimeError(
-                "adaptive R-Drop loss: backward called twice (its stored gradients are "
-                "consumed by the first backward)"
-            )
-        (grad_x, grad_p), ctx.grads = ctx.grads, None
-        x_dtype, p_dtypes = ctx.dtypes
-
-        def scaled(g, dtype):
-            return None if g is None else g.mul_(grad_loss.to(g.dtype)).to(dtype)
-
-        return (None, scaled(grad_x, x_dtype)) + tuple(scaled(g, d) for g, d in zip(grad_p, p_dtypes))
+        grads = consume_stored_grads(ctx, "adaptive R-Drop loss")
+        return (None,) + tuple(scale_stored_grads(grads, ctx.dtypes, grad_loss))
 
 
 def adaptive_full_rdrop_loss(

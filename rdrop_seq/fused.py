@@ -442,16 +442,23 @@ class _FusedLinearRDrop(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
-        if ctx.grads is None:
-            raise RuntimeError(
-                "fused R-Drop loss: backward called twice (its stored gradients are "
-                "consumed by the first backward)"
-            )
-        grads, ctx.grads = ctx.grads, None
-        out = []
-        for g, dtype in zip(grads, ctx.dtypes):
-            out.append(None if g is None else g.mul_(grad_loss.to(g.dtype)).to(dtype))
+        out = scale_stored_grads(consume_stored_grads(ctx, "fused R-Drop loss"), ctx.dtypes, grad_loss)
         return (out[0], out[1], out[2]) + (None,) * 7
+
+
+def consume_stored_grads(ctx, what: str):
+    """The gradients a forward stored in ``ctx.grads``, handed out once (the backward runs once)."""
+    if ctx.grads is None:
+        raise RuntimeError(
+            f"{what}: backward called twice (its stored gradients are consumed by the first backward)"
+        )
+    grads, ctx.grads = ctx.grads, None
+    return grads
+
+
+def scale_stored_grads(grads, dtypes, grad_loss: Tensor):
+    """Each stored gradient times the incoming one (in place), in its input's dtype (None stays None)."""
+    return [None if g is None else g.mul_(grad_loss.to(g.dtype)).to(d) for g, d in zip(grads, dtypes)]
 
 
 def fused_linear_rdrop_loss(

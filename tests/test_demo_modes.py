@@ -122,12 +122,13 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
     same, same_cmds, _ = commands(["--dropout", str(default.default_dropout)])
     assert same_cmds == default_cmds and results_stem(same) == "medium"
 
-    other, _, parsed = commands(["--dropout", "0.1", "--alpha", "0.5"])
-    assert parsed["baseline"].dropout == parsed["rdrop"].dropout == 0.1
+    assert default.default_dropout != 0.2  # what follows needs a dropout that is not the mode's
+    other, _, parsed = commands(["--dropout", "0.2", "--alpha", "0.5"])
+    assert parsed["baseline"].dropout == parsed["rdrop"].dropout == 0.2
     assert parsed["rdrop"].rdrop_alpha == 0.5
-    assert demo.run_dir(other, "baseline", 1) == str(tmp_path / "w" / "baseline-dropout0.1-seed1")
-    assert demo.run_dir(other, "rdrop", 1) == str(tmp_path / "w" / "rdrop-dropout0.1-alpha0.5-seed1")
-    assert results_stem(other) == "medium-dropout0.1-alpha0.5"
+    assert demo.run_dir(other, "baseline", 1) == str(tmp_path / "w" / "baseline-dropout0.2-seed1")
+    assert demo.run_dir(other, "rdrop", 1) == str(tmp_path / "w" / "rdrop-dropout0.2-alpha0.5-seed1")
+    assert results_stem(other) == "medium-dropout0.2-alpha0.5"
 
     with pytest.raises(demo.DemoError, match="--dropout must be in"):
         demo.check_demo_args(demo.parse_args(base + ["--dropout", "1"]))
@@ -171,7 +172,7 @@ def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):
 
 # every option that changes what a results file holds, with a value other than the default
 NAMED = {
-    "translation": [["--alpha", "1"], ["--dropout", "0.1"], ["--max-epoch", "9"], ["--patience", "2"],
+    "translation": [["--alpha", "1"], ["--dropout", "0.2"], ["--max-epoch", "9"], ["--patience", "2"],
                     ["--limit", "500"], ["--beam", "4"], ["--seeds", "1,2,3,4"], ["--text-dir", "x/corpus"]],
     "language_model": [["--alpha", "0.5"], ["--dropout", "0.1"], ["--max-epoch", "9"], ["--patience", "2"],
                        ["--train-lines", "500"], ["--max-tokens", "4096"], ["--seeds", "3"],

@@ -674,3 +674,27 @@ def test_adaptive_loss_says_why_an_lstm_or_fconv_lm_has_no_adaptive_softmax(arch
     assert model.decoder.adaptive_softmax is None
     with pytest.raises(ValueError, match="builds its adaptive softmax only when --criterion is adaptive_loss"):
         adaptive_criterion(task, "head")(model, random_lm_batch(seed=2, collide=False))
+
+
+@pytest.mark.parametrize("mode", ["full", "head"])
+def test_adaptive_loss_under_cpu_autocast_is_float32_and_close_to_float32(mode):
+    """CPU autocast to bfloat16 stands in for CUDA --amp: the head, tails and their projections run
+    in bfloat16 inside the fused loss, its log-softmaxes, KL and sums in float32.  (Without
+    fairseq's adaptive input, which fails under CPU autocast whatever the criterion: it writes its
+    bands' half-precision outputs into a float32 tensor.)"""
+    task = lm_task()
+    model = lm_model(task, adaptive_input=False, tie_adaptive_weights=False, tie_adaptive_proj=False)
+    model.train()
+    sample = random_lm_batch(seed=10, collide=True)
+    crit = adaptive_criterion(task, mode)
+    torch.manual_seed(12)
+    loss32, _, _ = crit(model, sample)
+    torch.manual_seed(12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, log = crit(model, sample)
+    loss.backward()
+    assert loss.dtype == log["rdrop_kl"].dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, loss32.detach(), rtol=5e-2, atol=1.0)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), name

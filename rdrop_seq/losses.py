@@ -20,7 +20,7 @@ KL(P_2||P_1))``.
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,11 @@ def _pair_kl_detached(li: Tensor, lj: Tensor) -> Tensor:
 _PAIR_TERMS = {"js": _pair_js, "kl-detached": _pair_kl_detached}
 
 
+def copy_pairs(passes: int):
+    """The ``m(m-1)/2`` pairs ``(i, j)``, ``i < j``, of ``passes`` copies."""
+    return [(i, j) for i in range(passes) for j in range(i + 1, passes)]
+
+
 def pair_divergence(
     lprobs: Tensor,
     passes: int,
@@ -128,7 +133,7 @@ def pair_divergence(
         per_position = _PairMeanSymmetricKL.apply(copies)
     else:
         term = _PAIR_TERMS[divergence]
-        pairs = [(i, j) for i in range(passes) for j in range(i + 1, passes)]
+        pairs = copy_pairs(passes)
         per_position = sum(term(copies[i], copies[j]) for i, j in pairs) / len(pairs)
     if mask is not None:
         per_position = per_position.masked_fill(~mask, 0.0)
@@ -168,9 +173,8 @@ class _PairMeanSymmetricKL(torch.autograd.Function):
         for rows in _kl_chunks(copies):
             chunk = copies[:, rows]
             probs = chunk.exp()
-            for i in range(passes):
-                for j in range(i + 1, passes):
-                    out[rows] += 0.5 * ((probs[i] - probs[j]) * (chunk[i] - chunk[j])).sum(-1)
+            for i, j in copy_pairs(passes):
+                out[rows] += 0.5 * ((probs[i] - probs[j]) * (chunk[i] - chunk[j])).sum(-1)
         return out / pairs
 
     @staticmethod
@@ -183,11 +187,10 @@ class _PairMeanSymmetricKL(torch.autograd.Function):
             chunk, into = copies[:, rows], grad[:, rows]
             probs = chunk.exp()
             scale = (grad_out[rows] * (0.5 / pairs)).unsqueeze(-1)
-            for i in range(passes):
-                for j in range(i + 1, passes):
-                    diff_l, diff_p = chunk[i] - chunk[j], probs[i] - probs[j]
-                    into[i] += scale * (probs[i] * diff_l + diff_p)
-                    into[j] -= scale * (probs[j] * diff_l + diff_p)
+            for i, j in copy_pairs(passes):
+                diff_l, diff_p = chunk[i] - chunk[j], probs[i] - probs[j]
+                into[i] += scale * (probs[i] * diff_l + diff_p)
+                into[j] -= scale * (probs[j] * diff_l + diff_p)
         return grad
 
 
@@ -207,6 +210,20 @@ def _check_copies(lprobs: Tensor, target: Tensor, passes: int) -> None:
         )
 
 
+def with_divergence(
+    loss: Tensor, nll_loss: Tensor, alpha: float, passes: int, divergence_sum: Callable[[], Tensor]
+) -> RDropLoss:
+    """The objective ``loss + alpha * divergence_sum()`` (the place alpha weighs the copies'
+    divergence on the unfused paths); ``divergence_sum`` is called only where R-Drop is on
+    (``passes > 1`` and ``alpha != 0``), else the divergence is 0."""
+    if passes > 1 and alpha != 0:
+        kl = divergence_sum()
+        loss = loss.to(torch.promote_types(loss.dtype, kl.dtype)) + alpha * kl
+    else:
+        kl = loss.new_zeros(())
+    return RDropLoss(loss, nll_loss, kl)
+
+
 def _add_divergence(
     loss: Tensor,
     nll_loss: Tensor,
@@ -218,13 +235,10 @@ def _add_divergence(
     divergence: str,
 ) -> RDropLoss:
     """``loss + alpha * pair_divergence`` over the non-pad positions of ``target``."""
-    if passes > 1 and alpha != 0:
-        mask = None if ignore_index is None else target.reshape(-1).ne(ignore_index)
-        kl = pair_divergence(lprobs, passes, mask, divergence=divergence)
-        loss = loss.to(torch.promote_types(loss.dtype, kl.dtype)) + alpha * kl
-    else:
-        kl = loss.new_zeros(())
-    return RDropLoss(loss, nll_loss, kl)
+    mask = None if ignore_index is None else target.reshape(-1).ne(ignore_index)
+    return with_divergence(
+        loss, nll_loss, alpha, passes, lambda: pair_divergence(lprobs, passes, mask, divergence=divergence)
+    )
 
 
 def rdrop_label_smoothed_loss(
@@ -301,12 +315,9 @@ def rdrop_regression_loss(
     squared_error = F.mse_loss(
         outputs, target.reshape(-1).to(outputs.dtype).repeat(passes), reduction="sum"
     )
-    if passes > 1 and alpha != 0:
-        copies = outputs.view(passes, -1)
-        pairs = [(i, j) for i in range(passes) for j in range(i + 1, passes)]
-        kl = sum(((copies[i] - copies[j]) ** 2).sum() for i, j in pairs) / len(pairs)
-        loss = squared_error + alpha * kl
-    else:
-        kl = squared_error.new_zeros(())
-        loss = squared_error
-    return RDropLoss(loss, squared_error, kl)
+    copies = outputs.view(passes, -1)
+    pairs = copy_pairs(passes)
+    return with_divergence(
+        squared_error, squared_error, alpha, passes,
+        lambda: sum(((copies[i] - copies[j]) ** 2).sum() for i, j in pairs) / len(pairs),
+    )

@@ -58,7 +58,7 @@ from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdr
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
 from rdrop_seq.criterions.base import FusedLossConfig, RDropCriterionBase, RDropLMConfig, RDropTerms
 from rdrop_seq.criterions.output_layer import fusable_head_weight
-from rdrop_seq.losses import rdrop_cross_entropy_loss
+from rdrop_seq.losses import rdrop_cross_entropy_loss, with_divergence
 
 KL_MODES = ("full", "head")
 # fairseq decoders whose model builds the adaptive softmax only for --criterion adaptive_loss
@@ -207,20 +207,15 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
                 lp, tgt, ignore_index=self.padding_idx if i == 0 else -100, reduction="sum"
             )
             nll = cluster_nll if nll is None else nll + cluster_nll
-        if passes > 1 and alpha != 0:
-            kl = adaptive_head_kl(
-                lprobs[0],
-                lprobs[1:],
-                cluster_positions(target, asm.cutoff),
-                passes,
-                mask=target.ne(self.padding_idx),
-                divergence=self.divergence,
-            )
-            loss = nll + alpha * kl
-        else:
-            kl = nll.new_zeros(())
-            loss = nll
-        return RDropTerms(loss, nll, kl)
+        terms = with_divergence(nll, nll, alpha, passes, lambda: adaptive_head_kl(
+            lprobs[0],
+            lprobs[1:],
+            cluster_positions(target, asm.cutoff),
+            passes,
+            mask=target.ne(self.padding_idx),
+            divergence=self.divergence,
+        ))
+        return RDropTerms(terms.loss, terms.nll_loss, terms.kl)
 
     def _full_terms(self, asm, features, target, passes, alpha, fused) -> RDropTerms:
         """Every tail scored at every position: full-vocabulary CE and KL."""

@@ -53,9 +53,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from rdrop_seq.losses import RDropLoss
 from rdrop_seq.fused import (
     FP16_GRAD_SCALE,
-    FusedRDropLoss,
     _acc_dtype,
     _chunk_core,
     _finish,
@@ -81,7 +81,7 @@ def adaptive_head_rdrop_loss(
     passes: int,
     ignore_index: Optional[int],
     chunk_size: Optional[int] = None,
-) -> FusedRDropLoss:
+) -> RDropLoss:
     """The ``head``-mode objective from the adaptive softmax's own scores.
 
     ``head``: the head's scores ``[m*N, H]``, the ``m = passes`` copies
@@ -112,7 +112,7 @@ def adaptive_head_rdrop_loss(
             continue
         tail = chunked_rdrop_loss(scores, target, ignore_index=None, **common)
         loss, nll, kl = loss + tail.loss, nll + tail.nll_loss, kl + tail.kl
-    return FusedRDropLoss(loss, nll, kl, None)
+    return RDropLoss(loss, nll, kl, None)
 
 
 # ---- full mode -----------------------------------------------------------------
@@ -259,7 +259,7 @@ def adaptive_full_rdrop_loss(
     passes: int,
     ignore_index: Optional[int],
     chunk_size: Optional[int] = None,
-) -> FusedRDropLoss:
+) -> RDropLoss:
     """The ``full``-mode objective: full-vocabulary cross-entropy and KL, chunked.
 
     ``x``: ``[m*N, d]``, the adaptive softmax's input (after its dropout), the
@@ -294,4 +294,4 @@ def adaptive_full_rdrop_loss(
         loss, nll, kl = _AdaptiveFullRDrop.apply(spec, x2d, *params)
     else:
         (loss, nll, kl), _ = _full_forward(spec, x2d, params, False, [False] * len(params))
-    return FusedRDropLoss(loss, nll, kl, None)
+    return RDropLoss(loss, nll, kl, None)

@@ -44,13 +44,14 @@ computed in their own precision, bfloat16/float16 inputs with float32
 log-softmax, KL and accumulators.
 """
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from rdrop_seq.losses import RDropLoss
+
 __all__ = [
-    "FusedRDropLoss",
     "auto_chunk_size",
     "chunked_rdrop_loss",
     "logits_chunk_size",
@@ -70,15 +71,6 @@ CPU_LOGITS_MIN_POSITIONS = 8
 FP16_GRAD_SCALE = 1024.0
 _FP16_MAX = 65504.0
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-class FusedRDropLoss(NamedTuple):
-    """Summed terms of the R-Drop objective (over all copies, non-pad positions)."""
-
-    loss: Tensor  # sum_i LS-CE(copy i) + alpha * kl; differentiable
-    nll_loss: Tensor  # sum_i NLL(copy i), for the true perplexity
-    kl: Tensor  # sum over positions of the pair-mean symmetric KL
-    n_correct: Tensor  # int64: argmax == target, over non-pad positions of all copies
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -473,7 +465,7 @@ def fused_linear_rdrop_loss(
     ignore_index: Optional[int] = None,
     chunk_size: Optional[int] = None,
     report_accuracy: bool = True,
-) -> FusedRDropLoss:
+) -> RDropLoss:
     """R-Drop LS-CE + KL from the final hidden states and the output projection.
 
     ``hidden``: ``[m*N, H]`` (or ``[m*B, T, H]``), the ``m = passes`` copies
@@ -521,7 +513,7 @@ def fused_linear_rdrop_loss(
             (loss, nll, kl, n_correct), _ = _fused_forward(
                 hidden2d, weight, bias, *args, False, False, False
             )
-    return FusedRDropLoss(loss, nll, kl, n_correct)
+    return RDropLoss(loss, nll, kl, n_correct)
 
 
 # ---- fallback from logits -----------------------------------------------------
@@ -618,7 +610,7 @@ def chunked_rdrop_loss(
     ignore_index: Optional[int] = None,
     chunk_size: Optional[int] = None,
     report_accuracy: bool = True,
-) -> FusedRDropLoss:
+) -> RDropLoss:
     """The R-Drop objective from ``[m*N, V]`` logits (any float dtype), chunked.
 
     For output layers that are no plain projection.  Same values as
@@ -643,4 +635,4 @@ def chunked_rdrop_loss(
             loss, nll, kl, n_correct = _ChunkedRDrop.apply(logits2d, *args)
         else:
             (loss, nll, kl, n_correct), _, _ = _chunked_forward(logits2d, *args, False)
-    return FusedRDropLoss(loss, nll, kl, n_correct)
+    return RDropLoss(loss, nll, kl, n_correct)

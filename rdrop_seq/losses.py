@@ -195,11 +195,15 @@ class _PairMeanSymmetricKL(torch.autograd.Function):
 
 
 class RDropLoss(NamedTuple):
-    """Summed terms of the R-Drop objective (over all copies, non-pad tokens)."""
+    """Summed terms of the R-Drop objective over all copies and non-pad positions: what every
+    loss function of this package (plain, fused, adaptive) and every criterion's
+    ``loss_terms`` returns."""
 
-    loss: Tensor  # sum_i LS-CE(copy i) + alpha * kl
+    loss: Tensor  # sum_i LS-CE(copy i) + alpha * kl; differentiable
     nll_loss: Tensor  # sum_i NLL(copy i), for the true perplexity
     kl: Tensor  # sum over positions of the pair-mean divergence (symmetric KL by default)
+    n_correct: Optional[Tensor] = None  # argmax == target over all copies, where computed
+    total: Optional[Tensor] = None  # positions counted for n_correct
 
 
 def _check_copies(lprobs: Tensor, target: Tensor, passes: int) -> None:

@@ -21,7 +21,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
 from rdrop_seq.batching import StackedCopies
-from rdrop_seq.losses import DIVERGENCES, check_divergence
+from rdrop_seq.losses import DIVERGENCES, RDropLoss, check_divergence
 from rdrop_seq.schedule import RDropSchedule
 
 logger = logging.getLogger(__name__)
@@ -107,16 +107,6 @@ class FusedLossConfig(FairseqDataclass):
             "than sym-kl)"
         },
     )
-
-
-class RDropTerms(NamedTuple):
-    """Sums over non-pad target positions of all copies of one batch."""
-
-    loss: Tensor  # objective: sum of the copies' losses + alpha * kl
-    nll_loss: Tensor  # sum of the copies' negative log-likelihoods
-    kl: Tensor  # sum over positions of the pair-mean symmetric KL
-    n_correct: Optional[Tensor] = None  # argmax == target, over all copies
-    total: Optional[Tensor] = None  # positions counted for accuracy
 
 
 def _has_active_dropout(model) -> bool:
@@ -241,7 +231,7 @@ class RDropCriterionBase:
         torch.manual_seed(self._rank_seed)
 
     # ---- forward --------------------------------------------------------
-    def loss_terms(self, model, copies: StackedCopies, sample, passes: int, alpha: float) -> RDropTerms:
+    def loss_terms(self, model, copies: StackedCopies, sample, passes: int, alpha: float) -> RDropLoss:
         """The summed objective of the copies; ``copies.run(model)`` is the model's output on them."""
         raise NotImplementedError
 

@@ -56,9 +56,9 @@ from fairseq.dataclass import ChoiceEnum
 
 from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
-from rdrop_seq.criterions.base import FusedLossConfig, RDropCriterionBase, RDropLMConfig, RDropTerms
+from rdrop_seq.criterions.base import FusedLossConfig, RDropCriterionBase, RDropLMConfig
 from rdrop_seq.criterions.output_layer import fusable_head_weight
-from rdrop_seq.losses import rdrop_cross_entropy_loss, with_divergence
+from rdrop_seq.losses import RDropLoss, rdrop_cross_entropy_loss, with_divergence
 
 KL_MODES = ("full", "head")
 # fairseq decoders whose model builds the adaptive softmax only for --criterion adaptive_loss
@@ -163,7 +163,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         ntokens = int(sample["target"].ne(self.padding_idx).sum())
         return super().forward(model, dict(sample, ntokens=ntokens), reduce)
 
-    def loss_terms(self, model, copies, sample, passes, alpha) -> RDropTerms:
+    def loss_terms(self, model, copies, sample, passes, alpha) -> RDropLoss:
         asm = self.adaptive_softmax(model)
         net_output = copies.run(model)
         features = net_output[0]  # [m*B, T, d], copy-major
@@ -173,7 +173,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
             return self._full_terms(asm, features, target, passes, alpha, fused)
         return self._head_terms(asm, features, target, passes, alpha, fused)
 
-    def _head_terms(self, asm, features, target, passes, alpha, fused) -> RDropTerms:
+    def _head_terms(self, asm, features, target, passes, alpha, fused) -> RDropLoss:
         """The stock scoring (tails only where needed); ``head`` KL if R-Drop is on."""
         weight = fusable_head_weight(asm) if fused else None
         if weight is not None:
@@ -195,7 +195,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
                 ignore_index=self.padding_idx,
                 chunk_size=self.chunk_size,
             )
-            return RDropTerms(out.loss, out.nll_loss, out.kl)
+            return out
         lprobs = [None if s is None else F.log_softmax(_float_scores(s), dim=-1) for s in scores]
         nll = None
         for i, (lp, tgt) in enumerate(zip(lprobs, targets)):
@@ -207,7 +207,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
                 lp, tgt, ignore_index=self.padding_idx if i == 0 else -100, reduction="sum"
             )
             nll = cluster_nll if nll is None else nll + cluster_nll
-        terms = with_divergence(nll, nll, alpha, passes, lambda: adaptive_head_kl(
+        return with_divergence(nll, nll, alpha, passes, lambda: adaptive_head_kl(
             lprobs[0],
             lprobs[1:],
             cluster_positions(target, asm.cutoff),
@@ -215,9 +215,8 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
             mask=target.ne(self.padding_idx),
             divergence=self.divergence,
         ))
-        return RDropTerms(terms.loss, terms.nll_loss, terms.kl)
 
-    def _full_terms(self, asm, features, target, passes, alpha, fused) -> RDropTerms:
+    def _full_terms(self, asm, features, target, passes, alpha, fused) -> RDropLoss:
         """Every tail scored at every position: full-vocabulary CE and KL."""
         x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
         if fused:
@@ -225,10 +224,9 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
                 x, asm.head, asm.tail, asm.cutoff, target, alpha=alpha, passes=passes,
                 ignore_index=self.padding_idx, chunk_size=self.chunk_size,
             )
-            return RDropTerms(out.loss, out.nll_loss, out.kl)
+            return out
         lprobs = adaptive_log_probs(asm.head(x), [tail(x) for tail in asm.tail], asm.cutoff)
-        terms = rdrop_cross_entropy_loss(
+        return rdrop_cross_entropy_loss(
             lprobs, target, alpha, passes, ignore_index=self.padding_idx,
             divergence=self.divergence,
         )
-        return RDropTerms(terms.loss, terms.nll_loss, terms.kl)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from fairseq.criterions import register_criterion
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion, CrossEntropyCriterionConfig
 
-from rdrop_seq.criterions.base import FusedLossConfig, RDropLMConfig, RDropTerms
+from rdrop_seq.criterions.base import FusedLossConfig, RDropLMConfig
 from rdrop_seq.criterions.softmax_terms import SoftmaxRDropCriterion
-from rdrop_seq.losses import rdrop_cross_entropy_loss
+from rdrop_seq.losses import RDropLoss, rdrop_cross_entropy_loss
 
 
 @dataclass
@@ -58,9 +58,8 @@ class RDropCrossEntropyCriterion(SoftmaxRDropCriterion, CrossEntropyCriterion):
             rdrop_divergence,
         )
 
-    def generic_terms(self, lprobs, target, passes, alpha) -> RDropTerms:
-        terms = rdrop_cross_entropy_loss(
+    def generic_terms(self, lprobs, target, passes, alpha) -> RDropLoss:
+        return rdrop_cross_entropy_loss(
             lprobs, target, alpha, passes, ignore_index=self.padding_idx,
             divergence=self.divergence,
         )
-        return RDropTerms(terms.loss, terms.nll_loss, terms.kl)

@@ -17,9 +17,9 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterionConfig,
 )
 
-from rdrop_seq.criterions.base import FusedLossConfig, RDropConfig, RDropTerms
+from rdrop_seq.criterions.base import FusedLossConfig, RDropConfig
 from rdrop_seq.criterions.softmax_terms import SoftmaxRDropCriterion
-from rdrop_seq.losses import rdrop_label_smoothed_loss
+from rdrop_seq.losses import RDropLoss, rdrop_label_smoothed_loss
 
 
 @dataclass
@@ -68,9 +68,8 @@ class RDropLabelSmoothedCrossEntropyCriterion(
             rdrop_divergence,
         )
 
-    def generic_terms(self, lprobs, target, passes, alpha) -> RDropTerms:
-        terms = rdrop_label_smoothed_loss(
+    def generic_terms(self, lprobs, target, passes, alpha) -> RDropLoss:
+        return rdrop_label_smoothed_loss(
             lprobs, target, self.eps, alpha, passes, ignore_index=self.padding_idx,
             divergence=self.divergence,
         )
-        return RDropTerms(terms.loss, terms.nll_loss, terms.kl)

@@ -19,9 +19,10 @@ from typing import Optional
 
 import torch
 
-from rdrop_seq.criterions.base import RDropCriterionBase, RDropTerms
+from rdrop_seq.criterions.base import RDropCriterionBase
 from rdrop_seq.criterions.output_layer import fusable_output_projection, net_output_is_logits
 from rdrop_seq.fused import chunked_rdrop_loss, fused_linear_rdrop_loss
+from rdrop_seq.losses import RDropLoss
 
 
 class SoftmaxRDropCriterion(RDropCriterionBase):
@@ -34,7 +35,7 @@ class SoftmaxRDropCriterion(RDropCriterionBase):
     ignore_prefix_size = 0
     report_accuracy = False
 
-    def generic_terms(self, lprobs, target, passes, alpha) -> RDropTerms:
+    def generic_terms(self, lprobs, target, passes, alpha) -> RDropLoss:
         raise NotImplementedError
 
     def _prefixed(self, tensor):
@@ -43,7 +44,7 @@ class SoftmaxRDropCriterion(RDropCriterionBase):
             return tensor[:, self.ignore_prefix_size :]
         return tensor
 
-    def loss_terms(self, model, copies, sample, passes, alpha) -> RDropTerms:
+    def loss_terms(self, model, copies, sample, passes, alpha) -> RDropLoss:
         fused = self.fused and model.training
         projection = fusable_output_projection(model) if fused else None
         if projection is not None:
@@ -88,10 +89,10 @@ class SoftmaxRDropCriterion(RDropCriterionBase):
         n_correct = torch.sum(lprobs.argmax(1).masked_select(mask).eq(stacked.masked_select(mask)))
         return n_correct, torch.sum(mask)
 
-    def _terms_from_fused(self, out, sample, passes) -> RDropTerms:
+    def _terms_from_fused(self, out, sample, passes) -> RDropLoss:
         n_correct: Optional[torch.Tensor] = None
         total: Optional[torch.Tensor] = None
         if self.report_accuracy:
             n_correct = out.n_correct
             total = passes * self._prefixed(sample["target"]).ne(self.padding_idx).sum()
-        return RDropTerms(out.loss, out.nll_loss, out.kl, n_correct, total)
+        return out._replace(n_correct=n_correct, total=total)

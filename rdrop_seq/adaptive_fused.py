@@ -53,10 +53,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from rdrop_seq.losses import RDropLoss
 from rdrop_seq.fused import (
     FP16_GRAD_SCALE,
-    _acc_dtype,
     _chunk_core,
     _finish,
     _LOW_PRECISION,
@@ -67,6 +65,7 @@ from rdrop_seq.fused import (
     fused_linear_rdrop_loss,
     scale_stored_grads,
 )
+from rdrop_seq.losses import RDropLoss, check_copies, compute_dtype
 
 __all__ = ["adaptive_full_rdrop_loss", "adaptive_head_rdrop_loss"]
 
@@ -143,7 +142,7 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
     c0, vocab = cutoff[0], cutoff[-1]
     k = len(cutoff) - 1
     device, dtype = x.device, x.dtype
-    acc = _acc_dtype(dtype)
+    acc = compute_dtype(dtype)
     with_kl = m > 1 and spec.alpha != 0
     need_grad = need_x or any(need_params)
 
@@ -278,10 +277,7 @@ def adaptive_full_rdrop_loss(
         raise ValueError(f"{len(tails)} tail modules for cutoff {cutoff}")
     x2d = x.reshape(-1, x.size(-1))
     target1d = target.reshape(-1)
-    if passes < 1 or x2d.size(0) != passes * target1d.numel():
-        raise ValueError(
-            f"x has {x2d.size(0)} rows; expected passes * targets = {passes} * {target1d.numel()}"
-        )
+    check_copies(x2d.size(0), target1d, passes, "x")
     spec = _FullSpec(head, list(tails), cutoff, target1d, float(alpha), int(passes), ignore_index, chunk_size)
     params = []
     seen = set()

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdrop_seq.losses import _kl_dtype, pair_divergence
+from rdrop_seq.losses import compute_dtype, pair_divergence
 
 
 def cluster_positions(target: Tensor, cutoff: Sequence[int]) -> List[Optional[Tensor]]:
@@ -73,7 +73,7 @@ def adaptive_log_probs(
         )
     if len(tail_logits) != k:
         raise ValueError(f"{len(tail_logits)} tail score tensors for {k} tail clusters")
-    dtype = _kl_dtype(head_logits.dtype)
+    dtype = compute_dtype(head_logits.dtype)
     head_lp = F.log_softmax(head_logits.to(dtype), dim=-1)
     pieces = [head_lp[:, : cutoff[0]]]
     for i, tail in enumerate(tail_logits):

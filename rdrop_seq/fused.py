@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rdrop_seq.losses import RDropLoss
+from rdrop_seq.losses import RDropLoss, check_copies, compute_dtype, smoothing_share
 
 __all__ = [
     "auto_chunk_size",
@@ -71,10 +71,6 @@ CPU_LOGITS_MIN_POSITIONS = 8
 FP16_GRAD_SCALE = 1024.0
 _FP16_MAX = 65504.0
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def auto_chunk_size(
@@ -206,7 +202,7 @@ def _chunk_core(
     nll = nll_rows.sum().neg_()
     smooth = lbuf.new_zeros(()) if smooth_rows is None else smooth_rows.sum().neg_()
 
-    e = epsilon / (vocab - 1) if vocab > 1 else 0.0
+    e = smoothing_share(epsilon, vocab)
     kl = lbuf.new_zeros(())
     if with_kl:
         for a in range(m):
@@ -262,18 +258,9 @@ def _chunk_core(
 
 def _finish(tot, tot_correct, epsilon, alpha, vocab, dtype):
     nll, smooth, kl = tot[0], tot[1], tot[2]
-    e = epsilon / (vocab - 1) if vocab > 1 else 0.0
+    e = smoothing_share(epsilon, vocab)
     loss = (1.0 - epsilon - e) * nll + e * smooth + alpha * kl
     return loss.to(dtype), nll.to(dtype), kl.to(dtype), tot_correct
-
-
-def _check_shapes(rows: int, target: Tensor, passes: int, what: str):
-    if passes < 1:
-        raise ValueError(f"passes must be >= 1, got {passes}")
-    if rows != passes * target.numel():
-        raise ValueError(
-            f"{what} has {rows} rows; expected passes * targets = {passes} * {target.numel()}"
-        )
 
 
 class _Totals:
@@ -311,7 +298,7 @@ def _fused_forward(
     n = target.numel()
     vocab, hdim = weight.shape
     device, dtype = hidden.device, hidden.dtype
-    acc = _acc_dtype(dtype)
+    acc = compute_dtype(dtype)
     low = dtype in _LOW_PRECISION
     with_kl = m > 1 and alpha != 0
     need_grad = need_h or need_w or need_b
@@ -502,7 +489,7 @@ def fused_linear_rdrop_loss(
     if not hidden2d.is_contiguous():
         hidden2d = hidden2d.contiguous()
     target1d = target.reshape(-1)
-    _check_shapes(hidden2d.size(0), target1d, passes, "hidden")
+    check_copies(hidden2d.size(0), target1d, passes, "hidden")
     args = (target1d, float(epsilon), float(alpha), int(passes), ignore_index, chunk_size,
             bool(report_accuracy))
     inputs = (hidden2d, weight) + (() if bias is None else (bias,))
@@ -523,7 +510,7 @@ def _chunked_forward(logits, target, epsilon, alpha, passes, ignore_index, chunk
     n = target.numel()
     vocab = logits.size(-1)
     device, dtype = logits.device, logits.dtype
-    acc = _acc_dtype(dtype)
+    acc = compute_dtype(dtype)
     with_kl = m > 1 and alpha != 0
     logits3 = logits.view(m, n, vocab)
 
@@ -627,7 +614,7 @@ def chunked_rdrop_loss(
     if logits2d.stride(-1) != 1 or logits2d.stride(0) != vocab:
         logits2d = logits2d.contiguous()
     target1d = target.reshape(-1)
-    _check_shapes(logits2d.size(0), target1d, passes, "logits")
+    check_copies(logits2d.size(0), target1d, passes, "logits")
     args = (target1d, float(epsilon), float(alpha), int(passes), ignore_index, chunk_size,
             bool(report_accuracy))
     with torch.autocast(logits2d.device.type, enabled=False):

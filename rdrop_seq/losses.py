@@ -54,12 +54,19 @@ def label_smoothed_nll_loss(
     if reduce:
         nll_loss = nll_loss.sum()
         smooth_loss = smooth_loss.sum()
-    eps_i = epsilon / (lprobs.size(-1) - 1)
+    eps_i = smoothing_share(epsilon, lprobs.size(-1))
     loss = (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
     return loss, nll_loss
 
 
-def _kl_dtype(dtype: torch.dtype) -> torch.dtype:
+def smoothing_share(epsilon: float, vocab: int) -> float:
+    """fairseq's label smoothing: the probability mass ``epsilon / (V - 1)`` of each non-target class."""
+    return epsilon / (vocab - 1) if vocab > 1 else 0.0
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the softmaxes, divergences and sums for inputs of ``dtype``: float64 for
+    float64, float32 for everything else (float32, bfloat16, float16)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -127,7 +134,7 @@ def pair_divergence(
         raise ValueError(
             f"lprobs has {lprobs.size(0)} rows, not a multiple of passes={passes}"
         )
-    lprobs = lprobs.to(_kl_dtype(lprobs.dtype))
+    lprobs = lprobs.to(compute_dtype(lprobs.dtype))
     copies = lprobs.view(passes, -1, lprobs.size(-1))
     if divergence == "sym-kl":
         per_position = _PairMeanSymmetricKL.apply(copies)
@@ -206,11 +213,13 @@ class RDropLoss(NamedTuple):
     total: Optional[Tensor] = None  # positions counted for n_correct
 
 
-def _check_copies(lprobs: Tensor, target: Tensor, passes: int) -> None:
-    if lprobs.size(0) != passes * target.numel():
+def check_copies(rows: int, target: Tensor, passes: int, what: str = "lprobs") -> None:
+    """A ValueError unless ``what`` (``rows`` rows) holds ``passes`` copies of ``target``'s positions."""
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    if rows != passes * target.numel():
         raise ValueError(
-            f"lprobs has {lprobs.size(0)} rows; expected passes * targets = "
-            f"{passes} * {target.numel()}"
+            f"{what} has {rows} rows; expected passes * targets = {passes} * {target.numel()}"
         )
 
 
@@ -260,7 +269,7 @@ def rdrop_label_smoothed_loss(
     exactly fairseq's label-smoothed cross-entropy on the stacked batch.
     ``epsilon = 0`` gives plain cross-entropy.
     """
-    _check_copies(lprobs, target, passes)
+    check_copies(lprobs.size(0), target, passes)
     stacked_target = target.reshape(-1).repeat(passes)
     loss, nll_loss = label_smoothed_nll_loss(
         lprobs, stacked_target, epsilon, ignore_index=ignore_index
@@ -287,7 +296,7 @@ def rdrop_cross_entropy_loss(
     ``alpha == 0`` the result is bitwise that criterion's on the stacked batch.
     ``nll_loss`` is the same sum (there is no smoothing).
     """
-    _check_copies(lprobs, target, passes)
+    check_copies(lprobs.size(0), target, passes)
     nll_loss = F.nll_loss(
         lprobs,
         target.reshape(-1).repeat(passes),
@@ -314,8 +323,8 @@ def rdrop_regression_loss(
     ``nll_loss`` holds the squared-error sum.
     """
     outputs = outputs.reshape(-1)
-    _check_copies(outputs.unsqueeze(-1), target, passes)
-    outputs = outputs.to(_kl_dtype(outputs.dtype))
+    check_copies(outputs.numel(), target, passes, "outputs")
+    outputs = outputs.to(compute_dtype(outputs.dtype))
     squared_error = F.mse_loss(
         outputs, target.reshape(-1).to(outputs.dtype).repeat(passes), reduction="sum"
     )

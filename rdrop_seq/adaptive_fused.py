@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from rdrop_seq.fused import (
     FP16_GRAD_SCALE,
+    LossSpec,
     _chunk_core,
     _finish,
     _LOW_PRECISION,
@@ -122,11 +123,7 @@ class _FullSpec:
     head: nn.Module
     tails: Sequence[nn.Module]
     cutoff: Sequence[int]
-    target: Tensor  # [N] word ids
-    alpha: float
-    passes: int
-    ignore_index: Optional[int]
-    chunk_size: Optional[int]
+    loss: LossSpec  # target: [N] word ids; no label smoothing, no accuracy
 
 
 def _grad_scale(dtype) -> float:
@@ -136,22 +133,22 @@ def _grad_scale(dtype) -> float:
 
 def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: bool,
                   need_params: Sequence[bool]):
-    m, target = spec.passes, spec.target
+    m, target, ignore_index = spec.loss.passes, spec.loss.target, spec.loss.ignore_index
     n = target.numel()
     cutoff = list(spec.cutoff)
     c0, vocab = cutoff[0], cutoff[-1]
     k = len(cutoff) - 1
     device, dtype = x.device, x.dtype
     acc = compute_dtype(dtype)
-    with_kl = m > 1 and spec.alpha != 0
+    with_kl = spec.loss.with_kl
     need_grad = need_x or any(need_params)
 
-    if spec.ignore_index is None:
+    if ignore_index is None:
         positions = torch.arange(n, device=device)
     else:
-        positions = target.ne(spec.ignore_index).nonzero().squeeze(1)
+        positions = target.ne(ignore_index).nonzero().squeeze(1)
     count = positions.numel()
-    c = spec.chunk_size or auto_chunk_size(
+    c = spec.loss.chunk_size or auto_chunk_size(
         vocab, x.size(-1), m, with_kl=with_kl, low_precision=dtype in _LOW_PRECISION
     )
     c = max(1, min(int(c), max(count, 1)))
@@ -192,7 +189,7 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
         totals.add(*_chunk_core(
             z.view(m, cc, vocab), l3, z.view(m, cc, vocab),
             mbuf[: cc * vocab].view(cc, vocab) if with_kl else None,
-            target.index_select(0, pos), None, 0.0, spec.alpha, with_kl, need_grad, False,
+            target.index_select(0, pos), None, 0.0, spec.loss.alpha, with_kl, need_grad, False,
         ))
         if not need_grad:
             continue
@@ -226,7 +223,7 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
         # parameters no chunk reached (no non-pad position) get a zero gradient
         grad_p = [None if not need else (torch.zeros_like(p, dtype=acc) if g is None else g)
                   for p, need, g in zip(params, need_params, grad_p)]
-    values = _finish(totals.values, None, 0.0, spec.alpha, vocab, acc)
+    values = _finish(totals.values, None, 0.0, spec.loss.alpha, vocab, acc)
     return values[:3], (grad_x, grad_p)
 
 
@@ -278,7 +275,8 @@ def adaptive_full_rdrop_loss(
     x2d = x.reshape(-1, x.size(-1))
     target1d = target.reshape(-1)
     check_copies(x2d.size(0), target1d, passes, "x")
-    spec = _FullSpec(head, list(tails), cutoff, target1d, float(alpha), int(passes), ignore_index, chunk_size)
+    loss = LossSpec(target1d, 0.0, float(alpha), int(passes), ignore_index, chunk_size, False)
+    spec = _FullSpec(head, list(tails), cutoff, loss)
     params = []
     seen = set()
     for module in [head, *tails]:

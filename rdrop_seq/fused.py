@@ -44,6 +44,7 @@ computed in their own precision, bfloat16/float16 inputs with float32
 log-softmax, KL and accumulators.
 """
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -131,6 +132,23 @@ def _bytes_per_position(vocab, passes, with_kl, low_precision):
     if low_precision:
         per_position += 2 * vocab * passes
     return per_position
+
+
+@dataclass(frozen=True, eq=False)
+class LossSpec:
+    """What a chunked R-Drop loss computes, besides its tensor inputs."""
+
+    target: Tensor  # [N] class indices of the original batch's positions
+    epsilon: float  # label smoothing (0: cross-entropy)
+    alpha: float  # weight of the pair-mean symmetric KL
+    passes: int  # m, the dropout copies stacked copy-major
+    ignore_index: Optional[int]  # padding (None: every position counts)
+    chunk_size: Optional[int]  # positions per chunk (None: the path's policy)
+    accuracy: bool  # also count argmax == target
+
+    @property
+    def with_kl(self) -> bool:
+        return self.passes > 1 and self.alpha != 0
 
 
 # ---- low-precision matrix products -------------------------------------------
@@ -283,24 +301,18 @@ def _fused_forward(
     hidden: Tensor,
     weight: Tensor,
     bias: Optional[Tensor],
-    target: Tensor,
-    epsilon: float,
-    alpha: float,
-    passes: int,
-    ignore_index: Optional[int],
-    chunk_size: Optional[int],
-    accuracy: bool,
+    spec: LossSpec,
     need_h: bool,
     need_w: bool,
     need_b: bool,
 ):
-    m = passes
+    m, target, ignore_index = spec.passes, spec.target, spec.ignore_index
     n = target.numel()
     vocab, hdim = weight.shape
     device, dtype = hidden.device, hidden.dtype
     acc = compute_dtype(dtype)
     low = dtype in _LOW_PRECISION
-    with_kl = m > 1 and alpha != 0
+    with_kl = spec.with_kl
     need_grad = need_h or need_w or need_b
 
     # Only non-pad positions are computed; the rows of pads get a zero gradient.
@@ -313,7 +325,7 @@ def _fused_forward(
         count = positions.numel()
         if count == n:
             positions = None  # no padding: contiguous slices, no gathers
-    c = chunk_size or auto_chunk_size(vocab, hdim, m, with_kl=with_kl, low_precision=low)
+    c = spec.chunk_size or auto_chunk_size(vocab, hdim, m, with_kl=with_kl, low_precision=low)
     c = max(1, min(int(c), max(count, 1)))
 
     grad_h = grad_h3 = grad_w = grad_b = None
@@ -341,7 +353,7 @@ def _fused_forward(
     if positions is not None:
         offsets = (torch.arange(m, device=device) * n).view(m, 1)
 
-    totals = _Totals(device, accuracy)
+    totals = _Totals(device, spec.accuracy)
     for start in range(0, count, c):
         cc = min(c, count - start)
         r = m * cc
@@ -365,7 +377,7 @@ def _fused_forward(
         totals.add(*_chunk_core(
             p2.view(m, cc, vocab), l2.view(m, cc, vocab), p2.view(m, cc, vocab),
             mbuf[: cc * vocab].view(cc, vocab) if with_kl else None,
-            tgt, None, epsilon, alpha, with_kl, need_grad, accuracy,
+            tgt, None, spec.epsilon, spec.alpha, with_kl, need_grad, spec.accuracy,
         ))
         if not need_grad:
             continue
@@ -399,20 +411,16 @@ def _fused_forward(
                 grad_h3[:, start:start + cc].copy_(gh.view(m, cc, hdim))
             else:
                 grad_h.index_copy_(0, rows, gh)
-    values = _finish(totals.values, totals.correct, epsilon, alpha, vocab, acc)
+    values = _finish(totals.values, totals.correct, spec.epsilon, spec.alpha, vocab, acc)
     return values, (grad_h, grad_w, grad_b)
 
 
 class _FusedLinearRDrop(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, epsilon, alpha, passes, ignore_index,
-                chunk_size, accuracy):
+    def forward(ctx, hidden, weight, bias, spec):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
-        values, grads = _fused_forward(
-            hidden, weight, bias, target, epsilon, alpha, passes, ignore_index,
-            chunk_size, accuracy, need_h, need_w, need_b,
-        )
+        values, grads = _fused_forward(hidden, weight, bias, spec, need_h, need_w, need_b)
         ctx.grads = grads
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         loss, nll, kl, n_correct = values
@@ -422,7 +430,7 @@ class _FusedLinearRDrop(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *unused):
         out = scale_stored_grads(consume_stored_grads(ctx, "fused R-Drop loss"), ctx.dtypes, grad_loss)
-        return (out[0], out[1], out[2]) + (None,) * 7
+        return out[0], out[1], out[2], None
 
 
 def consume_stored_grads(ctx, what: str):
@@ -490,28 +498,25 @@ def fused_linear_rdrop_loss(
         hidden2d = hidden2d.contiguous()
     target1d = target.reshape(-1)
     check_copies(hidden2d.size(0), target1d, passes, "hidden")
-    args = (target1d, float(epsilon), float(alpha), int(passes), ignore_index, chunk_size,
-            bool(report_accuracy))
+    spec = LossSpec(target1d, float(epsilon), float(alpha), int(passes), ignore_index, chunk_size,
+                    bool(report_accuracy))
     inputs = (hidden2d, weight) + (() if bias is None else (bias,))
     with torch.autocast(device_type, enabled=False):
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-            loss, nll, kl, n_correct = _FusedLinearRDrop.apply(hidden2d, weight, bias, *args)
+            loss, nll, kl, n_correct = _FusedLinearRDrop.apply(hidden2d, weight, bias, spec)
         else:
-            (loss, nll, kl, n_correct), _ = _fused_forward(
-                hidden2d, weight, bias, *args, False, False, False
-            )
+            (loss, nll, kl, n_correct), _ = _fused_forward(hidden2d, weight, bias, spec, False, False, False)
     return RDropLoss(loss, nll, kl, n_correct)
 
 
 # ---- fallback from logits -----------------------------------------------------
-def _chunked_forward(logits, target, epsilon, alpha, passes, ignore_index, chunk_size,
-                     accuracy, need_grad):
-    m = passes
+def _chunked_forward(logits, spec: LossSpec, need_grad):
+    m, target, ignore_index = spec.passes, spec.target, spec.ignore_index
     n = target.numel()
     vocab = logits.size(-1)
     device, dtype = logits.device, logits.dtype
     acc = compute_dtype(dtype)
-    with_kl = m > 1 and alpha != 0
+    with_kl = spec.with_kl
     logits3 = logits.view(m, n, vocab)
 
     keep = pad = None
@@ -520,7 +525,7 @@ def _chunked_forward(logits, target, epsilon, alpha, passes, ignore_index, chunk
         pad = target.eq(ignore_index)
         keep = ~pad
         safe_target = target.masked_fill(pad, 0)
-    c = chunk_size or logits_chunk_size(
+    c = spec.chunk_size or logits_chunk_size(
         vocab, m, device.type, with_kl=with_kl, low_precision=dtype in _LOW_PRECISION
     )
     c = max(1, min(int(c), max(n, 1)))
@@ -534,7 +539,7 @@ def _chunked_forward(logits, target, epsilon, alpha, passes, ignore_index, chunk
     mbuf = torch.empty(c * vocab, dtype=acc, device=device) if with_kl else None
     scale = FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
 
-    totals = _Totals(device, accuracy)
+    totals = _Totals(device, spec.accuracy)
     for start in range(0, n, c):
         cc = min(c, n - start)
         sl = slice(start, start + cc)
@@ -544,7 +549,7 @@ def _chunked_forward(logits, target, epsilon, alpha, passes, ignore_index, chunk
             pbuf[: m * cc * vocab].view(m, cc, vocab) if with_kl else None,
             mbuf[: cc * vocab].view(cc, vocab) if with_kl else None,
             safe_target[sl], None if keep is None else keep[sl],
-            epsilon, alpha, with_kl, need_grad, accuracy,
+            spec.epsilon, spec.alpha, with_kl, need_grad, spec.accuracy,
         ))
         if need_grad and not in_place:
             for a in range(m):
@@ -555,17 +560,14 @@ def _chunked_forward(logits, target, epsilon, alpha, passes, ignore_index, chunk
                     grad3[a, sl].copy_(l3[a])
     if need_grad and pad is not None:
         grad3.index_fill_(1, pad.nonzero().squeeze(1), 0.0)
-    values = _finish(totals.values, totals.correct, epsilon, alpha, vocab, acc)
+    values = _finish(totals.values, totals.correct, spec.epsilon, spec.alpha, vocab, acc)
     return values, grad, scale
 
 
 class _ChunkedRDrop(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, epsilon, alpha, passes, ignore_index, chunk_size, accuracy):
-        values, grad, scale = _chunked_forward(
-            logits, target, epsilon, alpha, passes, ignore_index, chunk_size, accuracy,
-            ctx.needs_input_grad[0],
-        )
+    def forward(ctx, logits, spec):
+        values, grad, scale = _chunked_forward(logits, spec, ctx.needs_input_grad[0])
         ctx.grad, ctx.scale = grad, scale
         loss, nll, kl, n_correct = values
         ctx.mark_non_differentiable(*(t for t in (nll, kl, n_correct) if t is not None))
@@ -584,7 +586,7 @@ class _ChunkedRDrop(torch.autograd.Function):
             grad.mul_(float(grad_loss) / ctx.scale)
         else:
             grad.mul_(grad_loss.to(grad.dtype))
-        return (grad,) + (None,) * 7
+        return grad, None
 
 
 def chunked_rdrop_loss(
@@ -615,11 +617,11 @@ def chunked_rdrop_loss(
         logits2d = logits2d.contiguous()
     target1d = target.reshape(-1)
     check_copies(logits2d.size(0), target1d, passes, "logits")
-    args = (target1d, float(epsilon), float(alpha), int(passes), ignore_index, chunk_size,
-            bool(report_accuracy))
+    spec = LossSpec(target1d, float(epsilon), float(alpha), int(passes), ignore_index, chunk_size,
+                    bool(report_accuracy))
     with torch.autocast(logits2d.device.type, enabled=False):
         if torch.is_grad_enabled() and logits2d.requires_grad:
-            loss, nll, kl, n_correct = _ChunkedRDrop.apply(logits2d, *args)
+            loss, nll, kl, n_correct = _ChunkedRDrop.apply(logits2d, spec)
         else:
-            (loss, nll, kl, n_correct), _, _ = _chunked_forward(logits2d, *args, False)
+            (loss, nll, kl, n_correct), _, _ = _chunked_forward(logits2d, spec, False)
     return RDropLoss(loss, nll, kl, n_correct)

@@ -47,12 +47,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Sequence
 
-from rdrop_seq.launch import TORCHRUN_VARS  # what rdrop-train takes for a torchrun rank
+# the launcher's own argv and environment helpers; TORCHRUN_VARS: what rdrop-train takes for a torchrun rank
+from rdrop_seq.launch import TORCHRUN_VARS, LaunchError, env_int, flag_value, has_flag
+
 MIXED_PRECISION_CUDA_FLAGS = ("--fp16", "--memory-efficient-fp16", "--amp")
-
-
-class LaunchError(ValueError):
-    """A setting that cannot work; the message says why and what to do."""
 
 
 @dataclass
@@ -62,29 +60,6 @@ class Plan:
     update_freq: int
     rank: Optional[int]  # this process's global rank when it is one (0 when it starts them)
     notes: List[str] = field(default_factory=list)
-
-
-def _flag_value(argv: Sequence[str], name: str) -> Optional[str]:
-    value = None
-    for i, arg in enumerate(argv):
-        key, eq, inline = arg.partition("=")
-        if key == name:
-            value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-    return value
-
-
-def _has_flag(argv: Sequence[str], name: str) -> bool:
-    return any(a == name or a.startswith(name + "=") for a in argv)
-
-
-def _env_int(env: Mapping[str, str], name: str, default: Optional[int] = None) -> Optional[int]:
-    value = env.get(name, "")
-    if value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise LaunchError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def update_freq_for(world: int, target: int, override: Optional[int], notes: List[str]) -> int:
@@ -127,7 +102,7 @@ def plan(
     argv = [str(a) for a in argv]
     notes: List[str] = []
     if gpus == 0:
-        asked = [f for f in MIXED_PRECISION_CUDA_FLAGS if _has_flag(argv, f)]
+        asked = [f for f in MIXED_PRECISION_CUDA_FLAGS if has_flag(argv, f)]
         if asked:
             problem = (
                 f"{asked[0]} asks for CUDA mixed precision, but no CUDA GPU is visible on "
@@ -140,36 +115,36 @@ def plan(
                     f"{problem}; nothing was started. For the CPU version of the recipe use "
                     "SMOKE=1; to train without a GPU anyway use PRECISION=fp32 (or bf16)"
                 )
-    if _has_flag(argv, "--update-freq"):
+    if has_flag(argv, "--update-freq"):
         raise LaunchError(
             "--update-freq is computed by the recipe (GPUs x update-freq = "
             f"{target}); set UPDATE_FREQ=N to override it"
         )
-    override = _env_int(env, "UPDATE_FREQ")
+    override = env_int(env, "UPDATE_FREQ")
 
     # 1. a launcher already started this process as one rank
     if all(env.get(k) for k in TORCHRUN_VARS):
-        world = _env_int(env, "WORLD_SIZE")
+        world = env_int(env, "WORLD_SIZE")
         uf = update_freq_for(world, target, override, notes)
         notes.append(f"torchrun environment: rank {env['RANK']} of {world}")
         return Plan([rdrop_train] + argv + ["--update-freq", str(uf)], world, uf,
-                    _env_int(env, "RANK"), notes)
-    ntasks = _env_int(env, "SLURM_NTASKS") or _env_int(env, "SLURM_NPROCS")
+                    env_int(env, "RANK"), notes)
+    ntasks = env_int(env, "SLURM_NTASKS") or env_int(env, "SLURM_NPROCS")
     if ntasks and ntasks > 1 and env.get("SLURM_PROCID") is not None:
-        nnodes = _env_int(env, "SLURM_NNODES") or _env_int(env, "SLURM_JOB_NUM_NODES") or 1
+        nnodes = env_int(env, "SLURM_NNODES") or env_int(env, "SLURM_JOB_NUM_NODES") or 1
         per_node = env.get("SLURM_NTASKS_PER_NODE", "")
         one_per_node = per_node == "1" or (not per_node.isdigit() and ntasks == nnodes)
         world = ntasks * gpus if (one_per_node and gpus > 1) else ntasks
         uf = update_freq_for(world, target, override, notes)
-        rank = _env_int(env, "SLURM_PROCID")
+        rank = env_int(env, "SLURM_PROCID")
         notes.append(f"SLURM: task {rank} of {ntasks}, {world} training processes in all")
         return Plan([rdrop_train] + argv + ["--update-freq", str(uf)], world, uf,
                     rank if world == ntasks else rank * gpus, notes)
 
     # 2. this script starts the processes
-    nnodes = _env_int(env, "NNODES", 1)
-    nproc = _env_int(env, "NPROC_PER_NODE", gpus if gpus > 0 else 1)
-    node_rank = _env_int(env, "NODE_RANK", 0)
+    nnodes = env_int(env, "NNODES", 1)
+    nproc = env_int(env, "NPROC_PER_NODE", gpus if gpus > 0 else 1)
+    node_rank = env_int(env, "NODE_RANK", 0)
     if nnodes < 1 or nproc < 1:
         raise LaunchError(f"NNODES={nnodes} and NPROC_PER_NODE={nproc} must be >= 1")
     if not 0 <= node_rank < nnodes:
@@ -195,7 +170,7 @@ def plan(
                 f"NNODES={nnodes} needs MASTER_ADDR (the host name or address of the node "
                 "with NODE_RANK=0, reachable from every node)"
             )
-        port = _env_int(env, "MASTER_PORT", 29500)
+        port = env_int(env, "MASTER_PORT", 29500)
         torchrun += ["--nnodes", str(nnodes), "--node-rank", str(node_rank),
                      "--master-addr", addr, "--master-port", str(port)]
         notes.append(
@@ -272,7 +247,7 @@ def main(args=None) -> int:
         if dry_run:
             print(shlex.join(p.command), flush=True)
             return 0
-        claim_save_dir(_flag_value(fairseq_args, "--save-dir"), env, p.rank, say)
+        claim_save_dir(flag_value(fairseq_args, "--save-dir"), env, p.rank, say)
     except LaunchError as err:
         print(f"[{ns.name}] error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -128,10 +128,11 @@ def _int_flag(argv, name) -> Optional[int]:
         raise LaunchError(f"{name} expects an integer, got {value!r}") from None
 
 
-def _env_int(environ, name) -> Optional[int]:
+def env_int(environ: Mapping[str, str], name: str, default: Optional[int] = None) -> Optional[int]:
+    """The integer in environment variable ``name``; ``default`` when it is unset or empty."""
     value = environ.get(name)
     if value is None or value == "":
-        return None
+        return default
     try:
         return int(value)
     except ValueError:
@@ -226,9 +227,9 @@ def plan_launch(
 
     # 2. torchrun / torch.distributed.launch
     if all(environ.get(k) for k in TORCHRUN_VARS):
-        t_world = _env_int(environ, "WORLD_SIZE")
-        t_rank = _env_int(environ, "RANK")
-        local = _env_int(environ, "LOCAL_RANK") or 0
+        t_world = env_int(environ, "WORLD_SIZE")
+        t_rank = env_int(environ, "RANK")
+        local = env_int(environ, "LOCAL_RANK") or 0
         _require_consistent("--distributed-world-size", world, t_world, "WORLD_SIZE")
         _require_consistent("--distributed-rank", rank, t_rank, "RANK")
         device = _device_for(local, gpus, plan, "LOCAL_RANK")
@@ -244,15 +245,15 @@ def plan_launch(
         return plan
 
     # 3. SLURM (srun)
-    s_ntasks = _env_int(environ, "SLURM_NTASKS") or _env_int(environ, "SLURM_NPROCS")
+    s_ntasks = env_int(environ, "SLURM_NTASKS") or env_int(environ, "SLURM_NPROCS")
     nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
     if s_ntasks and s_ntasks > 1 and nodelist and environ.get("SLURM_PROCID") is not None:
         nnodes = (
-            _env_int(environ, "SLURM_NNODES") or _env_int(environ, "SLURM_JOB_NUM_NODES") or 1
+            env_int(environ, "SLURM_NNODES") or env_int(environ, "SLURM_JOB_NUM_NODES") or 1
         )
         per_node = _slurm_tasks_per_node(environ, s_ntasks, nnodes)
-        s_rank = _env_int(environ, "SLURM_PROCID")
-        local = _env_int(environ, "SLURM_LOCALID") or 0
+        s_rank = env_int(environ, "SLURM_PROCID")
+        local = env_int(environ, "SLURM_LOCALID") or 0
         port = _int_flag(argv, "--distributed-port")
         if port is None or port <= 0:
             port = slurm_port(environ)

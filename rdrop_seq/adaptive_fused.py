@@ -53,19 +53,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from rdrop_seq.fused import (
-    FP16_GRAD_SCALE,
-    LossSpec,
-    _chunk_core,
-    _finish,
-    _LOW_PRECISION,
-    _Totals,
-    auto_chunk_size,
-    chunked_rdrop_loss,
-    consume_stored_grads,
-    fused_linear_rdrop_loss,
-    scale_stored_grads,
-)
+from rdrop_seq.fused.chunking import auto_chunk_size
+from rdrop_seq.fused.kernel import LossSpec, Totals, chunk_core, consume_stored_grads, finish, scale_stored_grads
+from rdrop_seq.fused.logits import chunked_rdrop_loss
+from rdrop_seq.fused.precision import FP16_GRAD_SCALE, LOW_PRECISION
+from rdrop_seq.fused.projection import fused_linear_rdrop_loss
 from rdrop_seq.losses import RDropLoss, check_copies, compute_dtype
 
 __all__ = ["adaptive_full_rdrop_loss", "adaptive_head_rdrop_loss"]
@@ -127,7 +119,7 @@ class _FullSpec:
 
 
 def _grad_scale(dtype) -> float:
-    """float16 gradients are handed to autograd scaled (see ``rdrop_seq.fused.FP16_GRAD_SCALE``)."""
+    """float16 gradients are handed to autograd scaled (see ``rdrop_seq.fused.precision.FP16_GRAD_SCALE``)."""
     return FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
 
 
@@ -149,7 +141,7 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
         positions = target.ne(ignore_index).nonzero().squeeze(1)
     count = positions.numel()
     c = spec.loss.chunk_size or auto_chunk_size(
-        vocab, x.size(-1), m, with_kl=with_kl, low_precision=dtype in _LOW_PRECISION
+        vocab, x.size(-1), m, with_kl=with_kl, low_precision=dtype in LOW_PRECISION
     )
     c = max(1, min(int(c), max(count, 1)))
 
@@ -160,7 +152,7 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
     grad_p: List[Optional[Tensor]] = [None] * len(params)
     wanted = [p for p, need in zip(params, need_params) if need]
     offsets = (torch.arange(m, device=device) * n).view(m, 1)
-    totals = _Totals(device, accuracy=False)
+    totals = Totals(device, accuracy=False)
     for start in range(0, count, c):
         cc = min(c, count - start)
         r = m * cc
@@ -186,7 +178,7 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
             torch.add(tl, h_lsm[:, c0 + i : c0 + i + 1], out=z[:, cutoff[i] : cutoff[i + 1]])
             t_lsm.append(tl)
         l3 = lbuf[: r * vocab].view(m, cc, vocab)
-        totals.add(*_chunk_core(
+        totals.add(*chunk_core(
             z.view(m, cc, vocab), l3, z.view(m, cc, vocab),
             mbuf[: cc * vocab].view(cc, vocab) if with_kl else None,
             target.index_select(0, pos), None, 0.0, spec.loss.alpha, with_kl, need_grad, False,
@@ -223,7 +215,7 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
         # parameters no chunk reached (no non-pad position) get a zero gradient
         grad_p = [None if not need else (torch.zeros_like(p, dtype=acc) if g is None else g)
                   for p, need, g in zip(params, need_params, grad_p)]
-    values = _finish(totals.values, None, 0.0, spec.loss.alpha, vocab, acc)
+    values = finish(totals.values, None, 0.0, spec.loss.alpha, vocab, acc)
     return values[:3], (grad_x, grad_p)
 
 

@@ -9,8 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import rdrop_seq.fused as fused_mod
+import rdrop_seq.fused.chunking as chunking
+import rdrop_seq.fused.logits as logits_mod
+import rdrop_seq.fused.projection as projection
 from rdrop_seq.fused import auto_chunk_size, chunked_rdrop_loss, fused_linear_rdrop_loss
+from rdrop_seq.fused.precision import FP16_GRAD_SCALE
 from rdrop_seq.losses import rdrop_label_smoothed_loss
 from tests.reference import random_batch, reference_rdrop_loss
 
@@ -168,8 +171,8 @@ def test_fused_gradients_only_where_required_and_none_without_grad(monkeypatch):
     full = fused_linear_rdrop_loss(hidden, weight, target, **kwargs)
 
     calls = []
-    real = fused_mod._fused_forward
-    monkeypatch.setattr(fused_mod, "_fused_forward",
+    real = projection._fused_forward
+    monkeypatch.setattr(projection, "_fused_forward",
                         lambda *a: calls.append(a[-3:]) or real(*a))
     h = hidden.clone().requires_grad_()
     with torch.no_grad():
@@ -304,7 +307,7 @@ def test_chunked_ignore_index_outside_vocabulary_and_no_grad():
 def test_fused_low_precision_close_to_float32(dtype, tol, device_gemm, monkeypatch):
     # device_gemm: the accelerator strategy (gradient products in the input dtype, fp16
     # gradients scaled), exercised here on the CPU
-    monkeypatch.setattr(fused_mod, "_use_low_precision_gemm", lambda device: device_gemm)
+    monkeypatch.setattr(projection, "use_low_precision_gemm", lambda device: device_gemm)
     hidden, weight, bias, target = _problem(2, n=40, hdim=16, vocab=50, seed=12,
                                             dtype=torch.float32)
     results = {}
@@ -357,7 +360,7 @@ def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
     # unscaled, these entries would be fp16 subnormals (< 6.1e-5: few significant bits);
     # FP16_GRAD_SCALE lifts them into the normal range
     unscaled = ref.abs() / 4096.0
-    tiny = (unscaled < 6.1e-5) & (unscaled >= 6.1e-5 / fused_mod.FP16_GRAD_SCALE)
+    tiny = (unscaled < 6.1e-5) & (unscaled >= 6.1e-5 / FP16_GRAD_SCALE)
     assert tiny.sum() > 100
     rel = (x.grad.float()[tiny] - ref[tiny]).abs() / ref[tiny].abs()
     assert rel.max() < 2e-3
@@ -365,7 +368,7 @@ def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
 
 # ---- chunk size ---------------------------------------------------------------
 def test_auto_chunk_size_budget_and_minimum():
-    budget = fused_mod.CHUNK_BUDGET_BYTES
+    budget = chunking.CHUNK_BUDGET_BYTES
     for hdim in (256, 512, 1024):
         rows_min = min(max(hdim // 2, 64), 512)
         for vocab in (1000, 8000, 32000, 250000):
@@ -383,48 +386,45 @@ def test_auto_chunk_size_budget_and_minimum():
 
 
 def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere():
-    budget = fused_mod.CPU_LOGITS_CHUNK_BUDGET_BYTES
+    budget = chunking.CPU_LOGITS_CHUNK_BUDGET_BYTES
     for vocab in (1000, 8000, 32000):
         for passes in (2, 3):
-            c = fused_mod.logits_chunk_size(vocab, passes, "cpu")
+            c = chunking.logits_chunk_size(vocab, passes, "cpu")
             per_position = 4 * vocab * (2 * passes + 1)
             assert c * per_position <= budget and (c + 8) * per_position > budget
     # a huge vocabulary: the minimum, not a chunk per position
-    assert fused_mod.logits_chunk_size(250000, 2, "cpu") == fused_mod.CPU_LOGITS_MIN_POSITIONS
+    assert chunking.logits_chunk_size(250000, 2, "cpu") == chunking.CPU_LOGITS_MIN_POSITIONS
     # GPUs: the large budget (fewer kernels)
-    assert fused_mod.logits_chunk_size(8000, 2, "cuda") == auto_chunk_size(8000, 0, 2)
-    assert fused_mod.logits_chunk_size(8000, 2, "cuda") > 4 * fused_mod.logits_chunk_size(8000, 2, "cpu")
+    assert chunking.logits_chunk_size(8000, 2, "cuda") == auto_chunk_size(8000, 0, 2)
+    assert chunking.logits_chunk_size(8000, 2, "cuda") > 4 * chunking.logits_chunk_size(8000, 2, "cpu")
 
 
 def test_chunked_loss_uses_the_cpu_chunk_size_by_default(monkeypatch):
     seen = []
-    real = fused_mod._chunk_core
+    real = logits_mod.chunk_core
 
     def spy(logits, lbuf, *rest):
         seen.append(lbuf.shape[1])
         return real(logits, lbuf, *rest)
 
-    monkeypatch.setattr(fused_mod, "_chunk_core", spy)
+    monkeypatch.setattr(logits_mod, "chunk_core", spy)
     n, vocab = 100, 8000
     logits = torch.randn(2 * n, vocab, requires_grad=True)
     target = torch.randint(2, vocab, (n,))
     chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=1.0, passes=2, ignore_index=1).loss.backward()
-    c = fused_mod.logits_chunk_size(vocab, 2, "cpu")
+    c = chunking.logits_chunk_size(vocab, 2, "cpu")
     assert seen == [c] * (n // c) + ([n % c] if n % c else [])
 
 
 # ---- memory -------------------------------------------------------------------
 _MEMORY_SCRIPT = r"""
-import importlib.util, json, os, sys
+import importlib, json, os, sys
 import torch
 import torch.nn.functional as F
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(sys.argv[1], "rdrop_seq", name + ".py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    sys.path.insert(0, sys.argv[1])
+    return importlib.import_module("rdrop_seq." + name)
 
 torch.set_num_threads(2)
 which = sys.argv[2]

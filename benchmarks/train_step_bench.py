@@ -4,10 +4,18 @@ The floor is the stock criterion on the *same doubled batch* (R-Drop has to run
 the model on twice the tokens; whatever a R-Drop criterion costs on top of that
 is overhead).  Entries:
 
-  floor     stock label_smoothed_cross_entropy (cross_entropy for LMs) on [x; x]
-  rdrop     ours, default settings (fused output layer where the model allows)
+  floor     stock label_smoothed_cross_entropy (cross_entropy for LMs, adaptive_loss
+            for adaptive-softmax LMs) on [x; x]
+  rdrop     ours, default settings (fused output layer where the model allows; for
+            an adaptive softmax the head KL)
   unfused   ours with --rdrop-no-fused (log-probabilities, then the loss)
   upstream  fairseq's label_smoothed_cross_entropy_with_rdrop (translation only)
+  full      adaptive softmax: ours with --rdrop-adaptive-kl full (fused)
+  full-unfused  the same with --rdrop-no-fused
+
+The adaptive-softmax configurations draw their words from a Zipf distribution
+(frequency proportional to 1 / rank, ranks = word ids), as real text does: the
+head holds most targets and the tail clusters the rarer words.
 
 A step is: forward, loss, backward, Adam update.  Method: see harness.py.
 
@@ -30,9 +38,25 @@ CONFIGS = {
     "lm-32k": dict(kind="lm", arch="transformer_lm", vocab=32000,
                    overrides=dict(decoder_layers=6, decoder_embed_dim=512,
                                   decoder_ffn_embed_dim=2048, decoder_attention_heads=8)),
+    # the LM demo's model on PTB (10k words, the architecture's cutoffs 2000,6000)
+    "adaptive-ptb": dict(kind="adaptive", arch="rdrop_transformer_lm_adaptive_small", vocab=10004,
+                         overrides=dict(decoder_layers=2, decoder_embed_dim=128, decoder_ffn_embed_dim=512,
+                                        decoder_attention_heads=4)),
+    # the same at a 30k vocabulary, cutoffs at 20 % and 60 % (as the LM demo scales them)
+    "adaptive-30k": dict(kind="adaptive", arch="rdrop_transformer_lm_adaptive_small", vocab=30000,
+                         cutoff="6000,18000",
+                         overrides=dict(decoder_layers=2, decoder_embed_dim=128, decoder_ffn_embed_dim=512,
+                                        decoder_attention_heads=4)),
+    # the WikiText-103 Adaptive recipe's model (267,744 words, cutoffs 20000,60000) in bf16; a
+    # smaller batch than the others (a CPU step takes long enough as it is); no full-unfused
+    # entry ([2 x 512, 267,744] float32 log-probabilities and their gradients)
+    "adaptive-wiki103": dict(kind="adaptive", arch="rdrop_transformer_lm_wiki103", vocab=267744,
+                             dtype="bf16", tokens_per_copy=512,
+                             entries=["floor", "rdrop", "unfused", "full"]),
 }
 ENTRIES = {"translation": ["floor", "rdrop", "unfused", "upstream"],
-           "lm": ["floor", "rdrop", "unfused"]}
+           "lm": ["floor", "rdrop", "unfused"],
+           "adaptive": ["floor", "rdrop", "unfused", "full", "full-unfused"]}
 TOKENS_PER_COPY = 2048
 SEQ_LEN = 32
 
@@ -79,6 +103,7 @@ def _lm_setup(cfg, batch_size, dropout):
     import argparse as ap
 
     import torch
+    import rdrop_seq  # noqa: F401  (registers the rdrop_transformer_lm_* architectures)
     from fairseq.models import ARCH_CONFIG_REGISTRY
     from fairseq.models.transformer_lm import TransformerLanguageModel, base_lm_architecture
     from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
@@ -87,11 +112,18 @@ def _lm_setup(cfg, batch_size, dropout):
     task = LanguageModelingTask(LanguageModelingConfig(), d, d)
     args = ap.Namespace(dropout=dropout, tokens_per_sample=1024, max_target_positions=1024,
                         **cfg.get("overrides", {}))
+    if "cutoff" in cfg:
+        args.adaptive_input_cutoff = args.adaptive_softmax_cutoff = cfg["cutoff"]
     # the model's own name registers no defaults-filling function: use fairseq's base
     (base_lm_architecture if cfg["arch"] == "transformer_lm" else ARCH_CONFIG_REGISTRY[cfg["arch"]])(args)
     model = TransformerLanguageModel.build_model(args, task)
     g = torch.Generator().manual_seed(0)
-    seq = torch.randint(d.nspecial, len(d), (batch_size, SEQ_LEN + 1), generator=g)
+    if cfg["kind"] == "adaptive":  # Zipf: word id w (rank w - nspecial + 1) with weight 1 / rank
+        weights = 1.0 / torch.arange(1, len(d) - d.nspecial + 1, dtype=torch.float64)
+        draws = torch.multinomial(weights, batch_size * (SEQ_LEN + 1), replacement=True, generator=g)
+        seq = (draws + d.nspecial).view(batch_size, SEQ_LEN + 1)
+    else:
+        seq = torch.randint(d.nspecial, len(d), (batch_size, SEQ_LEN + 1), generator=g)
     sample = {
         "net_input": {"src_tokens": seq[:, :-1], "src_lengths": torch.full((batch_size,), SEQ_LEN)},
         "target": seq[:, 1:].contiguous(), "ntokens": batch_size * SEQ_LEN, "nsentences": batch_size,
@@ -110,6 +142,12 @@ def _criterion(kind, entry, task):
             return CRITERION_REGISTRY["label_smoothed_cross_entropy_with_rdrop"](
                 task, False, 0.1, rdrop_alpha=5.0)
         name, kw = "rdrop_label_smoothed_cross_entropy", dict(label_smoothing=0.1, rdrop_alpha=5.0)
+    elif kind == "adaptive":
+        if entry == "floor":
+            return CRITERION_REGISTRY["adaptive_loss"](task, False)
+        name = "rdrop_adaptive_loss"
+        kw = dict(rdrop_alpha=1.0, rdrop_adaptive_kl="full" if entry.startswith("full") else "head")
+        entry = "unfused" if entry.endswith("unfused") else "rdrop"
     else:
         if entry == "floor":
             return CRITERION_REGISTRY["cross_entropy"](task, False)
@@ -136,12 +174,14 @@ def run_entry(spec):
     torch.manual_seed(0)
     cfg = CONFIGS[spec["config"]]
     entry = spec["entry"]
-    batch = TOKENS_PER_COPY // SEQ_LEN
+    batch = tokens_per_copy(cfg) // SEQ_LEN
     setup = _translation_setup if cfg["kind"] == "translation" else _lm_setup
     # the floor sees the doubled batch; R-Drop entries duplicate it themselves
     task, model, sample = setup(cfg, 2 * batch if entry == "floor" else batch, spec["dropout"])
     device = spec["device"]
     model.to(device).train()
+    if cfg.get("dtype") == "bf16":
+        model.bfloat16()
     sample = {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict)
                   else v.to(device) if torch.is_tensor(v) else v) for k, v in sample.items()}
     crit = _criterion(cfg["kind"], entry, task).to(device)
@@ -156,8 +196,12 @@ def run_entry(spec):
         opt.step()
 
     result = harness.measure_step(step, device, spec["mode"], spec["warmup"], spec["steps"])
-    result["target_tokens"] = 2 * TOKENS_PER_COPY
+    result["target_tokens"] = 2 * tokens_per_copy(cfg)
     return result
+
+
+def tokens_per_copy(cfg):
+    return cfg.get("tokens_per_copy", TOKENS_PER_COPY)
 
 
 # ---- driver ----------------------------------------------------------------
@@ -180,15 +224,15 @@ def main():
     all_results, rows = {}, []
     for name in args.configs:
         cfg = CONFIGS[name]
-        entries = ENTRIES[cfg["kind"]]
-        print(f"{name}: {cfg['arch']}, V={cfg['vocab']}, 2 x {TOKENS_PER_COPY} target tokens",
-              flush=True)
+        entries = cfg.get("entries", ENTRIES[cfg["kind"]])
+        print(f"{name}: {cfg['arch']}, V={cfg['vocab']}, 2 x {tokens_per_copy(cfg)} target tokens"
+              + (f", {cfg['dtype']}" if "dtype" in cfg else ""), flush=True)
         spec = dict(config=name, threads=args.threads, dropout=args.dropout,
                     warmup=args.warmup, steps=args.steps)
         res = harness.add_ratios(harness.measure_entries(
             "benchmarks.train_step_bench", spec, entries, args.reps, args.device))
         for entry, r in res.items():
-            r["tokens_per_second"] = round(2 * TOKENS_PER_COPY / r["seconds"], 1)
+            r["tokens_per_second"] = round(2 * tokens_per_copy(cfg) / r["seconds"], 1)
             rows.append([name, entry, f"{r['seconds']:.3f}", f"{r['step_time_ratio']:.2f}x",
                          f"{r['peak_bytes'] / 2**20:.0f}", f"{r['step_mem_ratio']:.2f}x",
                          f"{r['tokens_per_second']:.0f}"])

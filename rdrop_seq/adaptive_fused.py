@@ -145,8 +145,8 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
     )
     c = max(1, min(int(c), max(count, 1)))
 
-    zbuf = torch.empty(m * c * vocab, dtype=acc, device=device)  # log-probs, then probs
     lbuf = torch.empty(m * c * vocab, dtype=acc, device=device)  # log-probs, then gradient
+    pbuf = torch.empty(m * c * vocab, dtype=acc, device=device) if with_kl else None  # probs
     mbuf = torch.empty(c * vocab, dtype=acc, device=device) if with_kl else None
     grad_x = torch.zeros(m * n, x.size(-1), dtype=acc, device=device) if need_x else None
     grad_p: List[Optional[Tensor]] = [None] * len(params)
@@ -166,7 +166,9 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
             ts = [tail(xc) for tail in spec.tails]
         if h.shape != (r, c0 + k):
             raise ValueError(f"head scores have shape {tuple(h.shape)}; cutoff {cutoff} needs {(r, c0 + k)}")
-        z = zbuf[: r * vocab].view(r, vocab)
+        # the full log-probabilities, written straight into the chunk core's buffer
+        l3 = lbuf[: r * vocab].view(m, cc, vocab)
+        z = l3.view(r, vocab)
         h_lsm = torch.log_softmax(h.detach(), -1, dtype=acc)
         z[:, :c0] = h_lsm[:, :c0]
         t_lsm = []
@@ -177,9 +179,8 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
             tl = torch.log_softmax(t.detach(), -1, dtype=acc)
             torch.add(tl, h_lsm[:, c0 + i : c0 + i + 1], out=z[:, cutoff[i] : cutoff[i + 1]])
             t_lsm.append(tl)
-        l3 = lbuf[: r * vocab].view(m, cc, vocab)
         totals.add(*chunk_core(
-            z.view(m, cc, vocab), l3, z.view(m, cc, vocab),
+            l3, l3, pbuf[: r * vocab].view(m, cc, vocab) if with_kl else None,
             mbuf[: cc * vocab].view(cc, vocab) if with_kl else None,
             target.index_select(0, pos), None, 0.0, spec.loss.alpha, with_kl, need_grad, False,
         ))

@@ -46,7 +46,8 @@ def chunk_core(
     """Values of one chunk and, if ``need_grad``, the gradient w.r.t. its logits.
 
     ``logits``: ``[m, c, V]`` (any float dtype, each ``[a]`` slice contiguous;
-    may alias ``pbuf``); ``lbuf``, ``pbuf``: ``[m, c, V]`` accumulation-dtype
+    may alias ``pbuf``), or ``lbuf`` itself holding log-probabilities already
+    (no log-softmax then); ``lbuf``, ``pbuf``: ``[m, c, V]`` accumulation-dtype
     buffers (``pbuf`` only needed with the KL); ``mbuf``: ``[c, V]`` scratch
     (KL only); ``target``: ``[c]`` valid class indices; ``keep``: ``[c]`` bool,
     or None when every position counts.  On return ``lbuf`` holds the gradient
@@ -56,8 +57,9 @@ def chunk_core(
     """
     m, c, vocab = lbuf.shape
     acc = lbuf.dtype
-    for a in range(m):
-        torch.log_softmax(logits[a], -1, dtype=acc, out=lbuf[a])
+    if logits is not lbuf:  # else the caller wrote log-probabilities into lbuf itself
+        for a in range(m):
+            torch.log_softmax(logits[a], -1, dtype=acc, out=lbuf[a])
     tgt = target.view(1, c, 1).expand(m, c, 1)
     nll_rows = lbuf.gather(-1, tgt).view(m, c)
     # the smoothing term's sum only where it counts (no pass over the chunk for epsilon = 0)

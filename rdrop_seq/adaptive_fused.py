@@ -198,20 +198,16 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
         outs = [h] + ts
         grads_out = [(gg * _grad_scale(o.dtype)).to(o.dtype) for gg, o in zip([g_h] + g_ts, outs)]
         inputs = ([xc] if need_x else []) + wanted
-        got = list(torch.autograd.grad(outs, inputs, grads_out, allow_unused=True))
+        got = torch.autograd.grad(outs, inputs, grads_out, allow_unused=True)
+        # back to unscaled gradients in the accumulation dtype (None: the input got none)
         scale = _grad_scale(h.dtype)
+        got = iter(None if g is None else g.to(acc) if scale == 1.0 else g.to(acc).div_(scale) for g in got)
         if need_x:
-            gx = got.pop(0)
-            grad_x.index_copy_(0, rows, gx.to(acc) if scale == 1.0 else gx.to(acc) / scale)
-        it = iter(got)
+            grad_x.index_copy_(0, rows, next(got))
         for j, need in enumerate(need_params):
-            if not need:
-                continue
-            gp = next(it)
-            if gp is None:
-                continue
-            gp = gp.to(acc) if scale == 1.0 else gp.to(acc) / scale
-            grad_p[j] = gp if grad_p[j] is None else grad_p[j].add_(gp)
+            gp = next(got) if need else None
+            if gp is not None:
+                grad_p[j] = gp if grad_p[j] is None else grad_p[j].add_(gp)
     if need_grad:
         # parameters no chunk reached (no non-pad position) get a zero gradient
         grad_p = [None if not need else (torch.zeros_like(p, dtype=acc) if g is None else g)

@@ -186,7 +186,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         else:
             scores, targets = asm(features, target.repeat(passes))
         if fused:
-            out = adaptive_head_rdrop_loss(
+            return adaptive_head_rdrop_loss(
                 scores[0],
                 scores[1:],
                 targets[0][: target.numel()],
@@ -196,7 +196,6 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
                 ignore_index=self.padding_idx,
                 chunk_size=self.chunk_size,
             )
-            return out
         lprobs = [None if s is None else F.log_softmax(_float_scores(s), dim=-1) for s in scores]
         nll = None
         for i, (lp, tgt) in enumerate(zip(lprobs, targets)):
@@ -221,11 +220,10 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         """Every tail scored at every position: full-vocabulary CE and KL."""
         x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
         if fused:
-            out = adaptive_full_rdrop_loss(
+            return adaptive_full_rdrop_loss(
                 x, asm.head, asm.tail, asm.cutoff, target, alpha=alpha, passes=passes,
                 ignore_index=self.padding_idx, chunk_size=self.chunk_size,
             )
-            return out
         lprobs = adaptive_log_probs(asm.head(x), [tail(x) for tail in asm.tail], asm.cutoff)
         return rdrop_cross_entropy_loss(
             lprobs, target, alpha, passes, ignore_index=self.padding_idx,

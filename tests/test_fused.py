@@ -307,7 +307,7 @@ def test_chunked_ignore_index_outside_vocabulary_and_no_grad():
 def test_fused_low_precision_close_to_float32(dtype, tol, device_gemm, monkeypatch):
     # device_gemm: the accelerator strategy (gradient products in the input dtype, fp16
     # gradients scaled), exercised here on the CPU
-    monkeypatch.setattr(projection, "use_low_precision_gemm", lambda device: device_gemm)
+    monkeypatch.setattr(projection, "use_low_precision_gemm", lambda device, dtype: device_gemm)
     hidden, weight, bias, target = _problem(2, n=40, hdim=16, vocab=50, seed=12,
                                             dtype=torch.float32)
     results = {}

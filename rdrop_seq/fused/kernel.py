@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rdrop_seq.fused.precision import LOW_PRECISION
 from rdrop_seq.losses import smoothing_share
 
 
@@ -165,5 +166,12 @@ def consume_stored_grads(ctx, what: str):
 
 
 def scale_stored_grads(grads, dtypes, grad_loss: Tensor):
-    """Each stored gradient times the incoming one (in place), in its input's dtype (None stays None)."""
-    return [None if g is None else g.mul_(grad_loss.to(g.dtype)).to(d) for g, d in zip(grads, dtypes)]
+    """Each stored gradient times the incoming one (in place), in its input's dtype (None stays None).
+
+    A bf16/fp16 gradient is multiplied by the incoming gradient as a Python number,
+    which the kernels apply in float32 (not rounded to the low-precision dtype first).
+    """
+    def scaled(g: Tensor) -> Tensor:
+        return g.mul_(float(grad_loss) if g.dtype in LOW_PRECISION else grad_loss.to(g.dtype))
+
+    return [None if g is None else scaled(g).to(d) for g, d in zip(grads, dtypes)]

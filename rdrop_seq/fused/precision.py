@@ -1,4 +1,4 @@
-"""Half-precision inputs: which dtypes, the float16 gradient scale, float32-result products."""
+"""Half-precision inputs: which dtypes, the float16 gradient scale, low-precision gradient products."""
 
 import torch
 from torch import Tensor
@@ -13,13 +13,30 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 _MM_OUT_DTYPE_OK = {}
 
 
-def use_low_precision_gemm(device: torch.device) -> bool:
-    """Whether bf16/fp16 gradient products run in the input dtype (CUDA) or float32."""
-    return device.type == "cuda"
+def _cpu_has_bf16_gemm() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
-def mm_float_out(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for bf16/fp16 ``a``, ``b`` with a float32 result (no rounding to the input dtype)."""
+def use_low_precision_gemm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the gradient products of ``dtype`` inputs run in that dtype, or in float32.
+
+    On CUDA for bf16 and fp16 (float32 results where the device offers them); on a
+    CPU for bf16 where it multiplies bf16 natively (about twice float32's speed, and
+    no float32 copy of the projection weight), otherwise in float32.
+    """
+    if dtype not in LOW_PRECISION:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and dtype == torch.bfloat16 and _cpu_has_bf16_gemm()
+
+
+def mm_low(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for bf16/fp16 ``a``, ``b``: a float32 result on CUDA (no rounding to the
+    input dtype), else (a CPU's bf16 product, float32 accumulation inside) in the input dtype."""
     key = (a.device.type, a.dtype)
     if _MM_OUT_DTYPE_OK.get(key, True) and a.device.type == "cuda":
         try:
@@ -28,4 +45,5 @@ def mm_float_out(a: Tensor, b: Tensor) -> Tensor:
             return out
         except (RuntimeError, TypeError, NotImplementedError):
             _MM_OUT_DTYPE_OK[key] = False
-    return torch.mm(a.float(), b.float())
+        return torch.mm(a.float(), b.float())
+    return torch.mm(a, b)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from rdrop_seq.fused.chunking import auto_chunk_size
 from rdrop_seq.fused.kernel import LossSpec, Totals, chunk_core, consume_stored_grads, finish, scale_stored_grads
-from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX, LOW_PRECISION, mm_float_out, use_low_precision_gemm
+from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX, LOW_PRECISION, mm_low, use_low_precision_gemm
 from rdrop_seq.losses import RDropLoss, check_copies, compute_dtype
 
 
@@ -42,16 +42,17 @@ def _fused_forward(
     c = spec.chunk_size or auto_chunk_size(vocab, hdim, m, with_kl=with_kl, low_precision=low)
     c = max(1, min(int(c), max(count, 1)))
 
+    # The gradients are stored until the backward, which returns them in the inputs'
+    # dtype: bf16 ones are stored in bf16 (half the memory; bf16 has float32's range,
+    # so scaling them by the incoming gradient there cannot overflow), the others in
+    # the accumulation dtype (fp16 ones are scaled by the loss scale in the backward).
+    store = torch.bfloat16 if dtype == torch.bfloat16 else acc
     grad_h = grad_h3 = grad_w = grad_b = None
     if need_h:
-        grad_h = torch.empty(m * n, hdim, dtype=acc, device=device)
+        grad_h = torch.empty(m * n, hdim, dtype=store, device=device)
         grad_h3 = grad_h.view(m, n, hdim)
         if count < n:
             grad_h3.index_fill_(1, pad.nonzero().squeeze(1), 0.0)
-    if need_w:
-        grad_w = torch.empty(vocab, hdim, dtype=acc, device=device)
-        if count == 0:
-            grad_w.zero_()
     if need_b:
         grad_b = torch.zeros(vocab, dtype=acc, device=device)
 
@@ -59,7 +60,7 @@ def _fused_forward(
     lbuf = torch.empty(m * c * vocab, dtype=acc, device=device)
     mbuf = torch.empty(c * vocab, dtype=acc, device=device) if with_kl else None
     lowbuf = torch.empty(m * c * vocab, dtype=dtype, device=device) if low else None
-    lowp_gemm = low and need_grad and use_low_precision_gemm(device)
+    lowp_gemm = low and need_grad and use_low_precision_gemm(device, dtype)
     weight_acc = weight.to(acc) if (need_h and low and not lowp_gemm) else None
     scale = FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
     weight_t = weight.t()
@@ -103,30 +104,45 @@ def _fused_forward(
             torch.mul(g, scale, out=g_low)
             if scale != 1.0:
                 g_low.nan_to_num_(posinf=FP16_MAX, neginf=-FP16_MAX)
-            gh = mm_float_out(g_low, weight) if need_h else None
+            gh = mm_low(g_low, weight) if need_h else None
             if need_h and scale != 1.0:
                 gh.mul_(1.0 / scale)
             if need_w:
-                gw = mm_float_out(g_low.t(), h)
-                if start == 0:
-                    torch.mul(gw, 1.0 / scale, out=grad_w)
-                else:
-                    grad_w.add_(gw, alpha=1.0 / scale)
+                gw = mm_low(g_low.t(), h)
+                if scale != 1.0:
+                    gw.mul_(1.0 / scale)
+                grad_w = _accumulate(grad_w, gw, acc)
         else:
             gh = torch.mm(g, weight if weight_acc is None else weight_acc) if need_h else None
             if need_w:
                 h_acc = h if h.dtype == acc else h.to(acc)
-                if start == 0:
-                    torch.mm(g.t(), h_acc, out=grad_w)
+                if grad_w is None:
+                    grad_w = torch.mm(g.t(), h_acc)
                 else:
                     grad_w.addmm_(g.t(), h_acc)
         if need_h:
             if positions is None:
                 grad_h3[:, start:start + cc].copy_(gh.view(m, cc, hdim))
             else:
-                grad_h.index_copy_(0, rows, gh)
+                grad_h.index_copy_(0, rows, gh.to(grad_h.dtype))
+    if need_w and grad_w is None:  # every position is padding
+        grad_w = torch.zeros(vocab, hdim, dtype=acc, device=device)
+    if need_w:
+        grad_w = grad_w.to(store)
+    if need_b:
+        grad_b = grad_b.to(store)
     values = finish(totals.values, totals.correct, spec.epsilon, spec.alpha, vocab, acc)
     return values, (grad_h, grad_w, grad_b)
+
+
+def _accumulate(total: Optional[Tensor], part: Tensor, acc: torch.dtype) -> Tensor:
+    """``total + part`` over chunks; the first chunk's part is taken as it is (a bf16
+    product stays bf16 when there is one chunk), later sums are in ``acc``."""
+    if total is None:
+        return part
+    if total.dtype != acc:
+        total = total.to(acc)
+    return total.add_(part)
 
 
 class _FusedLinearRDrop(torch.autograd.Function):

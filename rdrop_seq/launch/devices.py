@@ -61,7 +61,8 @@ def cpu_distributed_flags(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 
 def precision_reason(argv: Sequence[str], cpu: bool) -> Optional[str]:
-    """Refuse CUDA-only precision on CPU; the reason line when ``--bf16`` must stay off the TPU path."""
+    """Refuse CUDA-only precision on CPU; None, or the reason line when ``--bf16`` must be
+    kept off the TPU path (:func:`rdrop_seq.compat.bf16_turns_into_tpu`)."""
     if cpu and (has_flag(argv, "--fp16") or has_flag(argv, "--memory-efficient-fp16")):
         raise LaunchError(
             "--fp16 needs CUDA in fairseq 0.12: its fp32 master weights are allocated "

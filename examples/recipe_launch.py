@@ -47,8 +47,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional, Sequence
 
-# the launcher's own argv and environment helpers; TORCHRUN_VARS: what rdrop-train takes for a torchrun rank
-from rdrop_seq.launch import TORCHRUN_VARS, LaunchError, env_int, flag_value, has_flag
+# rdrop-train's own argv and environment helpers, and what it takes for a torchrun rank
+from rdrop_seq.launch.argv import LaunchError, env_int, flag_value, has_flag
+from rdrop_seq.launch.torchrun import TORCHRUN_VARS
 
 MIXED_PRECISION_CUDA_FLAGS = ("--fp16", "--memory-efficient-fp16", "--amp")
 

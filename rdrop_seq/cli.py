@@ -8,7 +8,8 @@
 ``rdrop-train`` also chooses the process layout (torchrun, SLURM,
 ``--distributed-world-size``; several ranks on CPU) and the settings that make
 fairseq's distributed and bfloat16 training run where it is started; see
-:mod:`rdrop_seq.launch`.  Each decision is logged on one line.
+:mod:`rdrop_seq.launch` (the decisions) and :mod:`rdrop_seq.compat` (the
+fairseq fix a decision may call for).  Each decision is logged on one line.
 """
 
 import argparse
@@ -53,30 +54,11 @@ def _cuda_devices():
         sys.exit(f"rdrop-train: {INSTALL_HINT} (importing torch failed: {err!r})")
 
 
-def _keep_bf16_off_tpu():
-    """fairseq 0.12 parses ``--bf16`` as ``--bf16 --tpu``; undo the ``--tpu`` part."""
-    from fairseq import options
-
-    parse = options.parse_args_and_arch
-    if getattr(parse, "_rdrop_bf16_not_tpu", False):
-        return
-
-    def parse_args_and_arch(*args, **kwargs):
-        result = parse(*args, **kwargs)
-        parsed = result[0] if isinstance(result, tuple) else result
-        if getattr(parsed, "bf16", False):
-            parsed.tpu = False
-        return result
-
-    parse_args_and_arch._rdrop_bf16_not_tpu = True
-    options.parse_args_and_arch = parse_args_and_arch
-
-
 def train(argv=None) -> None:
     import logging
     import os
 
-    from rdrop_seq import launch
+    from rdrop_seq import compat, launch
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     cuda_available, cuda_count = _cuda_devices()
@@ -98,7 +80,7 @@ def train(argv=None) -> None:
         sys.exit(launch.run_local_ranks(argvs))
     if plan.bf16_not_tpu:
         try:
-            _keep_bf16_off_tpu()
+            compat.keep_bf16_off_tpu()
         except Exception as err:
             sys.exit(f"rdrop-train: {INSTALL_HINT} (importing fairseq failed: {err!r})")
     _run_fairseq_cli("rdrop-train", "fairseq_cli.train", plan.argv)

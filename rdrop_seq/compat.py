@@ -1,9 +1,16 @@
-"""Compatibility with current torch and the fairseq distributions we support."""
+"""Compatibility with current torch and the fairseq distributions we support.
+
+Every fix of fairseq's own behaviour lives here: the ones importing the package
+applies (checkpoint loading, ``--log-file``, empty-output BLEU) and the one
+``rdrop-train`` applies when a command line needs it (``--bf16`` kept off the
+TPU path: :func:`bf16_turns_into_tpu` decides, :func:`keep_bf16_off_tpu` does it).
+"""
 
 import argparse
 import functools
 import logging
 import os
+from typing import Sequence
 
 INSTALL_HINT = (
     "rdrop_seq needs fairseq. On Python 3.11/3.12 install it with "
@@ -151,3 +158,36 @@ def bleu_of_empty_output() -> None:
 
     reduce_metrics._rdrop_seq_bleu_of_empty_output = True
     TranslationTask.reduce_metrics = reduce_metrics
+
+
+BF16_FLAGS = ("--bf16", "--memory-efficient-bf16")
+
+
+def bf16_turns_into_tpu(argv: Sequence[str]) -> bool:
+    """Whether fairseq 0.12 would send this training command line to a TPU unasked.
+
+    fairseq 0.12 parses ``--bf16`` (and ``--memory-efficient-bf16``) as
+    ``--bf16 --tpu``; True when ``argv`` asks for bfloat16 without ``--tpu``,
+    i.e. when :func:`keep_bf16_off_tpu` must run before fairseq parses it.
+    """
+    flags = {str(a).split("=", 1)[0] for a in argv}
+    return "--tpu" not in flags and any(flag in flags for flag in BF16_FLAGS)
+
+
+def keep_bf16_off_tpu() -> None:
+    """fairseq 0.12 parses ``--bf16`` as ``--bf16 --tpu``; undo the ``--tpu`` part."""
+    from fairseq import options
+
+    parse = options.parse_args_and_arch
+    if getattr(parse, "_rdrop_bf16_not_tpu", False):
+        return
+
+    def parse_args_and_arch(*args, **kwargs):
+        result = parse(*args, **kwargs)
+        parsed = result[0] if isinstance(result, tuple) else result
+        if getattr(parsed, "bf16", False):
+            parsed.tpu = False
+        return result
+
+    parse_args_and_arch._rdrop_bf16_not_tpu = True
+    options.parse_args_and_arch = parse_args_and_arch

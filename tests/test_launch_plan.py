@@ -1,22 +1,12 @@
-"""How rdrop-train lays out processes: pure argv decisions, and the local rank runner."""
-
-import sys
-import time
+"""How rdrop-train lays out processes: the pure argv decisions of the launch plan."""
 
 import pytest
 
-from rdrop_seq.launch import (
-    CHILD_ENV,
-    LaunchError,
-    flag_value,
-    has_flag,
-    plan_launch,
-    rank_argv,
-    run_local_ranks,
-    slurm_first_host,
-    slurm_port,
-    threads_per_rank,
-)
+from rdrop_seq.launch.argv import LaunchError, flag_value, has_flag
+from rdrop_seq.launch.plan import plan_launch, rank_argv
+from rdrop_seq.launch.slurm import slurm_port
+from rdrop_seq.launch.supervisor import CHILD_ENV
+
 
 BASE = ["data-bin", "--arch", "transformer", "--max-tokens", "4096"]
 TORCHRUN = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "16",
@@ -39,18 +29,6 @@ def added(plan, argv=BASE):
             out[extra[i]] = True
             i += 1
     return out
-
-
-# ---------------------------------------------------------------- argv helpers
-
-
-def test_flag_values_in_both_spellings_last_one_wins():
-    argv = ["--distributed-world-size", "2", "--x", "--distributed-world-size=4"]
-    assert flag_value(argv, "--distributed-world-size") == "4"
-    assert flag_value(argv, "--distributed-rank") is None
-    assert has_flag(["--cpu"], "--cpu") and not has_flag(["--cpu-offload"], "--cpu")
-    assert has_flag(["--local_rank=3"], "--device-id")
-    assert flag_value(["--local_rank", "3"], "--device-id") == "3"
 
 
 # ---------------------------------------------------------------- single process
@@ -119,16 +97,6 @@ def test_incomplete_torchrun_environment_is_not_torchrun():
 
 
 # ---------------------------------------------------------------- SLURM
-
-
-def test_slurm_host_lists():
-    assert slurm_first_host("gpu[007-008]") == "gpu007"
-    assert slurm_first_host("node[3,5-9],big1") == "node3"
-    assert slurm_first_host("a1,b[1-2]") == "a1"
-    assert slurm_first_host("rack[2-3]-n[01-04]") == "rack2-n01"
-    assert slurm_first_host("localhost") == "localhost"
-    with pytest.raises(LaunchError):
-        slurm_first_host(" ")
 
 
 def test_slurm_one_task_per_gpu_is_one_rank_per_task():
@@ -268,43 +236,3 @@ def test_fp16_and_amp_need_cuda(flag):
     assert plan_launch(BASE + [flag], {}, cuda_available=True, cuda_device_count=1).argv == (
         BASE + [flag]
     )
-
-
-# ---------------------------------------------------------------- the local rank runner
-
-
-FAKE_RANK = (
-    "import sys, time\n"
-    "rank = int(sys.argv[1])\n"
-    "print(f'hello from {rank}', flush=True)\n"
-    "if rank == 1: sys.exit(3)\n"
-    "time.sleep(60)\n"
-)
-
-
-def test_cpu_ranks_share_the_cores():
-    assert threads_per_rank(2, cores=2) == 1
-    assert threads_per_rank(2, cores=16) == 8
-    assert threads_per_rank(4, cores=2) == 1
-
-
-def test_local_ranks_fail_fast_and_stream_output(capfd):
-    start = time.monotonic()
-    code = run_local_ranks([["0"], ["1"]], command=[sys.executable, "-c", FAKE_RANK])
-    assert code == 3
-    assert time.monotonic() - start < 30, "the surviving rank was not stopped"
-    out = capfd.readouterr().out
-    assert "hello from 0" in out and "[rank 1] hello from 1" in out
-
-
-def test_local_ranks_succeed_together(capfd):
-    ok = (
-        "import os, sys; "
-        "print(sys.argv[1], os.environ['RDROP_SEQ_LAUNCHED_RANK'], os.environ['OMP_NUM_THREADS'])"
-    )
-    code = run_local_ranks(
-        [["0"], ["1"]], command=[sys.executable, "-c", ok], env={"OMP_NUM_THREADS": "3"}
-    )
-    assert code == 0
-    out = capfd.readouterr().out
-    assert "0 1 3" in out and "[rank 1] 1 1 3" in out

@@ -215,6 +215,8 @@ def main():
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="1 repetition, 1 timed step")
+    parser.add_argument("--entries", nargs="+", default=None,
+                        help="only these entries of each configuration (the floor is always run)")
     parser.add_argument("--label", default="",
                         help="added to the results file name (keeps other runs of the day)")
     args = parser.parse_args()
@@ -225,6 +227,8 @@ def main():
     for name in args.configs:
         cfg = CONFIGS[name]
         entries = cfg.get("entries", ENTRIES[cfg["kind"]])
+        if args.entries:
+            entries = ["floor"] + [e for e in entries if e in args.entries and e != "floor"]
         print(f"{name}: {cfg['arch']}, V={cfg['vocab']}, 2 x {tokens_per_copy(cfg)} target tokens"
               + (f", {cfg['dtype']}" if "dtype" in cfg else ""), flush=True)
         spec = dict(config=name, threads=args.threads, dropout=args.dropout,

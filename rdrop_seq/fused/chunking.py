@@ -2,6 +2,8 @@
 
 # Target size of a chunk's working set (its float32 [rows, V] buffers).
 CHUNK_BUDGET_BYTES = 64 * 1024 * 1024
+# The most a chunk's minimum number of rows may raise that working set to.
+CHUNK_CEILING_BYTES = 4 * CHUNK_BUDGET_BYTES
 # The same for the logits fallback on CPUs: about a last-level cache, so that its
 # elementwise passes over a chunk's buffers run from cache, not from memory.
 CPU_LOGITS_CHUNK_BUDGET_BYTES = 8 * 1024 * 1024
@@ -25,12 +27,16 @@ def auto_chunk_size(
     ``budget_bytes``; but a chunk has at least ``clamp(hidden_dim / 2, 64, 512)``
     rows, so that its ``[rows, H] x [H, V]`` products stay efficient and
     re-reading the ``[V, H]`` weight once per chunk stays small against the
-    chunk's own work.  Multiples of 8 positions from 16 on.
+    chunk's own work -- up to ``CHUNK_CEILING_BYTES``: with a vocabulary of
+    hundreds of thousands (an adaptive softmax's full KL) a row's own work is
+    large, and the minimum would cost gigabytes.  Multiples of 8 positions from
+    16 on.
     """
     vocab = max(int(vocab), 1)
     per_position = _bytes_per_position(vocab, passes, with_kl, low_precision)
     rows_min = min(max(hidden_dim // 2, 64), 512)
-    positions = max(budget_bytes // per_position, rows_min // passes)
+    ceiling = max(budget_bytes, CHUNK_CEILING_BYTES) // per_position
+    positions = max(budget_bytes // per_position, min(rows_min // passes, ceiling))
     return _round_positions(max(positions, 1))
 
 

@@ -35,8 +35,9 @@ def use_low_precision_gemm(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def mm_low(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for bf16/fp16 ``a``, ``b``: a float32 result on CUDA (no rounding to the
-    input dtype), else (a CPU's bf16 product, float32 accumulation inside) in the input dtype."""
+    """``a @ b`` for bf16/fp16 ``a``, ``b``: on CUDA a float32 result (no rounding to the
+    input dtype); on a CPU, bf16 in bf16 (float32 accumulation inside, one rounding of
+    the result), fp16 in float32."""
     key = (a.device.type, a.dtype)
     if _MM_OUT_DTYPE_OK.get(key, True) and a.device.type == "cuda":
         try:
@@ -45,5 +46,6 @@ def mm_low(a: Tensor, b: Tensor) -> Tensor:
             return out
         except (RuntimeError, TypeError, NotImplementedError):
             _MM_OUT_DTYPE_OK[key] = False
-        return torch.mm(a.float(), b.float())
-    return torch.mm(a, b)
+    if a.device.type == "cpu" and a.dtype == torch.bfloat16:
+        return torch.mm(a, b)
+    return torch.mm(a.float(), b.float())

@@ -46,6 +46,9 @@ def _fused_forward(
     # dtype: bf16 ones are stored in bf16 (half the memory; bf16 has float32's range,
     # so scaling them by the incoming gradient there cannot overflow), the others in
     # the accumulation dtype (fp16 ones are scaled by the loss scale in the backward).
+    # Where a CPU multiplies bf16 natively the weight gradient is also summed over the
+    # chunks in bf16, in place (one rounding per chunk, as bf16 training sums the
+    # gradients of its micro-batches): no [V, H] float32 tensor at all.
     store = torch.bfloat16 if dtype == torch.bfloat16 else acc
     grad_h = grad_h3 = grad_w = grad_b = None
     if need_h:
@@ -107,11 +110,13 @@ def _fused_forward(
             gh = mm_low(g_low, weight) if need_h else None
             if need_h and scale != 1.0:
                 gh.mul_(1.0 / scale)
-            if need_w:
+            if need_w and grad_w is not None and grad_w.dtype == torch.bfloat16:
+                grad_w.addmm_(g_low.t(), h)  # a CPU's bf16 product, summed in place
+            elif need_w:
                 gw = mm_low(g_low.t(), h)
                 if scale != 1.0:
                     gw.mul_(1.0 / scale)
-                grad_w = _accumulate(grad_w, gw, acc)
+                grad_w = gw if grad_w is None else grad_w.add_(gw)
         else:
             gh = torch.mm(g, weight if weight_acc is None else weight_acc) if need_h else None
             if need_w:
@@ -133,16 +138,6 @@ def _fused_forward(
         grad_b = grad_b.to(store)
     values = finish(totals.values, totals.correct, spec.epsilon, spec.alpha, vocab, acc)
     return values, (grad_h, grad_w, grad_b)
-
-
-def _accumulate(total: Optional[Tensor], part: Tensor, acc: torch.dtype) -> Tensor:
-    """``total + part`` over chunks; the first chunk's part is taken as it is (a bf16
-    product stays bf16 when there is one chunk), later sums are in ``acc``."""
-    if total is None:
-        return part
-    if total.dtype != acc:
-        total = total.to(acc)
-    return total.add_(part)
 
 
 class _FusedLinearRDrop(torch.autograd.Function):

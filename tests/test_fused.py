@@ -370,7 +370,7 @@ def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
 def test_auto_chunk_size_budget_and_minimum():
     budget = chunking.CHUNK_BUDGET_BYTES
     for hdim in (256, 512, 1024):
-        rows_min = min(max(hdim // 2, 64), 512)
+        rows_min = min(max(hdim // 2, 64), 256)
         for vocab in (1000, 8000, 32000, 250000):
             for passes in (1, 2, 3):
                 c = auto_chunk_size(vocab, hdim, passes)

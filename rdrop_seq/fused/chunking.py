@@ -24,7 +24,7 @@ def auto_chunk_size(
     The float32 ``[rows, V]`` buffers of a chunk (log-probabilities/gradient and
     probabilities of every copy, plus one per-position buffer for the KL, plus
     the low-precision logits when the inputs are bf16/fp16) are kept around
-    ``budget_bytes``; but a chunk has at least ``clamp(hidden_dim / 2, 64, 512)``
+    ``budget_bytes``; but a chunk has at least ``clamp(hidden_dim / 2, 64, 256)``
     rows, so that its ``[rows, H] x [H, V]`` products stay efficient and
     re-reading the ``[V, H]`` weight once per chunk stays small against the
     chunk's own work -- up to ``CHUNK_CEILING_BYTES``: with a vocabulary of
@@ -34,7 +34,7 @@ def auto_chunk_size(
     """
     vocab = max(int(vocab), 1)
     per_position = _bytes_per_position(vocab, passes, with_kl, low_precision)
-    rows_min = min(max(hidden_dim // 2, 64), 512)
+    rows_min = min(max(hidden_dim // 2, 64), 256)
     ceiling = max(budget_bytes, CHUNK_CEILING_BYTES) // per_position
     positions = max(budget_bytes // per_position, min(rows_min // passes, ceiling))
     return _round_positions(max(positions, 1))

@@ -8,6 +8,16 @@ from fairseq.models.transformer import TransformerModel
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 
+def build_from_dataclass(criterion_cls, task, **overrides):
+    """``criterion_cls`` built from its registered dataclass with ``overrides``
+    (fields not given keep their defaults; ``sentence_avg``, an interpolation of
+    fairseq's ``--sentence-avg`` in the dataclass, defaults to False as that flag)."""
+    config_cls = getattr(criterion_cls, "__dataclass")
+    if "sentence_avg" in config_cls.__dataclass_fields__:
+        overrides.setdefault("sentence_avg", False)
+    return criterion_cls(config_cls(**overrides), task)
+
+
 def tiny_dictionary(words=40):
     d = Dictionary()
     for i in range(words):

@@ -18,8 +18,8 @@ from tests.conftest import DEVICES, NEEDS_CUDA
 from rdrop_seq.batching import needs_length_sorted_copies
 from rdrop_seq.criterions.output_layer import forward_takes_features_only, fusable_output_projection
 from tests.fairseq_helpers import (
-    HALF_TOLERANCES, check_step_against_reference, doubled, speech_batch, tiny_bart, tiny_lstm, tiny_s2t_transformer,
-    tiny_transformer, to_device, translation_batch, translation_task,
+    HALF_TOLERANCES, build_from_dataclass, check_step_against_reference, doubled, speech_batch, tiny_bart,
+    tiny_lstm, tiny_s2t_transformer, tiny_transformer, to_device, translation_batch, translation_task,
 )
 
 
@@ -35,7 +35,7 @@ def make_criterion(task, **kw):
         rdrop_alpha_warmup=0,
     )
     args.update(kw)
-    crit = RDropLabelSmoothedCrossEntropyCriterion(task, **args)
+    crit = build_from_dataclass(RDropLabelSmoothedCrossEntropyCriterion, task, **args)
     crit.set_num_updates(0)
     return crit
 
@@ -354,8 +354,8 @@ def test_every_k_and_alpha_warmup_follow_their_schedules(setup):
 
 def test_update_counter_comes_from_the_trainers_metrics(setup):
     task, model, _ = setup
-    crit = RDropLabelSmoothedCrossEntropyCriterion(
-        task, False, 0.1, rdrop_alpha=1.0, rdrop_every=2
+    crit = build_from_dataclass(
+        RDropLabelSmoothedCrossEntropyCriterion, task, label_smoothing=0.1, rdrop_alpha=1.0, rdrop_every=2
     )
     metrics.reset()
     try:

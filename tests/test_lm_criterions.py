@@ -28,7 +28,7 @@ from rdrop_seq.criterions.rdrop_adaptive_loss import RDropAdaptiveLoss
 from rdrop_seq.criterions.rdrop_cross_entropy import RDropCrossEntropyCriterion
 from rdrop_seq.losses import rdrop_cross_entropy_loss
 from tests.conftest import DEVICES
-from tests.fairseq_helpers import check_step_against_reference, to_device
+from tests.fairseq_helpers import build_from_dataclass, check_step_against_reference, to_device
 from tests.reference import random_batch, reference_rdrop_loss
 from tests.reference_lm import (
     random_adaptive_batch,
@@ -267,13 +267,13 @@ def doubled(sample, passes=2):
 def adaptive_criterion(task, mode="full", **kw):
     args = dict(sentence_avg=False, rdrop_adaptive_kl=mode, rdrop_alpha=1.0, rdrop_passes=2)
     args.update(kw)
-    crit = RDropAdaptiveLoss(task, **args)
+    crit = build_from_dataclass(RDropAdaptiveLoss, task, **args)
     crit.set_num_updates(0)
     return crit
 
 
 def ce_criterion(task, **kw):
-    crit = RDropCrossEntropyCriterion(task, False, **kw)
+    crit = build_from_dataclass(RDropCrossEntropyCriterion, task, sentence_avg=False, **kw)
     crit.set_num_updates(0)
     return crit
 
@@ -605,7 +605,7 @@ def test_cross_entropy_validation_is_the_stock_single_pass(full_lm):
 
 
 def test_lm_criterions_default_to_the_papers_lm_alpha():
-    from rdrop_seq.criterions.base import RDropConfig
+    from rdrop_seq.criterions.config import RDropConfig
     from rdrop_seq.criterions.rdrop_adaptive_loss import RDropAdaptiveLossConfig
     from rdrop_seq.criterions.rdrop_cross_entropy import RDropCrossEntropyConfig
 

@@ -153,6 +153,11 @@ def doubled(sample, passes=2):
     return out
 
 
+def grads(model):
+    """Every parameter's gradient (a copy), by name, where it has one."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def to_device(model, sample, device, dtype=None):
     """The model (in ``dtype`` if given) and a copy of the sample on ``device``."""
     from fairseq import utils

@@ -367,18 +367,10 @@ def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
 
 
 # ---- chunk size ---------------------------------------------------------------
-def test_auto_chunk_size_budget_and_minimum():
-    budget = chunking.CHUNK_BUDGET_BYTES
-    for hdim in (256, 512, 1024):
-        rows_min = min(max(hdim // 2, 64), 512)
-        for vocab in (1000, 8000, 32000, 250000):
-            for passes in (1, 2, 3):
-                c = auto_chunk_size(vocab, hdim, passes)
-                working_set = 4 * vocab * (2 * passes + (passes > 1)) * c
-                # within the budget, or no more than the minimum number of rows
-                assert working_set <= budget or c <= rows_min // passes
-                # and never needlessly small
-                assert c >= min(budget // (working_set // c), rows_min // passes) - 7
+def test_auto_chunk_size_minimum_and_precision():
+    """The chunk sizes' memory is measured by the memory tests below; here what follows from
+    the policy's stated rules: large chunks for small vocabularies, the minimum number of rows
+    for huge ones, smaller chunks where the inputs' low-precision copies are held too."""
     assert auto_chunk_size(8000, 512, 2) >= 400  # small vocabulary: large chunks
     assert auto_chunk_size(250000, 512, 2) == 128  # huge one: 256 rows, the minimum
     assert auto_chunk_size(16000, 512, 2, low_precision=True) < auto_chunk_size(16000, 512, 2)
@@ -428,7 +420,9 @@ def load(name):
 
 torch.set_num_threads(2)
 which = sys.argv[2]
-n, hdim, vocab = 2048, 256, 8000
+shape = dict(n=2048, hdim=256, vocab=8000, chunk_size=None)
+shape.update(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
+n, hdim, vocab = shape["n"], shape["hdim"], shape["vocab"]
 g = torch.Generator().manual_seed(0)
 hidden = torch.randn(2 * n, hdim, generator=g).requires_grad_()
 weight = (torch.randn(vocab, hdim, generator=g) / hdim ** 0.5).requires_grad_()
@@ -437,7 +431,8 @@ target[:100] = 1
 if which == "fused":
     fused = load("fused")
     loss_fn = lambda: fused.fused_linear_rdrop_loss(
-        hidden, weight, target, epsilon=0.1, alpha=5.0, passes=2, ignore_index=1).loss
+        hidden, weight, target, epsilon=0.1, alpha=5.0, passes=2, ignore_index=1,
+        chunk_size=shape["chunk_size"]).loss
 else:
     losses = load("losses")
     loss_fn = lambda: losses.rdrop_label_smoothed_loss(
@@ -461,12 +456,31 @@ print(json.dumps({"step_bytes": status("VmHWM:") - before}))
 """
 
 
-def _step_peak_bytes(which):
+def _step_peak_bytes(which, **shape):
+    """Peak memory (resident-set high-water mark) one training step adds, measured in a
+    fresh process: the loss of ``[2*n, hdim]`` hidden states over ``vocab`` words."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, REPO, which],
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, REPO, which, json.dumps(shape)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["step_bytes"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+@pytest.mark.parametrize("vocab, n", [(8000, 2048), (32000, 1024)])
+def test_fused_step_holds_at_most_one_chunk_budget_of_buffers(vocab, n):
+    """Measured: what a fused training step holds beyond the gradients it returns is the
+    automatic chunk's buffers, about the chunk budget (neither more, nor needlessly less
+    while the batch is larger), and a small explicit chunk holds little."""
+    hdim = 256
+    grads = 4 * (2 * n * hdim + vocab * hdim)  # float32 gradients of the hidden states and the weight
+    budget = chunking.CHUNK_BUDGET_BYTES
+    assert 4 * 2 * n * vocab > 1.5 * budget  # one logits tensor would not fit in the budget
+    buffers = _step_peak_bytes("fused", n=n, hdim=hdim, vocab=vocab) - grads
+    assert buffers <= 1.25 * budget
+    assert buffers >= 0.75 * budget
+    small = _step_peak_bytes("fused", n=n, hdim=hdim, vocab=vocab, chunk_size=8) - grads
+    assert small < 0.25 * buffers
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from rdrop_seq.divergences import pair_divergence
-from rdrop_seq.losses import label_smoothed_nll_loss, rdrop_label_smoothed_loss
+from rdrop_seq.losses import label_smoothed_nll_loss, rdrop_cross_entropy_loss, rdrop_label_smoothed_loss
 from tests.reference import random_batch, reference_rdrop_loss
 
 PAD = 1
@@ -110,3 +110,23 @@ def test_shape_errors_are_clear():
         rdrop_label_smoothed_loss(F.log_softmax(logits, -1), target, 0.1, 1.0, 3, PAD)
     with pytest.raises(ValueError, match="at least 2"):
         pair_divergence(logits, 1)
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+def test_cross_entropy_loss_matches_reference_and_is_fairseqs_at_alpha_zero(passes):
+    logits, target = random_batch(passes, n=13, vocab=11, pad=PAD, seed=passes)
+    ours_in = logits.float().requires_grad_()
+    ours = rdrop_cross_entropy_loss(F.log_softmax(ours_in, -1), target, 2.0, passes, PAD)
+    ref_in = logits.clone().requires_grad_()
+    ref_loss, ref_nll, ref_kl = reference_rdrop_loss(ref_in, target, 0.0, 2.0, passes, PAD)
+    torch.testing.assert_close(ours.loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.nll_loss.double(), ref_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.kl.double(), ref_kl, rtol=1e-5, atol=1e-6)
+    ours.loss.backward()
+    ref_loss.backward()
+    torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, rtol=1e-4, atol=1e-6)
+
+    lp = F.log_softmax(logits.float(), -1)
+    zero = rdrop_cross_entropy_loss(lp, target, 0.0, passes, PAD)
+    stock = F.nll_loss(lp, target.repeat(passes), ignore_index=PAD, reduction="sum")
+    assert torch.equal(zero.loss, stock) and zero.kl == 0

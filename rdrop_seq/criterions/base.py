@@ -13,7 +13,6 @@ import logging
 import math
 
 import torch
-from torch import Tensor
 
 from fairseq import utils
 from fairseq.logging import metrics

@@ -1,7 +1,7 @@
 """``rdrop_adaptive_loss`` inside real fairseq Adaptive Transformers.
 
-Against the stock ``adaptive_loss`` on the doubled batch and in validation,
-against float64 references (KL modes ``full`` and ``head``, every divergence),
+Against the stock ``adaptive_loss`` on the doubled batch (validation: in
+``test_criterion_families.py``), against float64 references (KL modes ``full`` and ``head``, every divergence),
 fused against unfused, with padding, words in every tail cluster and the pad
 collision (a real word whose in-cluster index equals the pad index).
 """
@@ -160,23 +160,6 @@ def test_fused_adaptive_loss_equals_the_unfused_inside_a_training_step(mode, pas
     for name, g in grads_u.items():
         torch.testing.assert_close(grads_f[name], g, rtol=1e-4, atol=2e-5, msg=name)
 
-
-@pytest.mark.parametrize("mode", ["full", "head"])
-def test_adaptive_validation_is_the_stock_single_pass(lm, mode):
-    task, model = lm
-    sample = random_lm_batch(seed=4, collide=False)
-    model.eval()
-    with torch.no_grad():
-        loss, size, log = adaptive_criterion(task, mode)(model, sample)
-        s_loss, s_size, s_log = AdaptiveLoss(task, False)(model, sample)
-    assert torch.equal(loss, s_loss.view(())) and size == s_size
-    assert "rdrop_kl" not in log
-    with metrics.aggregate(new_root=True) as ours:
-        RDropAdaptiveLoss.reduce_metrics([log])
-    with metrics.aggregate(new_root=True) as stock:
-        AdaptiveLoss.reduce_metrics([s_log])
-    for key in ("loss", "ppl"):
-        assert ours.get_smoothed_value(key) == stock.get_smoothed_value(key), key
 
 
 def test_logged_nll_is_per_token_over_copies_and_kl_separate(lm):

@@ -1,8 +1,8 @@
 """``rdrop_adaptive_loss`` inside real fairseq Adaptive Transformers.
 
 Against the stock ``adaptive_loss`` on the doubled batch (validation: in
-``test_criterion_families.py``), against float64 references (KL modes ``full`` and ``head``, every divergence),
-fused against unfused, with padding, words in every tail cluster and the pad
+``test_criterion_families.py``), against float64 references (KL modes ``full``
+and ``head``, every divergence), fused against unfused, with padding, words in every tail cluster and the pad
 collision (a real word whose in-cluster index equals the pad index).
 """
 

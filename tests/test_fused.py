@@ -376,7 +376,6 @@ def test_auto_chunk_size_minimum_and_precision():
     assert auto_chunk_size(16000, 512, 2, low_precision=True) < auto_chunk_size(16000, 512, 2)
 
 
-
 def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere():
     budget = chunking.CPU_LOGITS_CHUNK_BUDGET_BYTES
     for vocab in (1000, 8000, 32000):

@@ -376,13 +376,34 @@ def test_auto_chunk_size_minimum_and_precision():
     assert auto_chunk_size(16000, 512, 2, low_precision=True) < auto_chunk_size(16000, 512, 2)
 
 
-def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere():
+def _first_chunk_buffers(monkeypatch, vocab, passes, n):
+    """Measured: the positions of the first chunk the logits loss forms by default on the CPU,
+    and the bytes of the float buffers its chunk core works in (log-probabilities/gradient,
+    probabilities, KL scratch)."""
+    seen = []
+    real = logits_mod.chunk_core
+
+    def spy(logits, lbuf, pbuf, mbuf, *rest):
+        buffers = [t for t in (lbuf, pbuf, mbuf) if t is not None]
+        seen.append((lbuf.shape[1], sum(t.numel() * t.element_size() for t in buffers)))
+        return real(logits, lbuf, pbuf, mbuf, *rest)
+
+    monkeypatch.setattr(logits_mod, "chunk_core", spy)
+    logits = torch.randn(passes * n, vocab, requires_grad=True)
+    target = torch.randint(2, vocab, (n,))
+    chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=1.0, passes=passes, ignore_index=PAD)
+    monkeypatch.undo()
+    return seen[0]
+
+
+def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere(monkeypatch):
     budget = chunking.CPU_LOGITS_CHUNK_BUDGET_BYTES
-    for vocab in (1000, 8000, 32000):
+    for vocab, n in ((1000, 1024), (8000, 256), (32000, 64)):  # n: several chunks' positions
         for passes in (2, 3):
-            c = chunking.logits_chunk_size(vocab, passes, "cpu")
-            per_position = 4 * vocab * (2 * passes + 1)
-            assert c * per_position <= budget and (c + 8) * per_position > budget
+            c, buffers = _first_chunk_buffers(monkeypatch, vocab, passes, n)
+            assert c == chunking.logits_chunk_size(vocab, passes, "cpu") < n
+            # the buffers fit the budget, and 8 positions more would not
+            assert buffers <= budget and buffers + 8 * buffers // c > budget
     # a huge vocabulary: the minimum, not a chunk per position
     assert chunking.logits_chunk_size(250000, 2, "cpu") == chunking.CPU_LOGITS_MIN_POSITIONS
     # GPUs: the large budget (fewer kernels)

@@ -87,9 +87,9 @@ class FusedLossConfig(FairseqDataclass):
     )
 
 
-def family_default(name: str, default, help: Optional[str] = None):
+def family_default(name: str, default, help_text: Optional[str] = None):
     """Class decorator, placed under ``@dataclass``: the inherited field ``name``
-    defaults to ``default`` in this dataclass (and its help becomes ``help``
+    defaults to ``default`` in this dataclass (and its help becomes ``help_text``
     where given); its type and metadata otherwise stay those of the base."""
 
     def apply(cls):
@@ -102,8 +102,8 @@ def family_default(name: str, default, help: Optional[str] = None):
         if base_field is None:
             raise TypeError(f"{cls.__name__}: no inherited field {name} to give a default")
         metadata = dict(base_field.metadata)
-        if help is not None:
-            metadata["help"] = help
+        if help_text is not None:
+            metadata["help"] = help_text
         annotations = dict(cls.__dict__.get("__annotations__", {}))
         annotations[name] = base_field.type
         cls.__annotations__ = annotations

@@ -51,7 +51,7 @@ from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_regression_loss
 @family_default(
     "rdrop_alpha",
     1.0,
-    help="weight alpha of the divergence between the dropout copies, per "
+    help_text="weight alpha of the divergence between the dropout copies, per "
     "sentence (the mean CE of each copy + alpha * the mean divergence); 1 by "
     "default, the weight of the official GLUE code's regression term. Its "
     "classification term (batch-mean CE, batch-summed KL x 0.5) is alpha = "

@@ -18,6 +18,19 @@ def build_from_dataclass(criterion_cls, task, **overrides):
     return criterion_cls(config_cls(**overrides), task)
 
 
+def translation_criterion(task, **flags):
+    """``rdrop_label_smoothed_cross_entropy`` at the translation tests' settings (label
+    smoothing 0.1, accuracy reported, alpha 5), ``flags`` overriding them, at update 0."""
+    from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
+        RDropLabelSmoothedCrossEntropyCriterion,
+    )
+
+    settings = dict(label_smoothing=0.1, report_accuracy=True, rdrop_alpha=5.0)
+    crit = build_from_dataclass(RDropLabelSmoothedCrossEntropyCriterion, task, **dict(settings, **flags))
+    crit.set_num_updates(0)
+    return crit
+
+
 def tiny_dictionary(words=40):
     d = Dictionary()
     for i in range(words):

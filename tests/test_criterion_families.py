@@ -14,11 +14,8 @@ from fairseq.criterions.adaptive_loss import AdaptiveLoss
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from fairseq.logging import metrics
-from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
-    RDropLabelSmoothedCrossEntropyCriterion,
-)
 from tests.fairseq_helpers import (
-    build_from_dataclass, doubled, grads, tiny_transformer, translation_batch, translation_task,
+    doubled, grads, tiny_transformer, translation_batch, translation_criterion, translation_task,
 )
 from tests.lm_helpers import adaptive_criterion, ce_criterion, lm_model, lm_task, random_lm_batch
 
@@ -38,14 +35,7 @@ def family(name, lm_seed=4, collide=None):
         sample = translation_batch(task, batch_size=5, seed=1)
         assert sample["target"].eq(task.tgt_dict.pad()).any(), "the batch must contain padding"
 
-        def make(**flags):
-            crit = build_from_dataclass(
-                RDropLabelSmoothedCrossEntropyCriterion, task,
-                **dict(dict(label_smoothing=0.1, report_accuracy=True, rdrop_alpha=5.0), **flags),
-            )
-            crit.set_num_updates(0)
-            return crit
-
+        make = lambda **flags: translation_criterion(task, **flags)  # noqa: E731
         stock = LabelSmoothedCrossEntropyCriterion(task, False, 0.1, report_accuracy=True)
         return SimpleNamespace(model=model, sample=sample, make=make, ours=make(), stock=stock,
                                stock_nll="nll_loss", metrics=("loss", "nll_loss", "ppl", "accuracy"),

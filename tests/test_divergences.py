@@ -9,7 +9,7 @@ from rdrop_seq import divergences
 from rdrop_seq.divergences import DIVERGENCES, pair_divergence
 from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_label_smoothed_loss
 from tests.fairseq_helpers import (
-    build_from_dataclass, check_step_against_reference, tiny_transformer, translation_batch, translation_task,
+    check_step_against_reference, tiny_transformer, translation_batch, translation_criterion, translation_task,
 )
 from tests.reference import random_batch, reference_pair_divergence, reference_rdrop_loss
 
@@ -120,16 +120,7 @@ def test_kl_worked_in_chunks_of_positions_matches_the_reference(monkeypatch, row
 # ---- inside a real fairseq transformer -----------------------------------------------------
 
 def _criterion(task, **kw):
-    from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
-        RDropLabelSmoothedCrossEntropyCriterion,
-    )
-
-    crit = build_from_dataclass(
-        RDropLabelSmoothedCrossEntropyCriterion, task, label_smoothing=0.1, report_accuracy=True,
-        rdrop_alpha=3.0, **kw
-    )
-    crit.set_num_updates(0)
-    return crit
+    return translation_criterion(task, rdrop_alpha=3.0, **kw)
 
 
 @pytest.mark.parametrize("divergence", OTHER_DIVERGENCES)

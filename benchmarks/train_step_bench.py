@@ -158,11 +158,17 @@ def _criterion(kind, entry, task):
     import inspect
 
     params = inspect.signature(cls.__init__).parameters
-    if "rdrop_no_fused" in params:
+    # criterions that take their dataclass as ``cfg`` read their flags from it
+    config_cls = getattr(cls, "__dataclass") if "cfg" in params else None
+    flags = config_cls.__dataclass_fields__ if config_cls is not None else params
+    if "rdrop_no_fused" in flags:
         kw["rdrop_no_fused"] = entry == "unfused"
     elif entry == "unfused":
         raise SystemExit("this version has no --rdrop-no-fused")
-    crit = cls(task, sentence_avg=False, **kw)
+    if config_cls is not None:
+        crit = cls(config_cls(sentence_avg=False, **kw), task)
+    else:
+        crit = cls(task, sentence_avg=False, **kw)
     crit.set_num_updates(0)
     return crit
 

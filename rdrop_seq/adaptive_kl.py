@@ -13,7 +13,7 @@ Two ways to compare the ``m`` dropout copies (same conventions as
 float32 whatever the input dtype):
 
 ``full``  the exact symmetric KL of the full-vocabulary distributions
-          (:func:`adaptive_log_probs` then :func:`rdrop_seq.losses.pair_divergence`);
+          (:func:`adaptive_log_probs` then :func:`rdrop_seq.divergences.pair_divergence`);
           needs every tail at every position and ``[m*N, V]`` memory.
 ``head``  the symmetric KL of the head distributions at every position, plus
           the symmetric KL of the conditional distribution of the target's own
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdrop_seq.losses import compute_dtype, pair_divergence
+from rdrop_seq.divergences import compute_dtype, pair_divergence
 
 
 def cluster_positions(target: Tensor, cutoff: Sequence[int]) -> List[Optional[Tensor]]:
@@ -108,7 +108,7 @@ def adaptive_head_kl(
     (non-pad) head positions.
 
     Per position ``t``: mean over copy pairs of the divergence of the heads
-    (``divergence``, see :func:`rdrop_seq.losses.pair_divergence`), plus, if
+    (``divergence``, see :func:`rdrop_seq.divergences.pair_divergence`), plus, if
     ``t``'s target is in cluster ``i``, the same for cluster ``i``'s
     conditionals.  Returns the sum over positions (``reduce``) or ``[N]``.
     (The chain rule that motivates the sum holds for KL; for ``js`` the sum is

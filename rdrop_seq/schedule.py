@@ -34,6 +34,16 @@ class RDropSchedule:
             if not ok:
                 raise ValueError(f"{flag}={value}: {why}")
 
+    @classmethod
+    def from_config(cls, cfg) -> "RDropSchedule":
+        """The schedule of a criterion's dataclass (its ``rdrop_*`` flags)."""
+        return cls(
+            alpha=float(cfg.rdrop_alpha),
+            passes=int(cfg.rdrop_passes),
+            every=int(cfg.rdrop_every),
+            warmup=int(cfg.rdrop_alpha_warmup),
+        )
+
     def active(self, num_updates: int) -> bool:
         """Whether the update with this index (0-based) runs the m copies."""
         return num_updates % self.every == 0

@@ -8,6 +8,29 @@ from fairseq.models.transformer import TransformerModel
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 
+def build_from_dataclass(criterion_cls, task, **overrides):
+    """``criterion_cls`` built from its registered dataclass with ``overrides``
+    (fields not given keep their defaults; ``sentence_avg``, an interpolation of
+    fairseq's ``--sentence-avg`` in the dataclass, defaults to False as that flag)."""
+    config_cls = getattr(criterion_cls, "__dataclass")
+    if "sentence_avg" in config_cls.__dataclass_fields__:
+        overrides.setdefault("sentence_avg", False)
+    return criterion_cls(config_cls(**overrides), task)
+
+
+def translation_criterion(task, **flags):
+    """``rdrop_label_smoothed_cross_entropy`` at the translation tests' settings (label
+    smoothing 0.1, accuracy reported, alpha 5), ``flags`` overriding them, at update 0."""
+    from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
+        RDropLabelSmoothedCrossEntropyCriterion,
+    )
+
+    settings = dict(label_smoothing=0.1, report_accuracy=True, rdrop_alpha=5.0)
+    crit = build_from_dataclass(RDropLabelSmoothedCrossEntropyCriterion, task, **dict(settings, **flags))
+    crit.set_num_updates(0)
+    return crit
+
+
 def tiny_dictionary(words=40):
     d = Dictionary()
     for i in range(words):
@@ -141,6 +164,11 @@ def doubled(sample, passes=2):
     out["ntokens"] = sample["ntokens"] * passes
     out["nsentences"] = b * passes
     return out
+
+
+def grads(model):
+    """Every parameter's gradient (a copy), by name, where it has one."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def to_device(model, sample, device, dtype=None):

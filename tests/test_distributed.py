@@ -166,7 +166,7 @@ def test_dropout_masks_differ_between_copies_and_between_ranks(monkeypatch):
     from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
         RDropLabelSmoothedCrossEntropyCriterion,
     )
-    from tests.fairseq_helpers import tiny_transformer, translation_batch, translation_task
+    from tests.fairseq_helpers import build_from_dataclass, tiny_transformer, translation_batch, translation_task
 
     task = translation_task()
     model = tiny_transformer(task)
@@ -177,7 +177,7 @@ def test_dropout_masks_differ_between_copies_and_between_ranks(monkeypatch):
 
     def criterion_on(rank):
         monkeypatch.setattr(base, "_data_parallel_rank", lambda: rank)
-        criterion = RDropLabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+        criterion = build_from_dataclass(RDropLabelSmoothedCrossEntropyCriterion, task, label_smoothing=0.1)
         criterion.set_num_updates(0)
         return criterion
 
@@ -188,7 +188,7 @@ def test_dropout_masks_differ_between_copies_and_between_ranks(monkeypatch):
     (m0,) = update_on_a_rank(criterion_on(0), [rank0])
     assert not torch.equal(m0[:4], m0[4:]), "the two copies must get different masks"
     # rank 0 keeps the trainer's stream: the masks of a single process
-    plain = RDropLabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+    plain = build_from_dataclass(RDropLabelSmoothedCrossEntropyCriterion, task, label_smoothing=0.1)
     plain.set_num_updates(0)
     fairseq_utils.set_torch_seed(1)
     assert torch.equal(_encoder_dropout_masks(model, rank0, plain), m0)

@@ -5,14 +5,11 @@ import torch
 import torch.nn.functional as F
 
 import rdrop_seq  # noqa: F401  (registers the criterions)
-from rdrop_seq.losses import (
-    DIVERGENCES,
-    pair_divergence,
-    rdrop_cross_entropy_loss,
-    rdrop_label_smoothed_loss,
-)
+from rdrop_seq import divergences
+from rdrop_seq.divergences import DIVERGENCES, pair_divergence
+from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_label_smoothed_loss
 from tests.fairseq_helpers import (
-    check_step_against_reference, tiny_transformer, translation_batch, translation_task,
+    check_step_against_reference, tiny_transformer, translation_batch, translation_criterion, translation_task,
 )
 from tests.reference import random_batch, reference_pair_divergence, reference_rdrop_loss
 
@@ -104,18 +101,26 @@ def test_an_unknown_divergence_is_refused_naming_the_flag_and_the_choices():
         rdrop_cross_entropy_loss(F.log_softmax(logits, -1), target, 1.0, 2, PAD, divergence="kl")
 
 
+@pytest.mark.parametrize("rows_per_chunk", [1, 2, 5])
+@pytest.mark.parametrize("passes", [2, 3])
+def test_kl_worked_in_chunks_of_positions_matches_the_reference(monkeypatch, rows_per_chunk, passes):
+    logits, target = random_batch(passes, n=13, vocab=11, pad=PAD, seed=7)
+    monkeypatch.setattr(divergences, "KL_CHUNK_ELEMENTS", rows_per_chunk * passes * 11)
+    assert len(divergences._kl_chunks(torch.zeros(passes, 13, 11))) == -(-13 // rows_per_chunk)
+    ours_in = logits.clone().float().requires_grad_()
+    ref_in = logits.clone().requires_grad_()
+    ours = rdrop_label_smoothed_loss(F.log_softmax(ours_in, -1), target, 0.1, 5.0, passes, ignore_index=PAD)
+    ref_loss, _, ref_kl = reference_rdrop_loss(ref_in, target, 0.1, 5.0, passes, PAD)
+    torch.testing.assert_close(ours.kl.double(), ref_kl, rtol=1e-5, atol=1e-6)
+    ours.loss.backward()
+    ref_loss.backward()
+    torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, rtol=1e-4, atol=1e-6)
+
+
 # ---- inside a real fairseq transformer -----------------------------------------------------
 
 def _criterion(task, **kw):
-    from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
-        RDropLabelSmoothedCrossEntropyCriterion,
-    )
-
-    crit = RDropLabelSmoothedCrossEntropyCriterion(
-        task, False, 0.1, report_accuracy=True, rdrop_alpha=3.0, **kw
-    )
-    crit.set_num_updates(0)
-    return crit
+    return translation_criterion(task, rdrop_alpha=3.0, **kw)
 
 
 @pytest.mark.parametrize("divergence", OTHER_DIVERGENCES)

@@ -367,18 +367,10 @@ def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
 
 
 # ---- chunk size ---------------------------------------------------------------
-def test_auto_chunk_size_budget_and_minimum():
-    budget = chunking.CHUNK_BUDGET_BYTES
-    for hdim in (256, 512, 1024):
-        rows_min = min(max(hdim // 2, 64), 256)
-        for vocab in (1000, 8000, 32000, 250000):
-            for passes in (1, 2, 3):
-                c = auto_chunk_size(vocab, hdim, passes)
-                working_set = 4 * vocab * (2 * passes + (passes > 1)) * c
-                # within the budget, or no more than the minimum number of rows
-                assert working_set <= budget or c <= rows_min // passes
-                # and never needlessly small
-                assert c >= min(budget // (working_set // c), rows_min // passes) - 7
+def test_auto_chunk_size_minimum_and_precision():
+    """The chunk sizes' memory is measured by the memory tests below; here what follows from
+    the policy's stated rules: large chunks for small vocabularies, the ceiling for huge
+    ones, smaller chunks where the inputs' low-precision copies are held too."""
     assert auto_chunk_size(8000, 512, 2) >= 400  # small vocabulary: large chunks
     # huge one: the minimum of 256 rows would hold 640 MB, so the ceiling bounds it
     c, per_position = auto_chunk_size(250000, 512, 2), 4 * 250000 * 5
@@ -386,14 +378,34 @@ def test_auto_chunk_size_budget_and_minimum():
     assert auto_chunk_size(16000, 512, 2, low_precision=True) < auto_chunk_size(16000, 512, 2)
 
 
+def _first_chunk_buffers(monkeypatch, vocab, passes, n):
+    """Measured: the positions of the first chunk the logits loss forms by default on the CPU,
+    and the bytes of the float buffers its chunk core works in (log-probabilities/gradient,
+    probabilities, KL scratch)."""
+    seen = []
+    real = logits_mod.chunk_core
 
-def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere():
+    def spy(logits, lbuf, pbuf, mbuf, *rest):
+        buffers = [t for t in (lbuf, pbuf, mbuf) if t is not None]
+        seen.append((lbuf.shape[1], sum(t.numel() * t.element_size() for t in buffers)))
+        return real(logits, lbuf, pbuf, mbuf, *rest)
+
+    monkeypatch.setattr(logits_mod, "chunk_core", spy)
+    logits = torch.randn(passes * n, vocab, requires_grad=True)
+    target = torch.randint(2, vocab, (n,))
+    chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=1.0, passes=passes, ignore_index=PAD)
+    monkeypatch.undo()
+    return seen[0]
+
+
+def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere(monkeypatch):
     budget = chunking.CPU_LOGITS_CHUNK_BUDGET_BYTES
-    for vocab in (1000, 8000, 32000):
+    for vocab, n in ((1000, 1024), (8000, 256), (32000, 64)):  # n: several chunks' positions
         for passes in (2, 3):
-            c = chunking.logits_chunk_size(vocab, passes, "cpu")
-            per_position = 4 * vocab * (2 * passes + 1)
-            assert c * per_position <= budget and (c + 8) * per_position > budget
+            c, buffers = _first_chunk_buffers(monkeypatch, vocab, passes, n)
+            assert c == chunking.logits_chunk_size(vocab, passes, "cpu") < n
+            # the buffers fit the budget, and 8 positions more would not
+            assert buffers <= budget and buffers + 8 * buffers // c > budget
     # a huge vocabulary: the minimum, not a chunk per position
     assert chunking.logits_chunk_size(250000, 2, "cpu") == chunking.CPU_LOGITS_MIN_POSITIONS
     # GPUs: the large budget (fewer kernels)
@@ -430,7 +442,9 @@ def load(name):
 
 torch.set_num_threads(2)
 which = sys.argv[2]
-n, hdim, vocab = 2048, 256, 8000
+shape = dict(n=2048, hdim=256, vocab=8000, chunk_size=None)
+shape.update(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
+n, hdim, vocab = shape["n"], shape["hdim"], shape["vocab"]
 g = torch.Generator().manual_seed(0)
 hidden = torch.randn(2 * n, hdim, generator=g).requires_grad_()
 weight = (torch.randn(vocab, hdim, generator=g) / hdim ** 0.5).requires_grad_()
@@ -439,7 +453,8 @@ target[:100] = 1
 if which == "fused":
     fused = load("fused")
     loss_fn = lambda: fused.fused_linear_rdrop_loss(
-        hidden, weight, target, epsilon=0.1, alpha=5.0, passes=2, ignore_index=1).loss
+        hidden, weight, target, epsilon=0.1, alpha=5.0, passes=2, ignore_index=1,
+        chunk_size=shape["chunk_size"]).loss
 else:
     losses = load("losses")
     loss_fn = lambda: losses.rdrop_label_smoothed_loss(
@@ -463,12 +478,31 @@ print(json.dumps({"step_bytes": status("VmHWM:") - before}))
 """
 
 
-def _step_peak_bytes(which):
+def _step_peak_bytes(which, **shape):
+    """Peak memory (resident-set high-water mark) one training step adds, measured in a
+    fresh process: the loss of ``[2*n, hdim]`` hidden states over ``vocab`` words."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, REPO, which],
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, REPO, which, json.dumps(shape)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["step_bytes"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+@pytest.mark.parametrize("vocab, n", [(8000, 2048), (32000, 1024)])
+def test_fused_step_holds_at_most_one_chunk_budget_of_buffers(vocab, n):
+    """Measured: what a fused training step holds beyond the gradients it returns is the
+    automatic chunk's buffers, about the chunk budget (neither more, nor needlessly less
+    while the batch is larger), and a small explicit chunk holds little."""
+    hdim = 256
+    grads = 4 * (2 * n * hdim + vocab * hdim)  # float32 gradients of the hidden states and the weight
+    budget = chunking.CHUNK_BUDGET_BYTES
+    assert 4 * 2 * n * vocab > 1.5 * budget  # one logits tensor would not fit in the budget
+    buffers = _step_peak_bytes("fused", n=n, hdim=hdim, vocab=vocab) - grads
+    assert buffers <= 1.25 * budget
+    assert buffers >= 0.75 * budget
+    small = _step_peak_bytes("fused", n=n, hdim=hdim, vocab=vocab, chunk_size=8) - grads
+    assert small < 0.25 * buffers
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rdrop_seq.losses import label_smoothed_nll_loss, rdrop_label_smoothed_loss, pair_divergence
+from rdrop_seq.divergences import pair_divergence
+from rdrop_seq.losses import label_smoothed_nll_loss, rdrop_cross_entropy_loss, rdrop_label_smoothed_loss
 from tests.reference import random_batch, reference_rdrop_loss
 
 PAD = 1
@@ -38,24 +39,6 @@ def test_value_and_gradient_match_float64_reference(passes, epsilon, alpha, seed
     pad_rows = target.eq(PAD).repeat(passes)
     assert pad_rows.any()
     assert ours_in.grad[pad_rows].abs().max() == 0
-
-
-@pytest.mark.parametrize("rows_per_chunk", [1, 2, 5])
-@pytest.mark.parametrize("passes", [2, 3])
-def test_kl_worked_in_chunks_of_positions_matches_the_reference(monkeypatch, rows_per_chunk, passes):
-    from rdrop_seq import losses
-
-    logits, target = random_batch(passes, n=13, vocab=11, pad=PAD, seed=7)
-    monkeypatch.setattr(losses, "KL_CHUNK_ELEMENTS", rows_per_chunk * passes * 11)
-    assert len(losses._kl_chunks(torch.zeros(passes, 13, 11))) == -(-13 // rows_per_chunk)
-    ours_in = logits.clone().float().requires_grad_()
-    ref_in = logits.clone().requires_grad_()
-    ours = rdrop_label_smoothed_loss(F.log_softmax(ours_in, -1), target, 0.1, 5.0, passes, ignore_index=PAD)
-    ref_loss, _, ref_kl = reference_rdrop_loss(ref_in, target, 0.1, 5.0, passes, PAD)
-    torch.testing.assert_close(ours.kl.double(), ref_kl, rtol=1e-5, atol=1e-6)
-    ours.loss.backward()
-    ref_loss.backward()
-    torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_float64_inputs_are_exact():
@@ -127,3 +110,23 @@ def test_shape_errors_are_clear():
         rdrop_label_smoothed_loss(F.log_softmax(logits, -1), target, 0.1, 1.0, 3, PAD)
     with pytest.raises(ValueError, match="at least 2"):
         pair_divergence(logits, 1)
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+def test_cross_entropy_loss_matches_reference_and_is_fairseqs_at_alpha_zero(passes):
+    logits, target = random_batch(passes, n=13, vocab=11, pad=PAD, seed=passes)
+    ours_in = logits.float().requires_grad_()
+    ours = rdrop_cross_entropy_loss(F.log_softmax(ours_in, -1), target, 2.0, passes, PAD)
+    ref_in = logits.clone().requires_grad_()
+    ref_loss, ref_nll, ref_kl = reference_rdrop_loss(ref_in, target, 0.0, 2.0, passes, PAD)
+    torch.testing.assert_close(ours.loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.nll_loss.double(), ref_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.kl.double(), ref_kl, rtol=1e-5, atol=1e-6)
+    ours.loss.backward()
+    ref_loss.backward()
+    torch.testing.assert_close(ours_in.grad.double(), ref_in.grad, rtol=1e-4, atol=1e-6)
+
+    lp = F.log_softmax(logits.float(), -1)
+    zero = rdrop_cross_entropy_loss(lp, target, 0.0, passes, PAD)
+    stock = F.nll_loss(lp, target.repeat(passes), ignore_index=PAD, reduction="sum")
+    assert torch.equal(zero.loss, stock) and zero.kl == 0

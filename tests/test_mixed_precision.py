@@ -28,7 +28,7 @@ from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
     RDropLabelSmoothedCrossEntropyCriterion,
 )
 from tests.conftest import BIN, NEEDS_CUDA, run
-from tests.fairseq_helpers import tiny_transformer, translation_batch, translation_task
+from tests.fairseq_helpers import build_from_dataclass, tiny_transformer, translation_batch, translation_task
 
 COMMON = [
     "--seed", 1, "--batch-size", 8, "--max-update", 2, "--optimizer", "adam", "--lr", "1e-3",
@@ -157,7 +157,7 @@ def fp16_setup():
     task = translation_task()
     model = tiny_transformer(task).half()
     model.train()
-    criterion = RDropLabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+    criterion = build_from_dataclass(RDropLabelSmoothedCrossEntropyCriterion, task, label_smoothing=0.1)
     criterion.set_num_updates(0)
     sample = translation_batch(task, batch_size=5, seed=1)
     return model, criterion, sample
@@ -266,13 +266,13 @@ def test_kl_and_loss_stay_float32_under_autocast(no_fused):
     model = tiny_transformer(task)
     model.train()
     try:
-        criterion = RDropLabelSmoothedCrossEntropyCriterion(
-            task, False, 0.1, rdrop_no_fused=no_fused
+        criterion = build_from_dataclass(
+            RDropLabelSmoothedCrossEntropyCriterion, task, label_smoothing=0.1, rdrop_no_fused=no_fused
         )
     except TypeError:  # a criterion without the fused output layer: one path only
         if no_fused:
             pytest.skip("this criterion has no --rdrop-no-fused")
-        criterion = RDropLabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+        criterion = build_from_dataclass(RDropLabelSmoothedCrossEntropyCriterion, task, label_smoothing=0.1)
     criterion.set_num_updates(0)
     sample = translation_batch(task, batch_size=5, seed=1)
     torch.manual_seed(3)

@@ -13,15 +13,15 @@ from rdrop_seq.criterions.rdrop_sentence_prediction import (
     RDropSentencePredictionConfig,
     RDropSentencePredictionCriterion,
 )
-from rdrop_seq.losses import DIVERGENCES
-from tests.fairseq_helpers import HEAD, sentence_batch, sentence_task, tiny_roberta
+from rdrop_seq.divergences import DIVERGENCES
+from tests.fairseq_helpers import HEAD, build_from_dataclass, sentence_batch, sentence_task, tiny_roberta
 from tests.reference import reference_rdrop_loss, reference_regression_loss
 
 
 def make_criterion(task, **kw):
     kw.setdefault("regression_target", task.cfg.regression_target)
     kw.setdefault("classification_head_name", HEAD)
-    crit = RDropSentencePredictionCriterion(RDropSentencePredictionConfig(**kw), task)
+    crit = build_from_dataclass(RDropSentencePredictionCriterion, task, **kw)
     crit.set_num_updates(0)
     return crit
 

@@ -1,112 +1,28 @@
-"""What every R-Drop criterion shares: flags, schedule, the doubled forward, logging.
+"""What every R-Drop criterion shares: schedule, the doubled forward, logging.
 
 A concrete criterion subclasses :class:`RDropCriterionBase` next to the stock
 fairseq criterion it extends and implements :meth:`loss_terms`, which gets the
 ``m`` stacked copies' network output and returns the summed objective.  The
-base class decides, per update, whether R-Drop runs and with which weight,
+base class reads the R-Drop flags from the criterion's dataclass
+(:mod:`rdrop_seq.criterions.config`), decides, per update, whether R-Drop runs and with which weight,
 duplicates the batch (without touching the caller's sample), builds the
 logging outputs and reduces them.
 """
 
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
 
 import torch
-from torch import Tensor
 
 from fairseq import utils
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
 from rdrop_seq.batching import StackedCopies
-from rdrop_seq.losses import DIVERGENCES, RDropLoss, check_divergence
+from rdrop_seq.divergences import check_divergence
+from rdrop_seq.losses import RDropLoss
 from rdrop_seq.schedule import RDropSchedule
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RDropConfig(FairseqDataclass):
-    rdrop_alpha: float = field(
-        default=5.0,
-        metadata={
-            "help": "weight alpha of the symmetric KL between the dropout copies "
-            "(the paper: 5 for WMT14/IWSLT translation, 1 for language modelling); "
-            "0 trains on the copies with cross-entropy only"
-        },
-    )
-    rdrop_passes: int = field(
-        default=2,
-        metadata={
-            "help": "number m of dropout copies of each example (>= 2); the KL is "
-            "the mean over the m(m-1)/2 pairs"
-        },
-    )
-    rdrop_every: int = field(
-        default=1,
-        metadata={
-            "help": "apply R-Drop on every k-th update (updates 0, k, 2k, ...); the "
-            "other updates use the plain single-pass loss"
-        },
-    )
-    rdrop_alpha_warmup: int = field(
-        default=0,
-        metadata={"help": "alpha grows linearly from 0 over this many updates"},
-    )
-    rdrop_divergence: ChoiceEnum(DIVERGENCES) = field(
-        default="sym-kl",
-        metadata={
-            "help": "how each pair of copies is compared: 'sym-kl' = 1/2 (KL(P1||P2) + "
-            "KL(P2||P1)) (the paper); 'js' = Jensen-Shannon, 1/2 KL(P1||M) + 1/2 KL(P2||M) "
-            "with M = (P1 + P2)/2; 'kl-detached' = 1/2 (KL(sg P2||P1) + KL(sg P1||P2)) with "
-            "sg = no gradient (each copy pulled towards the other's fixed distribution; "
-            "same value as sym-kl, other gradient). The fused output layer computes "
-            "sym-kl only: with js or kl-detached the token-level criterions compute the "
-            "loss from the full log-probabilities, as with --rdrop-no-fused (memory of "
-            "[copies x tokens, vocabulary]). With --regression-target the copies' "
-            "outputs are compared by their squared difference, which needs sym-kl"
-        },
-    )
-
-
-@dataclass
-class RDropLMConfig(RDropConfig):
-    """:class:`RDropConfig` with the paper's language-modelling default alpha = 1."""
-
-    rdrop_alpha: float = field(
-        default=1.0,
-        metadata={
-            "help": "weight alpha of the symmetric KL between the dropout copies "
-            "(the paper: 1 for language modelling on WikiText-103); 0 trains on "
-            "the copies with cross-entropy only"
-        },
-    )
-
-
-@dataclass
-class FusedLossConfig(FairseqDataclass):
-    """Flags of the criterions with a fused, chunked loss (full and adaptive softmax)."""
-
-    rdrop_no_fused: bool = field(
-        default=False,
-        metadata={
-            "help": "compute the training loss from the log-probabilities of the whole "
-            "batch instead of the fused, chunked output layer + loss (for debugging; "
-            "slower, more memory)"
-        },
-    )
-    rdrop_chunk_size: int = field(
-        default=0,
-        metadata={
-            "help": "target positions per chunk of the fused loss (0: chosen from the "
-            "vocabulary (or adaptive-softmax cluster) size, and the hidden size where "
-            "the output projection or the adaptive softmax's full KL is fused); "
-            "refused where the fused loss is off (--rdrop-no-fused, --rdrop-divergence other "
-            "than sym-kl)"
-        },
-    )
 
 
 def _has_active_dropout(model) -> bool:
@@ -135,34 +51,25 @@ def rank_seed(update_seed: int, rank: int) -> int:
 class RDropCriterionBase:
     """Mixin placed before a :class:`FairseqCriterion` subclass in the bases."""
 
-    def init_rdrop(
-        self,
-        rdrop_alpha,
-        rdrop_passes,
-        rdrop_every,
-        rdrop_alpha_warmup,
-        rdrop_no_fused=False,
-        rdrop_chunk_size=0,
-        rdrop_divergence="sym-kl",
-    ):
-        self.schedule = RDropSchedule(
-            alpha=float(rdrop_alpha),
-            passes=int(rdrop_passes),
-            every=int(rdrop_every),
-            warmup=int(rdrop_alpha_warmup),
-        )
-        if int(rdrop_chunk_size) < 0:
-            raise ValueError(f"--rdrop-chunk-size={rdrop_chunk_size}: must be >= 0 (0 = automatic)")
-        self.divergence = check_divergence(rdrop_divergence)
+    def init_rdrop(self, cfg) -> None:
+        """Read the R-Drop flags from the criterion's dataclass ``cfg``
+        (:class:`~rdrop_seq.criterions.config.RDropConfig`, and
+        :class:`~rdrop_seq.criterions.config.FusedLossConfig` where it has those flags)."""
+        self.schedule = RDropSchedule.from_config(cfg)
+        no_fused = bool(getattr(cfg, "rdrop_no_fused", False))
+        chunk_size = int(getattr(cfg, "rdrop_chunk_size", 0))
+        if chunk_size < 0:
+            raise ValueError(f"--rdrop-chunk-size={chunk_size}: must be >= 0 (0 = automatic)")
+        self.divergence = check_divergence(cfg.rdrop_divergence)
         # the fused output layer computes sym-kl only (see --rdrop-divergence)
-        self.fused = not rdrop_no_fused and self.divergence == "sym-kl"
-        if int(rdrop_chunk_size) > 0 and not self.fused:
-            why = "--rdrop-no-fused" if rdrop_no_fused else f"--rdrop-divergence {self.divergence}"
+        self.fused = not no_fused and self.divergence == "sym-kl"
+        if chunk_size > 0 and not self.fused:
+            why = "--rdrop-no-fused" if no_fused else f"--rdrop-divergence {self.divergence}"
             raise ValueError(
-                f"--rdrop-chunk-size={rdrop_chunk_size} sets the chunks of the fused loss, which "
+                f"--rdrop-chunk-size={chunk_size} sets the chunks of the fused loss, which "
                 f"{why} turns off: leave --rdrop-chunk-size out"
             )
-        self.chunk_size = int(rdrop_chunk_size) or None
+        self.chunk_size = chunk_size or None
         self._num_updates = None
         self._dropout_checked = False
         self._rank_seed = None

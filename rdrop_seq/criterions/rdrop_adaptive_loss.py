@@ -56,7 +56,8 @@ from fairseq.dataclass import ChoiceEnum
 
 from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
-from rdrop_seq.criterions.base import FusedLossConfig, RDropCriterionBase, RDropLMConfig
+from rdrop_seq.criterions.base import RDropCriterionBase
+from rdrop_seq.criterions.config import FusedLossConfig, RDropLMConfig
 from rdrop_seq.criterions.output_layer import fusable_head_weight
 from rdrop_seq.losses import RDropLoss, rdrop_cross_entropy_loss, with_divergence
 
@@ -100,35 +101,15 @@ def _float_scores(scores):
 
 @register_criterion("rdrop_adaptive_loss", dataclass=RDropAdaptiveLossConfig)
 class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
-    def __init__(
-        self,
-        task,
-        sentence_avg,
-        rdrop_adaptive_kl="head",
-        rdrop_alpha=1.0,
-        rdrop_passes=2,
-        rdrop_every=1,
-        rdrop_alpha_warmup=0,
-        rdrop_divergence="sym-kl",
-        rdrop_no_fused=False,
-        rdrop_chunk_size=0,
-    ):
+    def __init__(self, cfg: RDropAdaptiveLossConfig, task):
         FairseqCriterion.__init__(self, task)
-        self.sentence_avg = sentence_avg
-        if str(rdrop_adaptive_kl) not in KL_MODES:
+        self.sentence_avg = cfg.sentence_avg
+        if str(cfg.rdrop_adaptive_kl) not in KL_MODES:
             raise ValueError(
-                f"--rdrop-adaptive-kl={rdrop_adaptive_kl}: must be one of {', '.join(KL_MODES)}"
+                f"--rdrop-adaptive-kl={cfg.rdrop_adaptive_kl}: must be one of {', '.join(KL_MODES)}"
             )
-        self.kl_mode = str(rdrop_adaptive_kl)
-        self.init_rdrop(
-            rdrop_alpha,
-            rdrop_passes,
-            rdrop_every,
-            rdrop_alpha_warmup,
-            rdrop_no_fused,
-            rdrop_chunk_size,
-            rdrop_divergence,
-        )
+        self.kl_mode = str(cfg.rdrop_adaptive_kl)
+        self.init_rdrop(cfg)
 
     @classmethod
     def build_criterion(cls, cfg, task):

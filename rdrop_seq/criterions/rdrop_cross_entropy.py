@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from fairseq.criterions import register_criterion
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion, CrossEntropyCriterionConfig
 
-from rdrop_seq.criterions.base import FusedLossConfig, RDropLMConfig
+from rdrop_seq.criterions.config import FusedLossConfig, RDropLMConfig
 from rdrop_seq.criterions.softmax_terms import SoftmaxRDropCriterion
 from rdrop_seq.losses import RDropLoss, rdrop_cross_entropy_loss
 
@@ -35,28 +35,9 @@ class RDropCrossEntropyConfig(CrossEntropyCriterionConfig, RDropLMConfig, FusedL
 class RDropCrossEntropyCriterion(SoftmaxRDropCriterion, CrossEntropyCriterion):
     eps = 0.0  # no label smoothing
 
-    def __init__(
-        self,
-        task,
-        sentence_avg,
-        rdrop_alpha=1.0,
-        rdrop_passes=2,
-        rdrop_every=1,
-        rdrop_alpha_warmup=0,
-        rdrop_no_fused=False,
-        rdrop_chunk_size=0,
-        rdrop_divergence="sym-kl",
-    ):
-        CrossEntropyCriterion.__init__(self, task, sentence_avg)
-        self.init_rdrop(
-            rdrop_alpha,
-            rdrop_passes,
-            rdrop_every,
-            rdrop_alpha_warmup,
-            rdrop_no_fused,
-            rdrop_chunk_size,
-            rdrop_divergence,
-        )
+    def __init__(self, cfg: RDropCrossEntropyConfig, task):
+        CrossEntropyCriterion.__init__(self, task, cfg.sentence_avg)
+        self.init_rdrop(cfg)
 
     def generic_terms(self, lprobs, target, passes, alpha) -> RDropLoss:
         return rdrop_cross_entropy_loss(

@@ -17,7 +17,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterionConfig,
 )
 
-from rdrop_seq.criterions.base import FusedLossConfig, RDropConfig
+from rdrop_seq.criterions.config import FusedLossConfig, RDropConfig
 from rdrop_seq.criterions.softmax_terms import SoftmaxRDropCriterion
 from rdrop_seq.losses import RDropLoss, rdrop_label_smoothed_loss
 
@@ -35,38 +35,16 @@ class RDropLabelSmoothedCrossEntropyConfig(
 class RDropLabelSmoothedCrossEntropyCriterion(
     SoftmaxRDropCriterion, LabelSmoothedCrossEntropyCriterion
 ):
-    def __init__(
-        self,
-        task,
-        sentence_avg,
-        label_smoothing,
-        ignore_prefix_size=0,
-        report_accuracy=False,
-        rdrop_alpha=5.0,
-        rdrop_passes=2,
-        rdrop_every=1,
-        rdrop_alpha_warmup=0,
-        rdrop_no_fused=False,
-        rdrop_chunk_size=0,
-        rdrop_divergence="sym-kl",
-    ):
+    def __init__(self, cfg: RDropLabelSmoothedCrossEntropyConfig, task):
         LabelSmoothedCrossEntropyCriterion.__init__(
             self,
             task,
-            sentence_avg,
-            label_smoothing,
-            ignore_prefix_size=ignore_prefix_size,
-            report_accuracy=report_accuracy,
+            cfg.sentence_avg,
+            cfg.label_smoothing,
+            ignore_prefix_size=cfg.ignore_prefix_size,
+            report_accuracy=cfg.report_accuracy,
         )
-        self.init_rdrop(
-            rdrop_alpha,
-            rdrop_passes,
-            rdrop_every,
-            rdrop_alpha_warmup,
-            rdrop_no_fused,
-            rdrop_chunk_size,
-            rdrop_divergence,
-        )
+        self.init_rdrop(cfg)
 
     def generic_terms(self, lprobs, target, passes, alpha) -> RDropLoss:
         return rdrop_label_smoothed_loss(

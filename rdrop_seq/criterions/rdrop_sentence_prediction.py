@@ -29,7 +29,7 @@ in training.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,35 +42,30 @@ from fairseq.criterions.sentence_prediction import (
 )
 from fairseq.logging import metrics
 
-from rdrop_seq.criterions.base import RDropConfig, RDropCriterionBase
+from rdrop_seq.criterions.base import RDropCriterionBase
+from rdrop_seq.criterions.config import RDropConfig, family_default
 from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_regression_loss
 
 
 @dataclass
+@family_default(
+    "rdrop_alpha",
+    1.0,
+    help_text="weight alpha of the divergence between the dropout copies, per "
+    "sentence (the mean CE of each copy + alpha * the mean divergence); 1 by "
+    "default, the weight of the official GLUE code's regression term. Its "
+    "classification term (batch-mean CE, batch-summed KL x 0.5) is alpha = "
+    "0.5 x batch size here. 0 trains on the copies with the task loss only",
+)
 class RDropSentencePredictionConfig(SentencePredictionConfig, RDropConfig):
-    rdrop_alpha: float = field(
-        default=1.0,
-        metadata={
-            "help": "weight alpha of the divergence between the dropout copies, per "
-            "sentence (the mean CE of each copy + alpha * the mean divergence); 1 by "
-            "default, the weight of the official GLUE code's regression term. Its "
-            "classification term (batch-mean CE, batch-summed KL x 0.5) is alpha = "
-            "0.5 x batch size here. 0 trains on the copies with the task loss only"
-        },
-    )
+    pass
 
 
 @register_criterion("rdrop_sentence_prediction", dataclass=RDropSentencePredictionConfig)
 class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCriterion):
     def __init__(self, cfg: RDropSentencePredictionConfig, task):
         SentencePredictionCriterion.__init__(self, cfg, task)
-        self.init_rdrop(
-            cfg.rdrop_alpha,
-            cfg.rdrop_passes,
-            cfg.rdrop_every,
-            cfg.rdrop_alpha_warmup,
-            rdrop_divergence=cfg.rdrop_divergence,
-        )
+        self.init_rdrop(cfg)
         if self.regression_target and self.divergence != "sym-kl":
             raise ValueError(
                 f"--rdrop-divergence={self.divergence} compares class distributions; with "

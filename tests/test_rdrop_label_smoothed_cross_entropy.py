@@ -1,4 +1,5 @@
-"""rdrop_label_smoothed_cross_entropy inside a real fairseq transformer."""
+"""rdrop_label_smoothed_cross_entropy inside a real fairseq transformer, and through it what the
+base class does for every criterion: the schedule, the update counter, the flag checks, logging."""
 
 import copy
 import logging
@@ -6,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rdrop_seq  # noqa: F401  (registers the criterions)
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
@@ -18,26 +18,10 @@ from tests.conftest import DEVICES, NEEDS_CUDA
 from rdrop_seq.batching import needs_length_sorted_copies
 from rdrop_seq.criterions.output_layer import forward_takes_features_only, fusable_output_projection
 from tests.fairseq_helpers import (
-    HALF_TOLERANCES, check_step_against_reference, doubled, speech_batch, tiny_bart, tiny_lstm, tiny_s2t_transformer,
-    tiny_transformer, to_device, translation_batch, translation_task,
+    HALF_TOLERANCES, build_from_dataclass, check_step_against_reference, doubled, speech_batch,
+    tiny_bart, tiny_lstm, tiny_s2t_transformer, tiny_transformer, to_device, translation_batch,
+    translation_criterion, translation_task,
 )
-
-
-def make_criterion(task, **kw):
-    args = dict(
-        sentence_avg=False,
-        label_smoothing=0.1,
-        ignore_prefix_size=0,
-        report_accuracy=True,
-        rdrop_alpha=5.0,
-        rdrop_passes=2,
-        rdrop_every=1,
-        rdrop_alpha_warmup=0,
-    )
-    args.update(kw)
-    crit = RDropLabelSmoothedCrossEntropyCriterion(task, **args)
-    crit.set_num_updates(0)
-    return crit
 
 
 def stock_criterion(task, **kw):
@@ -47,10 +31,6 @@ def stock_criterion(task, **kw):
     )
 
 
-def grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.fixture()
 def setup():
     task = translation_task()
@@ -58,46 +38,6 @@ def setup():
     sample = translation_batch(task, batch_size=5, seed=1)
     assert sample["target"].eq(task.tgt_dict.pad()).any(), "the batch must contain padding"
     return task, model, sample
-
-
-def test_alpha_zero_unfused_is_bitwise_stock_on_the_doubled_batch(setup):
-    task, model, sample = setup
-    model.train()
-    ours = make_criterion(task, rdrop_alpha=0.0, rdrop_no_fused=True)
-    torch.manual_seed(7)
-    loss, sample_size, log = ours(model, sample)
-    loss.backward()
-    ours_grads = grads(model)
-    model.zero_grad()
-
-    torch.manual_seed(7)
-    big = doubled(sample)
-    s_loss, s_size, s_log = stock_criterion(task)(model, big)
-    s_loss.backward()
-    assert torch.equal(loss, s_loss)
-    assert torch.equal(log["nll_loss"], s_log["nll_loss"])
-    assert log["n_correct"] == s_log["n_correct"] and log["total"] == s_log["total"]
-    assert sample_size == sample["ntokens"] and s_size == 2 * sample["ntokens"]
-    for name, g in grads(model).items():
-        assert torch.equal(ours_grads[name], g), name
-
-
-def test_alpha_zero_fused_equals_stock_on_the_doubled_batch(setup):
-    task, model, sample = setup
-    model.train()
-    torch.manual_seed(7)
-    loss, _, log = make_criterion(task, rdrop_alpha=0.0)(model, sample)
-    loss.backward()
-    ours_grads = grads(model)
-    model.zero_grad()
-    torch.manual_seed(7)
-    s_loss, _, s_log = stock_criterion(task)(model, doubled(sample))
-    s_loss.backward()
-    torch.testing.assert_close(loss, s_loss, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(log["nll_loss"], s_log["nll_loss"], rtol=1e-6, atol=1e-5)
-    assert log["n_correct"] == s_log["n_correct"] and log["total"] == s_log["total"]
-    for name, g in grads(model).items():
-        torch.testing.assert_close(ours_grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("passes", [2, 3])
@@ -111,7 +51,7 @@ def test_fused_step_equals_unfused_step(setup, passes):
         # SGD: Adam would blow up the float noise of gradients that are zero in
         # exact arithmetic (e.g. attention key biases) into full-size steps
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
-        crit = make_criterion(task, rdrop_passes=passes, rdrop_alpha=5.0, rdrop_no_fused=no_fused)
+        crit = translation_criterion(task, rdrop_passes=passes, rdrop_alpha=5.0, rdrop_no_fused=no_fused)
         torch.manual_seed(21)
         loss, size, log = crit(m, sample)
         loss.backward()
@@ -133,7 +73,7 @@ def test_loss_and_gradients_match_reference_inside_the_model(setup, passes, no_f
     task, model, sample = setup
     model, sample = to_device(model, sample, device)
     model.train()
-    crit = make_criterion(task, rdrop_passes=passes, rdrop_alpha=3.0, rdrop_no_fused=no_fused)
+    crit = translation_criterion(task, rdrop_passes=passes, rdrop_alpha=3.0, rdrop_no_fused=no_fused)
     out, _ = check_step_against_reference(model, crit, sample, 0.1, 3.0, passes, task.tgt_dict.pad(), no_fused)
     # the copies really saw different dropout masks
     copies = out.detach().view(passes, -1, *out.shape[1:])
@@ -157,7 +97,7 @@ def test_models_without_a_fusable_projection_take_the_logits_path(arch, device):
     assert fusable_output_projection(model) is None
     model, sample = to_device(model, sample, device)
     model.train()
-    crit = make_criterion(task, rdrop_passes=2, rdrop_alpha=3.0)
+    crit = translation_criterion(task, rdrop_passes=2, rdrop_alpha=3.0)
     interleaved = arch == "lstm"  # its encoder packs the batch: it must stay sorted by length
     assert needs_length_sorted_copies(model) == interleaved
     out, log = check_step_against_reference(model, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), True,
@@ -196,7 +136,7 @@ def test_bart_matches_reference_on_both_paths(no_fused):
     model, sample = tiny_bart(task), translation_batch(task, batch_size=5, seed=1)
     assert fusable_output_projection(model) is model.decoder.output_projection
     model.train()
-    crit = make_criterion(task, rdrop_alpha=3.0, rdrop_no_fused=no_fused)
+    crit = translation_criterion(task, rdrop_alpha=3.0, rdrop_no_fused=no_fused)
     check_step_against_reference(model, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), no_fused)
 
 
@@ -219,7 +159,7 @@ def test_fused_path_runs_through_fairseqs_distributed_wrappers(setup):
     wrapped = ModuleProxyWrapper(PassThrough(model))
     assert fusable_output_projection(wrapped) is model.decoder.output_projection
     wrapped.train()
-    crit = make_criterion(task, rdrop_alpha=3.0)
+    crit = translation_criterion(task, rdrop_alpha=3.0)
     # no_fused=False: the captured output must be the decoder's features, i.e. the fused path ran
     check_step_against_reference(wrapped, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), False)
 
@@ -234,7 +174,7 @@ def test_sharded_models_take_the_logits_path(setup):
     model.decoder.layers[0] = FullyShardedDataParallel(model.decoder.layers[0])  # nested wrapping too
     assert fusable_output_projection(model) is None
     model.train()
-    crit = make_criterion(task, rdrop_alpha=3.0)
+    crit = translation_criterion(task, rdrop_alpha=3.0)
     check_step_against_reference(model, crit, sample, 0.1, 3.0, 2, task.tgt_dict.pad(), True)
 
 
@@ -257,7 +197,7 @@ def test_half_precision_model_on_cuda_matches_reference(setup, no_fused, dtype):
     task, model, sample = setup
     model, sample = to_device(model, sample, "cuda", dtype)
     model.train()
-    crit = make_criterion(task, rdrop_alpha=5.0, rdrop_no_fused=no_fused)
+    crit = translation_criterion(task, rdrop_alpha=5.0, rdrop_no_fused=no_fused)
     out, log = check_step_against_reference(model, crit, sample, 0.1, 5.0, 2, task.tgt_dict.pad(),
                                             no_fused, tolerances=HALF_TOLERANCES[dtype])
     assert out.dtype == dtype and log["rdrop_kl"] > 0
@@ -267,7 +207,7 @@ def test_sample_is_not_mutated_by_a_training_step(setup):
     task, model, sample = setup
     before = copy.deepcopy(sample)
     model.train()
-    loss, _, _ = make_criterion(task)(model, sample)
+    loss, _, _ = translation_criterion(task)(model, sample)
     loss.backward()
     assert sample.keys() == before.keys()
     assert sample["net_input"].keys() == before["net_input"].keys()
@@ -277,28 +217,10 @@ def test_sample_is_not_mutated_by_a_training_step(setup):
     assert sample["ntokens"] == before["ntokens"]
 
 
-def test_validation_is_the_stock_single_pass(setup):
-    task, model, sample = setup
-    model.eval()
-    with torch.no_grad():
-        loss, size, log = make_criterion(task)(model, sample)
-        s_loss, s_size, s_log = stock_criterion(task)(model, sample)
-    assert torch.equal(loss, s_loss) and size == s_size
-    assert torch.equal(log["nll_loss"], s_log["nll_loss"])
-    assert "rdrop_kl" not in log
-    # reduced metrics match the stock criterion's
-    with metrics.aggregate(new_root=True) as ours:
-        RDropLabelSmoothedCrossEntropyCriterion.reduce_metrics([log])
-    with metrics.aggregate(new_root=True) as stock:
-        LabelSmoothedCrossEntropyCriterion.reduce_metrics([s_log])
-    for key in ("loss", "nll_loss", "ppl", "accuracy"):
-        assert ours.get_smoothed_value(key) == stock.get_smoothed_value(key), key
-
-
 def test_logged_training_ppl_is_per_token_over_copies(setup):
     task, model, sample = setup
     model.train()
-    crit = make_criterion(task)
+    crit = translation_criterion(task)
     _, _, log_a = crit(model, sample)
     _, _, log_b = crit(model, translation_batch(task, batch_size=3, seed=9))
     with metrics.aggregate(new_root=True) as agg:
@@ -320,7 +242,7 @@ def test_sentence_avg_and_ignore_prefix(setup):
     torch.manual_seed(5)
     s_loss, _, s_log = stock(model, doubled(sample))
     for no_fused in (True, False):
-        crit = make_criterion(
+        crit = translation_criterion(
             task, sentence_avg=True, ignore_prefix_size=2, rdrop_alpha=0.0, rdrop_no_fused=no_fused
         )
         torch.manual_seed(5)
@@ -335,7 +257,7 @@ def test_sentence_avg_and_ignore_prefix(setup):
 def test_every_k_and_alpha_warmup_follow_their_schedules(setup):
     task, model, sample = setup
     model.train()
-    crit = make_criterion(task, rdrop_every=3, rdrop_alpha=4.0, rdrop_alpha_warmup=10)
+    crit = translation_criterion(task, rdrop_every=3, rdrop_alpha=4.0, rdrop_alpha_warmup=10)
     seen = []
     for update in range(8):
         crit.set_num_updates(update)
@@ -354,8 +276,8 @@ def test_every_k_and_alpha_warmup_follow_their_schedules(setup):
 
 def test_update_counter_comes_from_the_trainers_metrics(setup):
     task, model, _ = setup
-    crit = RDropLabelSmoothedCrossEntropyCriterion(
-        task, False, 0.1, rdrop_alpha=1.0, rdrop_every=2
+    crit = build_from_dataclass(
+        RDropLabelSmoothedCrossEntropyCriterion, task, label_smoothing=0.1, rdrop_alpha=1.0, rdrop_every=2
     )
     metrics.reset()
     try:
@@ -381,7 +303,7 @@ def test_update_counter_comes_from_the_trainers_metrics(setup):
 )
 def test_bad_configuration_is_refused_naming_the_flag(kw, flag):
     with pytest.raises(ValueError, match=flag):
-        make_criterion(translation_task(), **kw)
+        translation_criterion(translation_task(), **kw)
 
 
 @pytest.mark.parametrize("kw, why", [
@@ -390,45 +312,18 @@ def test_bad_configuration_is_refused_naming_the_flag(kw, flag):
 ])
 def test_a_chunk_size_for_a_fused_loss_that_is_off_is_refused(kw, why):
     with pytest.raises(ValueError, match=f"--rdrop-chunk-size=64 sets the chunks of the fused loss, which {why}"):
-        make_criterion(translation_task(), rdrop_chunk_size=64, **kw)
-    assert make_criterion(translation_task(), rdrop_chunk_size=64).chunk_size == 64
+        translation_criterion(translation_task(), rdrop_chunk_size=64, **kw)
+    assert translation_criterion(translation_task(), rdrop_chunk_size=64).chunk_size == 64
 
 
 def test_alpha_without_dropout_warns_once(caplog):
     task = translation_task()
     model = tiny_transformer(task, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
     model.train()
-    crit = make_criterion(task)
+    crit = translation_criterion(task)
     sample = translation_batch(task)
     with caplog.at_level(logging.WARNING):
         crit(model, sample)
         crit(model, sample)
     warnings = [r for r in caplog.records if "KL term is identically zero" in r.getMessage()]
     assert len(warnings) == 1
-
-
-def test_bfloat16_model_gives_finite_loss_close_to_float32(setup):
-    task, model, sample = setup
-    model.train()
-    crit = make_criterion(task)
-    torch.manual_seed(11)
-    loss32, _, log32 = crit(model, sample)
-    loss32.backward()
-    g32 = grads(model)
-    model16 = copy.deepcopy(model).bfloat16()
-    model16.zero_grad()
-    torch.manual_seed(11)
-    loss16, _, log16 = crit(model16, sample)
-    loss16.backward()
-    assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
-    assert log16["rdrop_kl"].dtype == torch.float32
-    torch.testing.assert_close(loss16, loss32, rtol=5e-2, atol=0.5)
-    for name, p in model16.named_parameters():
-        if p.grad is not None:
-            assert torch.isfinite(p.grad.float()).all(), name
-    cos = F.cosine_similarity(
-        torch.cat([g.flatten() for g in g32.values()]),
-        torch.cat([p.grad.float().flatten() for p in model16.parameters() if p.grad is not None]),
-        dim=0,
-    )
-    assert cos > 0.9

@@ -1,0 +1,142 @@
+"""Properties every token-level R-Drop criterion shares, one test per property,
+parametrised over the criterion families: ``rdrop_label_smoothed_cross_entropy``
+(a tiny translation transformer), ``rdrop_cross_entropy`` (a full-softmax LM) and
+``rdrop_adaptive_loss`` in both KL modes (an Adaptive Transformer LM)."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fairseq.criterions.adaptive_loss import AdaptiveLoss
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.logging import metrics
+from tests.fairseq_helpers import (
+    doubled, grads, tiny_transformer, translation_batch, translation_criterion, translation_task,
+)
+from tests.lm_helpers import adaptive_criterion, ce_criterion, lm_model, lm_task, random_lm_batch
+
+FAMILIES = ["translation", "cross_entropy", "adaptive-full", "adaptive-head"]
+
+
+def family(name, lm_seed=4, collide=None):
+    """One family's model and sample (for the LMs: ``random_lm_batch(lm_seed, collide)``,
+    ``collide`` by default with the pad collision for ``cross_entropy`` only), ``make(**flags)``
+    building its R-Drop criterion (``ours``: at the defaults), the stock criterion it extends,
+    and how its figures compare with the stock ones: ``stock_nll``, the stock log's key of
+    the NLL, where both log it; ``metrics``, the reduced metrics both report; ``fused_tol``,
+    the (rtol, atol) of the fused loss and of the gradients against the stock ones."""
+    if name == "translation":
+        task = translation_task()
+        model = tiny_transformer(task)
+        sample = translation_batch(task, batch_size=5, seed=1)
+        assert sample["target"].eq(task.tgt_dict.pad()).any(), "the batch must contain padding"
+
+        make = lambda **flags: translation_criterion(task, **flags)  # noqa: E731
+        stock = LabelSmoothedCrossEntropyCriterion(task, False, 0.1, report_accuracy=True)
+        return SimpleNamespace(model=model, sample=sample, make=make, ours=make(), stock=stock,
+                               stock_nll="nll_loss", metrics=("loss", "nll_loss", "ppl", "accuracy"),
+                               fused_tol=((1e-6, 1e-5), (1e-5, 1e-6)))
+    task = lm_task()
+    if name == "cross_entropy":
+        model = lm_model(task, arch="transformer_lm", share_decoder_input_output_embed=True)
+        sample = random_lm_batch(seed=lm_seed, collide=True if collide is None else collide)
+        make = lambda **flags: ce_criterion(task, **flags)  # noqa: E731
+        return SimpleNamespace(model=model, sample=sample, make=make, ours=make(),
+                               stock=CrossEntropyCriterion(task, False), stock_nll=None,
+                               metrics=("loss", "ppl"), fused_tol=((1e-6, 1e-4), (1e-4, 1e-6)))
+    mode = name.split("-")[1]
+    sample = random_lm_batch(seed=lm_seed, collide=bool(collide))
+    make = lambda **flags: adaptive_criterion(task, mode, **flags)  # noqa: E731
+    return SimpleNamespace(model=lm_model(task), sample=sample, make=make, ours=make(),
+                           stock=AdaptiveLoss(task, False), stock_nll="loss", metrics=("loss", "ppl"),
+                           fused_tol=((1e-5, 1e-6), (1e-5, 1e-6)))
+
+
+@pytest.mark.parametrize("no_fused", [True, False], ids=["unfused", "fused"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_alpha_zero_equals_stock_on_the_doubled_batch(name, no_fused):
+    """Loss, NLL, accuracy counts, sizes and every gradient: bitwise with --rdrop-no-fused,
+    the fused loss to float rounding."""
+    f = family(name, lm_seed=1)
+    model, sample = f.model, f.sample
+    model.train()
+    torch.manual_seed(7)
+    loss, size, log = f.make(rdrop_alpha=0.0, rdrop_no_fused=no_fused)(model, sample)
+    loss.backward()
+    ours = grads(model)
+    model.zero_grad()
+    torch.manual_seed(7)
+    s_loss, s_size, s_log = f.stock(model, doubled(sample))
+    s_loss.backward()
+    stock = grads(model)
+    (loss_rtol, loss_atol), (grad_rtol, grad_atol) = f.fused_tol
+
+    def same(a, b, rtol, atol, msg=None):
+        if no_fused:
+            assert torch.equal(a, b), msg
+        else:
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=msg)
+
+    same(loss, s_loss.view(()), loss_rtol, loss_atol)
+    if f.stock_nll is not None:
+        same(log["nll_loss"], s_log[f.stock_nll].view(()), loss_rtol, loss_atol)
+    if "n_correct" in s_log:
+        assert log["n_correct"] == s_log["n_correct"] and log["total"] == s_log["total"]
+    assert size == sample["target"].ne(f.ours.padding_idx).sum() == sample["ntokens"]
+    assert s_size == 2 * size and log["copies_ntokens"] == s_log["ntokens"]
+    assert ours.keys() == stock.keys()
+    for param_name, g in stock.items():
+        same(ours[param_name], g, grad_rtol, grad_atol, msg=param_name)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_validation_is_the_stock_single_pass(name):
+    f = family(name)
+    f.model.eval()
+    with torch.no_grad():
+        loss, size, log = f.ours(f.model, f.sample)
+        s_loss, s_size, s_log = f.stock(f.model, f.sample)
+    assert torch.equal(loss, s_loss.view(())) and size == s_size
+    if f.stock_nll is not None:
+        assert torch.equal(log["nll_loss"], s_log[f.stock_nll].view(()))
+    assert "rdrop_kl" not in log
+    # reduced metrics match the stock criterion's
+    with metrics.aggregate(new_root=True) as ours:
+        type(f.ours).reduce_metrics([log])
+    with metrics.aggregate(new_root=True) as stock:
+        type(f.stock).reduce_metrics([s_log])
+    for key in f.metrics:
+        assert ours.get_smoothed_value(key) == stock.get_smoothed_value(key), key
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bfloat16_model_gives_finite_loss_close_to_float32(name):
+    f = family(name, lm_seed=8, collide=True)
+    atol = 0.5 if name == "translation" else 1.0
+    model, crit, sample = f.model, f.ours, f.sample
+    model.train()
+    torch.manual_seed(11)
+    loss32, _, log32 = crit(model, sample)
+    loss32.backward()
+    g32 = grads(model)
+    model16 = copy.deepcopy(model).bfloat16()
+    model16.zero_grad()
+    torch.manual_seed(11)
+    loss16, _, log16 = crit(model16, sample)
+    loss16.backward()
+    assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
+    assert log16["rdrop_kl"].dtype == torch.float32 and torch.isfinite(log16["rdrop_kl"])
+    torch.testing.assert_close(loss16, loss32.detach(), rtol=5e-2, atol=atol)
+    for param_name, p in model16.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad.float()).all(), param_name
+    cos = F.cosine_similarity(
+        torch.cat([g.flatten() for g in g32.values()]),
+        torch.cat([p.grad.float().flatten() for p in model16.parameters() if p.grad is not None]),
+        dim=0,
+    )
+    assert cos > 0.9

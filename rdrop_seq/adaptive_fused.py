@@ -53,7 +53,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from rdrop_seq.fused.chunking import auto_chunk_size
+from rdrop_seq.chunking import auto_chunk_size
 from rdrop_seq.fused.kernel import LossSpec, Totals, chunk_core, consume_stored_grads, finish, scale_stored_grads
 from rdrop_seq.fused.logits import chunked_rdrop_loss
 from rdrop_seq.fused.precision import FP16_GRAD_SCALE, LOW_PRECISION

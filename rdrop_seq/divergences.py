@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rdrop_seq import chunking
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the softmaxes, divergences and sums for inputs of ``dtype``: float64 for
@@ -98,14 +100,10 @@ def pair_divergence(
     return per_position.sum() if reduce else per_position
 
 
-# elements of one chunk's temporaries in _PairMeanSymmetricKL (64 MiB in float32)
-KL_CHUNK_ELEMENTS = 1 << 24
-
-
 def _kl_chunks(copies: Tensor):
-    """Slices of positions whose ``[m, rows, V]`` block holds about KL_CHUNK_ELEMENTS."""
+    """Slices of positions of :func:`rdrop_seq.chunking.kl_chunk_positions` each."""
     passes, n, vocab = copies.shape
-    step = max(1, KL_CHUNK_ELEMENTS // max(1, passes * vocab))
+    step = chunking.kl_chunk_positions(passes, vocab)
     return [slice(start, start + step) for start in range(0, n, step)]
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import rdrop_seq  # noqa: F401  (registers the criterions)
-from rdrop_seq import divergences
+from rdrop_seq import chunking, divergences
 from rdrop_seq.divergences import DIVERGENCES, pair_divergence
 from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_label_smoothed_loss
 from tests.fairseq_helpers import (
@@ -105,7 +105,7 @@ def test_an_unknown_divergence_is_refused_naming_the_flag_and_the_choices():
 @pytest.mark.parametrize("passes", [2, 3])
 def test_kl_worked_in_chunks_of_positions_matches_the_reference(monkeypatch, rows_per_chunk, passes):
     logits, target = random_batch(passes, n=13, vocab=11, pad=PAD, seed=7)
-    monkeypatch.setattr(divergences, "KL_CHUNK_ELEMENTS", rows_per_chunk * passes * 11)
+    monkeypatch.setattr(chunking, "CHUNK_BUDGET_BYTES", 4 * rows_per_chunk * passes * 11)  # float32
     assert len(divergences._kl_chunks(torch.zeros(passes, 13, 11))) == -(-13 // rows_per_chunk)
     ours_in = logits.clone().float().requires_grad_()
     ref_in = logits.clone().requires_grad_()

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import rdrop_seq.fused.chunking as chunking
+import rdrop_seq.chunking as chunking
 import rdrop_seq.fused.logits as logits_mod
 import rdrop_seq.fused.projection as projection
 from rdrop_seq.fused import auto_chunk_size, chunked_rdrop_loss, fused_linear_rdrop_loss

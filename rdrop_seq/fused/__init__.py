@@ -43,14 +43,14 @@ No fairseq import here; device-agnostic (CPU, CUDA), float32/float64 inputs
 computed in their own precision, bfloat16/float16 inputs with float32
 log-softmax, KL and accumulators.
 
-Modules: :mod:`~rdrop_seq.fused.chunking` (chunk sizes),
+Modules (chunk sizes: :mod:`rdrop_seq.chunking`):
 :mod:`~rdrop_seq.fused.precision` (half-precision inputs),
 :mod:`~rdrop_seq.fused.kernel` (the per-chunk core and what the losses share),
 :mod:`~rdrop_seq.fused.projection` and :mod:`~rdrop_seq.fused.logits` (the two
 entry points and their autograd functions).
 """
 
-from rdrop_seq.fused.chunking import auto_chunk_size, logits_chunk_size
+from rdrop_seq.chunking import auto_chunk_size, logits_chunk_size
 from rdrop_seq.fused.logits import chunked_rdrop_loss
 from rdrop_seq.fused.projection import fused_linear_rdrop_loss
 

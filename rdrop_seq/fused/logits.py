@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rdrop_seq.fused.chunking import logits_chunk_size
+from rdrop_seq.chunking import logits_chunk_size
 from rdrop_seq.fused.kernel import LossSpec, Totals, chunk_core, finish
 from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX, LOW_PRECISION
 from rdrop_seq.losses import RDropLoss, check_copies, compute_dtype

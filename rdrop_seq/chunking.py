@@ -1,4 +1,9 @@
-"""How many positions a chunk of the fused losses holds (their chunk-size policy)."""
+"""How many positions a chunk holds: the one chunk-size policy of every chunked loss.
+
+The fused losses (:mod:`rdrop_seq.fused`, :mod:`rdrop_seq.adaptive_fused`) and the
+symmetric KL on log-probabilities (:mod:`rdrop_seq.divergences`).  No imports: it
+sits at the bottom of the package's import graph.
+"""
 
 # Target size of a chunk's working set (its float32 [rows, V] buffers).
 CHUNK_BUDGET_BYTES = 64 * 1024 * 1024
@@ -72,3 +77,11 @@ def _bytes_per_position(vocab, passes, with_kl, low_precision):
     if low_precision:
         per_position += 2 * vocab * passes
     return per_position
+
+
+def kl_chunk_positions(passes: int, vocab: int, budget_bytes: int = None) -> int:
+    """Positions per chunk of the symmetric KL on ``[m, N, V]`` log-probabilities
+    (:mod:`rdrop_seq.divergences`): its float32 ``[m, rows, V]`` temporaries about
+    ``budget_bytes`` (``CHUNK_BUDGET_BYTES`` by default), at least one position."""
+    budget = CHUNK_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    return max(1, (budget // 4) // max(1, passes * vocab))

@@ -47,31 +47,19 @@ class SoftmaxRDropCriterion(RDropCriterionBase):
     def loss_terms(self, model, copies, sample, passes, alpha) -> RDropLoss:
         fused = self.fused and model.training
         projection = fusable_output_projection(model) if fused else None
+        # what both fused paths take besides their input
+        spec = dict(epsilon=self.eps, alpha=alpha, passes=passes, ignore_index=self.padding_idx,
+                    chunk_size=self.chunk_size)
         if projection is not None:
             features, _ = copies.run(model, features_only=True)
             out = fused_linear_rdrop_loss(
-                self._prefixed(features),
-                projection.weight,
-                self._prefixed(sample["target"]),
-                bias=projection.bias,
-                epsilon=self.eps,
-                alpha=alpha,
-                passes=passes,
-                ignore_index=self.padding_idx,
-                chunk_size=self.chunk_size,
+                self._prefixed(features), projection.weight, self._prefixed(sample["target"]),
+                bias=projection.bias, **spec,
             )
             return self._terms_from_fused(out, sample, passes)
         net_output = copies.run(model)
         if fused and net_output_is_logits(model):
-            out = chunked_rdrop_loss(
-                self._prefixed(net_output[0]),
-                self._prefixed(sample["target"]),
-                epsilon=self.eps,
-                alpha=alpha,
-                passes=passes,
-                ignore_index=self.padding_idx,
-                chunk_size=self.chunk_size,
-            )
+            out = chunked_rdrop_loss(self._prefixed(net_output[0]), self._prefixed(sample["target"]), **spec)
             return self._terms_from_fused(out, sample, passes)
         lprobs = self._prefixed(model.get_normalized_probs(net_output, log_probs=True))
         target = self._prefixed(model.get_targets(sample, net_output))

@@ -12,9 +12,9 @@ import platform
 import shlex
 import subprocess
 
-from demo_runs import REPO, rel, say
-from demo_stats import mean_std
-from pipeline_stages import atomic_write, write_json
+from examples.demo_runs import REPO, rel, say
+from examples.demo_stats import mean_std
+from examples.pipeline_stages import atomic_write, write_json
 
 RUN_LABELS = {"baseline": "baseline", "rdrop": "R-Drop"}
 
@@ -157,8 +157,9 @@ def write_results(results_dir, stem, results, plot):
     return json_path, png_path
 
 
-def command_line(script, argv):
-    return " ".join(["python", rel(os.path.abspath(script))] + [shlex.quote(rel(a)) for a in argv])
+def command_line(module, argv):
+    """How the demo was invoked, as the results record it: ``python -m <module> <argv>``."""
+    return " ".join(["python", "-m", module] + [shlex.quote(rel(a)) for a in argv])
 
 
 def utc_now():

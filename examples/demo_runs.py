@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from pipeline_stages import read_json, sha256_file, stage_key, write_json
+from examples.pipeline_stages import read_json, sha256_file, stage_key, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
@@ -81,11 +81,11 @@ def child_env(threads):
 def check_criterion_registers(criterion, threads):
     """Fail early unless importing the plugin registers ``criterion`` (imports fairseq)."""
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import rdrop_seq; "
+        "import sys; import rdrop_seq; "
         "from fairseq.criterions import CRITERION_REGISTRY as R; "
         f"sys.exit(0 if '{criterion}' in R else 3)"
     )
-    proc = subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env=child_env(threads))
     if proc.returncode != 0:
         raise DemoError(

@@ -8,10 +8,8 @@ import sys
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
+from examples.translation import debian_corpus
 
-import debian_corpus  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 SIZES = {"train": 240, "valid": 24, "test": 24}
 

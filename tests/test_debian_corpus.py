@@ -11,10 +11,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
+from examples.translation import debian_corpus as dc
 
-import debian_corpus as dc  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "apt")
 DE = os.path.join(FIXTURES, "Translation-de")
@@ -298,21 +297,22 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
 def test_cli_build_compare_and_update_snapshot(tmp_path):
     work, snap = tmp_path / "work", tmp_path / "data" / "snap.tsv.xz"
-    cmd = [sys.executable, os.path.join(REPO, "examples", "translation", "debian_corpus.py"), "build",
+    cmd = [sys.executable, "-m", "examples.translation.debian_corpus", "build",
            "--de", DE, "--en", EN, "--work-dir", str(work), "--valid-size", "5", "--test-size", "5",
            "--snapshot", str(snap)]  # fmt: skip
-    r = subprocess.run(cmd + ["--update-snapshot"], capture_output=True, text=True)
+    r = subprocess.run(cmd + ["--update-snapshot"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert "no snapshot" in r.stdout and snap.exists()
     prov = json.loads((tmp_path / "data" / "PROVENANCE.json").read_text())
     assert prov["counts"] == {"train": 52, "valid": 5, "test": 5}
     assert prov["snapshot_sha256"] == dc.sha256_file(str(snap))
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert "identical to the shipped snapshot" in r.stdout
-    r = subprocess.run(cmd[:-4] + ["--snapshot", str(snap), "--valid-size", "4"], capture_output=True, text=True)
+    r = subprocess.run(cmd[:-4] + ["--snapshot", str(snap), "--valid-size", "4"],
+                       capture_output=True, text=True, cwd=REPO)
     assert "DIFFERS from the shipped snapshot" in r.stdout
-    r = subprocess.run(cmd[:3] + ["--de", str(tmp_path / "nope"), "--en", EN, "--work-dir", str(work)],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(cmd[:4] + ["--de", str(tmp_path / "nope"), "--en", EN, "--work-dir", str(work)],
+                       capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert r.returncode == 2 and "index file not found" in r.stderr and "nope" in r.stderr
 
 

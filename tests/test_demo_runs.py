@@ -11,11 +11,10 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples"))
+from examples import demo_runs
+from examples.demo_runs import DemoError, train_run
 
-import demo_runs  # noqa: E402
-from demo_runs import DemoError, train_run  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAKE_TRAIN = r"""
 import json, os, sys
@@ -195,13 +194,12 @@ def test_time_so_far_is_on_disk_when_the_demo_is_killed_outright(tmp_path):
     save_dir = tmp_path / "run"
     driver = f"""
 import sys
-sys.path.insert(0, {os.path.join(REPO, "examples")!r})
-import demo_runs
+from examples import demo_runs
 demo_runs.TIME_RECORD_SECONDS = 0.2
 sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "--save-dir", {str(save_dir)!r}, "--max-epoch", "3"]
 demo_runs.train_run(sleeper, {str(save_dir)!r}, "rdrop", 1, ("loss",))
 """
-    proc = subprocess.Popen([sys.executable, "-c", driver], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", driver], start_new_session=True, cwd=REPO)
     started = save_dir / "started.json"
     deadline = time.time() + 20
     while time.time() < deadline and not (

@@ -29,10 +29,10 @@ curves); the runs are resumable (run the same command again).
 
 Examples::
 
-    python examples/classification/demo.py                    # quick mode
-    python examples/classification/demo.py --mode tiny
-    python examples/classification/demo.py --alpha 2          # another alpha: rdrop-alpha2-seed<S>/
-    python examples/classification/demo.py --status           # where the runs stand
+    python -m examples.classification.demo                    # quick mode
+    python -m examples.classification.demo --mode tiny
+    python -m examples.classification.demo --alpha 2          # another alpha: rdrop-alpha2-seed<S>/
+    python -m examples.classification.demo --status           # where the runs stand
 """
 
 import json
@@ -42,21 +42,19 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-import prepare as prep  # noqa: E402
-from demo_driver import DemoTask, run_demo  # noqa: E402
-from demo_runs import (  # noqa: E402
+from examples.classification import prepare as prep
+from examples.demo_driver import DemoTask, run_demo
+from examples.demo_runs import (
     checkpoint_epoch,
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, display,
     dropout_override, flags, has_cuda, parse_demo_args, demo_parser, rel, run_dir, say, stopped_early,
     train_flags, train_run,
 )
-from demo_stats import mcnemar_test  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  # noqa: E402
+from examples.demo_stats import mcnemar_test
+from examples.pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 
 RDROP_CRITERION = "rdrop_sentence_prediction"
 HEAD = "sentence_classification_head"
@@ -202,7 +200,7 @@ def predict(args, data, run, seed):
     save_dir = run_dir(args, run, seed)
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
     out_dir = os.path.join(save_dir, "test")
-    cmd = [sys.executable, os.path.join(HERE, "predict.py"), data["cls_bin"], "--path", ckpt, "--subset", "test",
+    cmd = [sys.executable, "-m", "examples.classification.predict", data["cls_bin"], "--path", ckpt, "--subset", "test",
            "--out", os.path.join(out_dir, "test.pred")]
     key = stage_key(ckpt=sha256_file(ckpt), data=data["key"])
     label = f"{run} seed {seed}"
@@ -335,7 +333,7 @@ def task_results(args, data, per_seed):
 
 
 TASK = DemoTask(
-    script=os.path.abspath(__file__),
+    module="examples.classification.demo",
     parse_args=parse_args,
     check_setup=check_setup,
     prepare=prepare_data,

@@ -64,18 +64,18 @@ results files are kept (renamed with their date), never deleted.
 
 Usage::
 
-    python examples/language_model/demo.py                 # quick
-    python examples/language_model/demo.py --mode full
-    python examples/language_model/demo.py --mode full --max-tokens 16384   # on a GPU
+    python -m examples.language_model.demo                 # quick
+    python -m examples.language_model.demo --mode full
+    python -m examples.language_model.demo --mode full --max-tokens 16384   # on a GPU
 
     # one run of one seed on its own (no results file; the full command later finds it done):
-    python examples/language_model/demo.py --mode medium --run rdrop --seeds 2
+    python -m examples.language_model.demo --mode medium --run rdrop --seeds 2
 
     # where the runs stand (per-epoch validation values of both), also while they train:
-    python examples/language_model/demo.py --mode medium --status
+    python -m examples.language_model.demo --mode medium --status
 
     # your own text: path/to/text/{train,valid,test}.txt
-    python examples/language_model/demo.py --mode medium --text-dir path/to/text
+    python -m examples.language_model.demo --mode medium --text-dir path/to/text
 """
 
 import json
@@ -85,21 +85,19 @@ import re
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-import prepare as prep  # noqa: E402
-from demo_driver import DemoTask, run_demo  # noqa: E402
-from demo_runs import (  # noqa: E402
+from examples.language_model import prepare as prep
+from examples.demo_driver import DemoTask, run_demo
+from examples.demo_runs import (
     checkpoint_epoch,
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
     demo_parser, display, dropout_override, flags, has_cuda, max_tokens_override, parse_demo_args, rel, run_dir,
     say, stopped_early, text_dir_name, text_dir_source, train_flags, train_run,
 )
-from demo_stats import paired_bootstrap_lm, read_word_logprobs  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  # noqa: E402
+from examples.demo_stats import paired_bootstrap_lm, read_word_logprobs
+from examples.pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 
 ARCH = "rdrop_transformer_lm_adaptive_small"
 RDROP_CRITERION = "rdrop_adaptive_loss"
@@ -401,7 +399,7 @@ def task_results(args, data, per_seed):
 
 
 TASK = DemoTask(
-    script=os.path.abspath(__file__),
+    module="examples.language_model.demo",
     parse_args=parse_args,
     check_setup=check_setup,
     prepare=prepare_data,

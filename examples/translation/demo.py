@@ -48,18 +48,18 @@ are kept (renamed with their date), never deleted.
 
 Usage::
 
-    python examples/translation/demo.py                 # quick
-    python examples/translation/demo.py --mode full
+    python -m examples.translation.demo                 # quick
+    python -m examples.translation.demo --mode full
 
     # one run of one seed on its own (no results file; the full command later finds it done):
-    python examples/translation/demo.py --mode medium --run rdrop --seeds 2
+    python -m examples.translation.demo --mode medium --run rdrop --seeds 2
 
     # your own German->English text: {train,valid,test}.{de,en}, line-aligned
     # (work/<mode>-<dir name>/, results/<mode>-<dir name>.json):
-    python examples/translation/demo.py --mode medium --text-dir path/to/corpus
+    python -m examples.translation.demo --mode medium --text-dir path/to/corpus
 
     # where the runs stand (per-epoch validation values of both), also while they train:
-    python examples/translation/demo.py --mode medium --status
+    python -m examples.translation.demo --mode medium --status
 """
 
 import argparse
@@ -68,21 +68,19 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-import debian_corpus as dc  # noqa: E402
-import prepare as prep  # noqa: E402
-from demo_driver import DemoTask, run_demo  # noqa: E402
-from demo_runs import (  # noqa: E402
+from examples.translation import debian_corpus as dc
+from examples.translation import prepare as prep
+from examples.demo_driver import DemoTask, run_demo
+from examples.demo_runs import (
     checkpoint_epoch,
     USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
     demo_parser, display, dropout_override, flags, has_cuda, parse_demo_args, rel, run_dir, say, stopped_early,
     text_dir_name, text_dir_source, train_flags, train_run,
 )
-from demo_stats import paired_bleu_test  # noqa: E402
+from examples.demo_stats import paired_bleu_test
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 
 RDROP_CRITERION = "rdrop_label_smoothed_cross_entropy"
 DROPOUT = 0.3  # both runs, every mode but those that set their own "dropout" (--dropout overrides it)
@@ -415,7 +413,7 @@ def task_results(args, data, per_seed):
 
 
 TASK = DemoTask(
-    script=os.path.abspath(__file__),
+    module="examples.translation.demo",
     parse_args=parse_args,
     check_setup=check_setup,
     prepare=prepare_data,

@@ -16,7 +16,7 @@ done for the same inputs:
 
 Example::
 
-    python examples/translation/prepare.py --work-dir examples/translation/work/quick \\
+    python -m examples.translation.prepare --work-dir examples/translation/work/quick \\
         --limit 20000 --valid-limit 500 --vocab-size 6000
 """
 
@@ -28,10 +28,8 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import debian_corpus as dc  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, show_path, train_sentencepiece  # noqa: E402,F401
+from examples.translation import debian_corpus as dc
+from examples.pipeline_stages import dir_stage, fairseq_command, show_path, train_sentencepiece  # noqa: F401
 
 SRC, TGT = "de", "en"
 

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from examples.demo_runs import checkpoint_epoch, parse_train_log
+from examples.common.fairseq_log import checkpoint_epoch, parse_train_log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from examples.demo_runs import results_stem
+from examples.common.naming import results_stem
 
 DEMOS = ("translation", "language_model")  # the packages of examples/ whose demo.py is tested here
 

@@ -180,7 +180,7 @@ def export_pairs(d, sizes):
 
 
 def test_text_dir_names_the_work_dir_and_results():
-    from examples.demo_runs import results_stem
+    from examples.common.naming import results_stem
     from examples.translation import demo
 
     args = demo.parse_args(["--mode", "medium", "--text-dir", "some/where/My Corpus", "--alpha", "1"])

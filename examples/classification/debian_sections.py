@@ -45,12 +45,12 @@ import sys
 import unicodedata
 from collections import Counter
 
-from examples import debian_apt
-from examples.debian_apt import (
+from examples.common import debian_apt
+from examples.common.debian_apt import (
     DEFAULT_ARCHITECTURE, DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError, description_md5,
     iter_stanzas, now_utc,
 )
-from examples.pipeline_stages import (
+from examples.common.stages import (
     atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key, write_json,
 )
 

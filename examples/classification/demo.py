@@ -43,15 +43,17 @@ import sys
 import time
 
 from examples.classification import prepare as prep
-from examples.demo_driver import DemoTask, run_demo
-from examples.demo_runs import (
-    checkpoint_epoch,
-    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, display,
-    dropout_override, flags, has_cuda, parse_demo_args, demo_parser, rel, run_dir, say, stopped_early,
-    train_flags, train_run,
+from examples.common.base import (
+    DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel, say,
+    train_run_flags,
 )
-from examples.demo_stats import mcnemar_test
-from examples.pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.cli import check_demo_args, demo_parser, parse_demo_args, train_flags
+from examples.common.driver import DemoTask, run_demo
+from examples.common.fairseq_log import checkpoint_epoch
+from examples.common.naming import dropout_override, run_dir
+from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.stats import mcnemar_test
+from examples.common.training import stopped_early, train_run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -122,16 +124,9 @@ def _fairseq_train(data_bin, task_flags, setting, save_dir, seed, extra):
     cmd = fairseq_command("train") + [data_bin] + task_flags + ["--arch", ARCH] + flags(setting["model"])
     cmd += [
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-06", "--weight-decay", "0.01",
-        "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt", "--seed", str(seed), "--num-workers", "0",
-        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
-        "--log-file", os.path.join(save_dir, "train.log"),
-        # registers the R-Drop criterion, and lets torch's weights-only loader accept fairseq checkpoints
-        "--user-dir", USER_DIR,
+        "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt",
     ]  # fmt: skip
-    cmd += extra
-    if not has_cuda():
-        cmd.append("--cpu")
-    return cmd
+    return cmd + train_run_flags(save_dir, seed) + extra + device_flags()
 
 
 def pretrain_command(args, mlm_bin, save_dir):

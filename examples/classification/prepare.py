@@ -36,7 +36,7 @@ import subprocess
 import sys
 
 from examples.classification import debian_sections as ds
-from examples.pipeline_stages import dir_stage, fairseq_command, say, sha256_file, stage_key, train_sentencepiece
+from examples.common.stages import dir_stage, fairseq_command, say, sha256_file, stage_key, train_sentencepiece
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -85,16 +85,20 @@ import re
 import subprocess
 import sys
 
-from examples.language_model import prepare as prep
-from examples.demo_driver import DemoTask, run_demo
-from examples.demo_runs import (
-    checkpoint_epoch,
-    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
-    demo_parser, display, dropout_override, flags, has_cuda, max_tokens_override, parse_demo_args, rel, run_dir,
-    say, stopped_early, text_dir_name, text_dir_source, train_flags, train_run,
+from examples.common.base import (
+    USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel,
+    say, train_run_flags,
 )
-from examples.demo_stats import paired_bootstrap_lm, read_word_logprobs
-from examples.pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.cli import (
+    check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
+)
+from examples.common.driver import DemoTask, run_demo
+from examples.common.fairseq_log import checkpoint_epoch
+from examples.common.naming import dropout_override, max_tokens_override, run_dir
+from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.stats import paired_bootstrap_lm, read_word_logprobs
+from examples.common.training import data_key, stopped_early, train_run
+from examples.language_model import prepare as prep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -220,13 +224,9 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None, seed=
         "--max-tokens", str(max_tokens), "--ddp-backend", "legacy_ddp",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.01",
         "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt",
-        "--no-epoch-checkpoints", "--seed", str(seed), "--num-workers", "0",
-        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
-        "--log-file", os.path.join(save_dir, "train.log"),
-        # registers the R-Drop criterion and the architecture, and lets torch's
-        # weights-only loader accept fairseq checkpoints when a run resumes
-        "--user-dir", USER_DIR,
+        "--no-epoch-checkpoints",
     ]  # fmt: skip
+    cmd += train_run_flags(save_dir, seed)
     dropout = dropout_override(args)
     if dropout is not None:  # else the architecture's own
         cmd += ["--dropout", dropout]
@@ -235,9 +235,7 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None, seed=
         cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
     else:
         cmd += ["--criterion", "adaptive_loss"]
-    if not has_cuda():
-        cmd.append("--cpu")
-    return cmd
+    return cmd + device_flags()
 
 
 def evaluate(args, setting, data_bin, run, seed, test_tokens):
@@ -259,8 +257,7 @@ def evaluate(args, setting, data_bin, run, seed, test_tokens):
         "--required-batch-size-multiple", "1", "--output-word-probs",
         "--user-dir", USER_DIR, "--seed", str(seed),
     ]  # fmt: skip
-    if not has_cuda():
-        cmd.append("--cpu")
+    cmd += device_flags()
     label = f"{run} seed {seed}"
 
     def build(tmp):

@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 
-from examples.pipeline_stages import dir_stage, fairseq_command, say, sha256_file, stage_key
+from examples.common.stages import dir_stage, fairseq_command, say, sha256_file, stage_key
 
 SPLITS = ("train", "valid", "test")
 VERSION = 2  # bump when a stage's output format changes

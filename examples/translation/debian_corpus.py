@@ -62,11 +62,11 @@ import re
 import sys
 import unicodedata
 
-from examples.debian_apt import (
+from examples.common import debian_apt
+from examples.common.debian_apt import (
     DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError, description_md5, iter_stanzas, now_utc,
 )
-from examples import debian_apt
-from examples.pipeline_stages import (  # noqa: F401
+from examples.common.stages import (  # noqa: F401
     atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key, write_json,
 )
 

@@ -68,16 +68,20 @@ import os
 import subprocess
 import sys
 
+from examples.common.base import (
+    USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel,
+    say, train_run_flags,
+)
+from examples.common.cli import (
+    check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
+)
+from examples.common.driver import DemoTask, run_demo
+from examples.common.fairseq_log import checkpoint_epoch
+from examples.common.naming import dropout_override, run_dir
+from examples.common.stats import paired_bleu_test
+from examples.common.training import data_key, stopped_early, train_run
 from examples.translation import debian_corpus as dc
 from examples.translation import prepare as prep
-from examples.demo_driver import DemoTask, run_demo
-from examples.demo_runs import (
-    checkpoint_epoch,
-    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
-    demo_parser, display, dropout_override, flags, has_cuda, parse_demo_args, rel, run_dir, say, stopped_early,
-    text_dir_name, text_dir_source, train_flags, train_run,
-)
-from examples.demo_stats import paired_bleu_test
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -194,13 +198,9 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
         "--weight-decay", "0.0001", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
         "--lr-scheduler", "inverse_sqrt",
         "--label-smoothing", "0.1", "--report-accuracy",
-        "--no-epoch-checkpoints", "--seed", str(seed), "--num-workers", "0",
-        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
-        "--log-file", os.path.join(save_dir, "train.log"),
-        # the plugin dir: it registers the R-Drop criterion, and makes torch's
-        # weights-only loader accept fairseq checkpoints when a run resumes
-        "--user-dir", USER_DIR,
+        "--no-epoch-checkpoints",
     ]  # fmt: skip
+    cmd += train_run_flags(save_dir, seed)
     if selected_by(setting) == "bleu":  # validation BLEU (greedy) every epoch picks the checkpoint
         cmd += ["--eval-bleu", "--eval-bleu-args", json.dumps(eval_args),
                 "--eval-bleu-detok", "space", "--eval-bleu-remove-bpe", "sentencepiece",
@@ -210,9 +210,7 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
         cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
     else:
         cmd += ["--criterion", "label_smoothed_cross_entropy"]
-    if not has_cuda():
-        cmd.append("--cpu")
-    return cmd
+    return cmd + device_flags()
 
 
 # ---------------------------------------------------------------------------
@@ -234,8 +232,7 @@ def generate(args, setting, data_bin, run, seed):
         "--required-batch-size-multiple", "1",
         "--results-path", "RESULTS_PATH", "--user-dir", USER_DIR, "--seed", str(seed),
     ]  # fmt: skip
-    if not has_cuda():
-        cmd.append("--cpu")
+    cmd += device_flags()
 
     def build(tmp):
         run_cmd = [tmp if c == "RESULTS_PATH" else c for c in cmd]

@@ -28,8 +28,8 @@ import shutil
 import subprocess
 import sys
 
+from examples.common.stages import dir_stage, fairseq_command, show_path, train_sentencepiece  # noqa: F401
 from examples.translation import debian_corpus as dc
-from examples.pipeline_stages import dir_stage, fairseq_command, show_path, train_sentencepiece  # noqa: F401
 
 SRC, TGT = "de", "en"
 

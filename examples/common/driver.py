@@ -17,10 +17,12 @@ import sys
 import time
 from typing import Callable, Tuple
 
-from examples.demo_report import command_line, git_commit, machine_info, plot_seed_curves, seed_table, utc_now, write_results
-from examples.demo_runs import (RUNS, DemoError, child_env, only_one_run, print_status, rel, results_stem,
-                       run_dir, runs_to_do, say)
-from examples.demo_stats import summarise_seeds
+from examples.common.base import RUNS, DemoError, child_env, rel, say
+from examples.common.naming import only_one_run, results_stem, run_dir, runs_to_do
+from examples.common.provenance import command_line, git_commit, machine_info, utc_now
+from examples.common.report import plot_seed_curves, seed_table, write_results
+from examples.common.stats import summarise_seeds
+from examples.common.status import print_status
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 
-from examples.pipeline_stages import atomic_write, sha256_file
+from examples.common.stages import atomic_write, sha256_file
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from examples.translation import debian_corpus
+from examples.translation import debian_snapshot
 
 BIN = os.path.dirname(sys.executable)
 SIZES = {"train": 240, "valid": 24, "test": 24}
@@ -42,7 +42,7 @@ def data_bin(tmp_path_factory):
     Tests write their checkpoints into their own sub-directories of it.
     """
     work = tmp_path_factory.mktemp("e2e")
-    snapshot = debian_corpus.load_snapshot()
+    snapshot = debian_snapshot.load_snapshot()
     pairs = {split: [p for p in snapshot[split] if len(p[0].split()) <= 20][:n] for split, n in SIZES.items()}
     for split, rows in pairs.items():
         assert len(rows) == SIZES[split]

@@ -107,9 +107,9 @@ def test_tiny_lm_demo_two_seeds_end_to_end_resumes_a_finished_seed_and_reruns(tm
 
 def write_text_dir(d, sizes):
     """Real English text the LM demo has not seen: the snapshot's Debian package descriptions."""
-    from examples.translation import debian_corpus as dc
+    from examples.translation import debian_snapshot
 
-    splits = dc.load_snapshot()
+    splits = debian_snapshot.load_snapshot()
     d.mkdir()
     for split, n in sizes.items():
         (d / f"{split}.txt").write_text("".join(en + "\n" for _, en in splits[split][:n]), encoding="utf-8")

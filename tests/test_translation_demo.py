@@ -173,10 +173,10 @@ def test_tiny_demo_rerun_skips_work_and_keeps_old_results(tiny_run):
 
 def export_pairs(d, sizes):
     """Real pairs from the shipped snapshot, as line-aligned {split}.{de,en} files."""
-    from examples.translation import debian_corpus as dc
+    from examples.translation import debian_snapshot
 
-    splits = dc.load_snapshot()
-    dc.export_plain({split: splits[split][:n] for split, n in sizes.items()}, str(d))
+    splits = debian_snapshot.load_snapshot()
+    debian_snapshot.export_plain({split: splits[split][:n] for split, n in sizes.items()}, str(d))
 
 
 def test_text_dir_names_the_work_dir_and_results():

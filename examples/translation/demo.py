@@ -78,9 +78,11 @@ from examples.common.cli import (
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
+from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
 from examples.common.stats import paired_bleu_test
 from examples.common.training import data_key, stopped_early, train_run
 from examples.translation import debian_corpus as dc
+from examples.translation import debian_snapshot
 from examples.translation import prepare as prep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -170,7 +172,7 @@ def check_setup(args):
     if not os.path.isdir(USER_DIR):
         raise DemoError(f"plugin directory not found: {USER_DIR}")
     for tool in ("preprocess", "train", "generate"):
-        cmd = prep.fairseq_command(tool)
+        cmd = fairseq_command(tool)
         if len(cmd) == 1 and not os.path.exists(cmd[0]):
             raise DemoError(f"fairseq-{tool} not found")
     check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
@@ -191,7 +193,7 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
     """``seed``: default the first of ``--seeds``."""
     seed = args.seeds[0] if seed is None else seed
     eval_args = {"beam": setting["eval_beam"], "max_len_a": 1.2, "max_len_b": setting["max_len_b"]}
-    cmd = prep.fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
+    cmd = fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
     cmd += flags(setting["model"])
     cmd += [
         "--share-all-embeddings", "--dropout", dropout_override(args) or f"{args.default_dropout:g}",
@@ -222,8 +224,8 @@ def generate(args, setting, data_bin, run, seed):
     save_dir = run_dir(args, run, seed)
     out_dir = os.path.join(save_dir, "test")
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
-    key = dc.stage_key(ckpt=dc.sha256_file(ckpt), beam=beam(args), max_len_b=setting["max_len_b"])
-    cmd = prep.fairseq_command("generate") + [
+    key = stage_key(ckpt=sha256_file(ckpt), beam=beam(args), max_len_b=setting["max_len_b"])
+    cmd = fairseq_command("generate") + [
         data_bin, "--task", "translation", "--source-lang", "de", "--target-lang", "en",
         "--path", ckpt, "--gen-subset", "test", "--beam", str(beam(args)),
         "--max-len-a", "1.2", "--max-len-b", str(setting["max_len_b"]),
@@ -243,7 +245,7 @@ def generate(args, setting, data_bin, run, seed):
             raise DemoError(f"fairseq-generate ({run} seed {seed}) failed:\n{proc.stdout[-3000:]}")
         return {}
 
-    prep.dir_stage(f"generate {run} seed {seed}", out_dir, key, build, f"beam {beam(args)} on the test set", log=say)
+    dir_stage(f"generate {run} seed {seed}", out_dir, key, build, f"beam {beam(args)} on the test set", log=say)
     path = os.path.join(out_dir, "generate-test.txt")
     return path, display([out_dir if c == "RESULTS_PATH" else c for c in cmd])
 
@@ -365,7 +367,7 @@ def parse_args(argv=None):
                         help="train and test on your own German->English text instead: line-aligned "
                              "{train,valid,test}.{de,en} in DIR (the mode's slice limits apply); the runs "
                              "go to work/<mode>-<DIR's name>/ and the results to <mode>-<DIR's name>.json")
-    p.add_argument("--snapshot", default=dc.SNAPSHOT, help=argparse.SUPPRESS)
+    p.add_argument("--snapshot", default=debian_snapshot.SNAPSHOT, help=argparse.SUPPRESS)
     args = parse_demo_args(p, argv, HERE, data_name=text_dir_name)
     if args.beam is not None and args.beam < 1:
         p.error(f"--beam must be >= 1, got {args.beam}")

@@ -2,6 +2,6 @@
 the reproduction recipes, run from the repository root as modules
 (``python -m examples.translation.demo``).
 
-What the demos share lives at this package's top level; each task's own code in
-its sub-package.
+What the demos share is in ``common``; each task's own code in its sub-package
+(``translation``, ``language_model``, ``classification``).
 """

@@ -25,13 +25,13 @@ test: install
 	$(PY) -m pytest -n auto --maxprocesses 4 tests
 
 demo: install
-	$(PY) examples/translation/demo.py --mode $(MODE)
+	$(PY) -m examples.translation.demo --mode $(MODE)
 
 demo-lm: install
-	$(PY) examples/language_model/demo.py --mode $(MODE)
+	$(PY) -m examples.language_model.demo --mode $(MODE)
 
 demo-cls: install
-	$(PY) examples/classification/demo.py --mode $(MODE)
+	$(PY) -m examples.classification.demo --mode $(MODE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from examples.common.stages import atomic_write
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
@@ -181,13 +183,10 @@ def write_results(kind: str, device: str, payload: dict, table: str) -> str:
     payload = dict(payload, date=date, device=device,
                    machine=machine_description(device, payload.get("threads")),
                    command=shlex.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
-    tmp = stem + ".json.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(stem + ".json") as f:
         json.dump(payload, f, indent=2)
-    os.replace(tmp, stem + ".json")
-    with open(stem + ".md.tmp", "w") as f:
+    with atomic_write(stem + ".md") as f:
         f.write(table + "\n")
-    os.replace(stem + ".md.tmp", stem + ".md")
     return stem
 
 

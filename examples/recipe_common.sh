@@ -6,6 +6,8 @@
 #                 fairseq, rdrop-seq and the recipe dependencies must be installed in it
 #   tool NAME     the path of console script NAME (rdrop-train, rdrop-generate, ...)
 #                 installed beside that Python, else the one on PATH
+#   example M     run module M of the examples package with that Python
+#                 (example examples.translation.sgm ...)
 #   say / die     progress on stdout, errors on stderr (exit status 2)
 #   usage TEXT    print "usage: TEXT" on stderr and exit with status 2
 #   require_file / require_dir  stop with an error that names a missing input
@@ -37,6 +39,13 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
     die "Python not found: PYTHON=$PYTHON (activate the environment with rdrop-seq installed, or set PYTHON)"
 fi
 PYTHON_BIN_DIR=$("$PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))')
+REPO_ROOT=$(cd "$RECIPES_DIR/.." && pwd)
+
+# example MODULE ARGS...: run a module of this repository's examples package
+# (example examples.translation.sgm ...), wherever the recipe runs
+example() {
+    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m "$@"
+}
 
 tool() {
     local name=$1

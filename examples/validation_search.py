@@ -10,10 +10,10 @@ it stopped early, its epochs, updates and wall time.
 
 Usage::
 
-    python examples/validation_search.py translation --run baseline --limit 2000 --dropout 0.1
-    python examples/validation_search.py lm --run rdrop --limit 3000 --alpha 1
-    python examples/validation_search.py cls --run rdrop --limit 2000 --alpha 1
-    python examples/validation_search.py lm --table      # the search so far, as in RESULTS.md
+    python -m examples.validation_search translation --run baseline --limit 2000 --dropout 0.1
+    python -m examples.validation_search lm --run rdrop --limit 3000 --alpha 1
+    python -m examples.validation_search cls --run rdrop --limit 2000 --alpha 1
+    python -m examples.validation_search lm --table      # the search so far, as in RESULTS.md
 
 A run stopped by hand for its cost is recorded as far as its log goes with the
 same settings and ``--record-stopped``.
@@ -25,11 +25,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo_runs import checkpoint_epoch, parse_train_log  # noqa: E402
+from examples.common.fairseq_log import checkpoint_epoch, parse_train_log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 
 TASK_DIRS = {"translation": "translation", "lm": "language_model", "cls": "classification"}
@@ -42,15 +40,10 @@ DATA_KEYS = {
 
 
 def load_demo(task):
-    """The task's demo module (with its own ``prepare``)."""
-    import importlib.util
+    """The task's demo module."""
+    import importlib
 
-    folder = os.path.join(HERE, TASK_DIRS[task])
-    sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(f"{task}_demo", os.path.join(folder, "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"examples.{TASK_DIRS[task]}.demo")
 
 
 def print_table(task):

@@ -8,10 +8,8 @@ import sys
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
+from examples.translation import debian_snapshot
 
-import debian_corpus  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 SIZES = {"train": 240, "valid": 24, "test": 24}
 
@@ -44,7 +42,7 @@ def data_bin(tmp_path_factory):
     Tests write their checkpoints into their own sub-directories of it.
     """
     work = tmp_path_factory.mktemp("e2e")
-    snapshot = debian_corpus.load_snapshot()
+    snapshot = debian_snapshot.load_snapshot()
     pairs = {split: [p for p in snapshot[split] if len(p[0].split()) <= 20][:n] for split, n in SIZES.items()}
     for split, rows in pairs.items():
         assert len(rows) == SIZES[split]

@@ -9,12 +9,12 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "examples", "classification", "demo.py")
+DEMO = "examples.classification.demo"
 
 
 def run_demo(*args, timeout=900):
     return subprocess.run(
-        [sys.executable, DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
 
 
@@ -30,9 +30,7 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path):
 def test_every_mode_gives_pretraining_and_fine_tuning_commands_fairseq_accepts(mode, tmp_path):
     from fairseq import options
 
-    from tests.example_modules import load_example
-
-    demo = load_example(DEMO, "demo_classification")
+    from examples.classification import demo
     args = demo.parse_args(["--mode", mode, "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")])
 
     def parsed(cmd, data_dir):

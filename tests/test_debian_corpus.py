@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
+from examples.common import stages
+from examples.translation import debian_align, debian_snapshot
+from examples.translation import debian_corpus as dc
 
-import debian_corpus as dc  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "apt")
 DE = os.path.join(FIXTURES, "Translation-de")
@@ -88,7 +89,7 @@ def test_abbreviations_do_not_split(extracted):
 
 
 def test_split_sentences_rules():
-    s = dc.split_sentences
+    s = debian_align.split_sentences
     assert s("Eins ist gut. Zwei ist besser! Drei? Vier.") == ["Eins ist gut.", "Zwei ist besser!", "Drei?", "Vier."]
     assert s("Siehe z. B. Kapitel 3. Dort steht es.") == ["Siehe z. B. Kapitel 3. Dort steht es."]
     assert s("Tools, e.g. Foo, and more, i.e. Bar. Next one.") == ["Tools, e.g. Foo, and more, i.e. Bar.", "Next one."]
@@ -99,9 +100,9 @@ def test_split_sentences_rules():
 
 
 def test_paragraph_and_unit_helpers():
-    paras = dc.split_paragraphs(["a b", "c", ".", "d", ".", ".", "e"])
+    paras = debian_align.split_paragraphs(["a b", "c", ".", "d", ".", ".", "e"])
     assert paras == [["a b", "c"], ["d"], ["e"]]
-    assert dc.split_units(["Features:", " * one", "   more", " - two", "o three"]) == [
+    assert debian_align.split_units(["Features:", " * one", "   more", " - two", "o three"]) == [
         "Features:", "one more", "two", "three",
     ]  # fmt: skip
 
@@ -235,9 +236,9 @@ def test_read_tsv_rejects_bad_rows(tmp_path):
     p = tmp_path / "c.tsv"
     p.write_text("split\tde\ten\ntrain\tnur deutsch\n")
     with pytest.raises(dc.CorpusError, match=r"c.tsv:2: expected"):
-        dc.read_tsv(str(p))
+        debian_snapshot.read_tsv(str(p))
     with pytest.raises(dc.CorpusError, match="corpus file not found"):
-        dc.read_tsv(str(tmp_path / "nope.tsv.xz"))
+        debian_snapshot.read_tsv(str(tmp_path / "nope.tsv.xz"))
 
 
 # --- stages: atomic outputs, skipping finished work --------------------------
@@ -247,9 +248,9 @@ def test_build_writes_stages_and_skips_them(tmp_path, capsys):
     work = str(tmp_path / "work")
     tsv, info = dc.build(DE, EN, work, n_valid=5, n_test=5)
     assert info["counts"] == {"train": 52, "valid": 5, "test": 5}
-    splits = dc.read_tsv(tsv)
+    splits = debian_snapshot.read_tsv(tsv)
     dc.check_disjoint(splits)
-    assert dc.corpus_digest(splits) == info["corpus_sha256"]
+    assert debian_snapshot.corpus_digest(splits) == info["corpus_sha256"]
     mtimes = {n: os.path.getmtime(os.path.join(work, n)) for n in ("pairs.tsv", "debian-de-en.tsv")}
     capsys.readouterr()
     tsv2, info2 = dc.build(DE, EN, work, n_valid=5, n_test=5)
@@ -286,33 +287,34 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     p = tmp_path / "out.txt"
     p.write_text("old\n")
     with pytest.raises(ValueError):
-        with dc.atomic_write(str(p)) as f:
+        with stages.atomic_write(str(p)) as f:
             f.write("half")
             raise ValueError("boom")
     assert p.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["out.txt"]
-    with dc.atomic_write(str(p)) as f:
+    with stages.atomic_write(str(p)) as f:
         f.write("new\n")
     assert p.read_text() == "new\n"
 
 
 def test_cli_build_compare_and_update_snapshot(tmp_path):
     work, snap = tmp_path / "work", tmp_path / "data" / "snap.tsv.xz"
-    cmd = [sys.executable, os.path.join(REPO, "examples", "translation", "debian_corpus.py"), "build",
+    cmd = [sys.executable, "-m", "examples.translation.debian_corpus", "build",
            "--de", DE, "--en", EN, "--work-dir", str(work), "--valid-size", "5", "--test-size", "5",
            "--snapshot", str(snap)]  # fmt: skip
-    r = subprocess.run(cmd + ["--update-snapshot"], capture_output=True, text=True)
+    r = subprocess.run(cmd + ["--update-snapshot"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert "no snapshot" in r.stdout and snap.exists()
     prov = json.loads((tmp_path / "data" / "PROVENANCE.json").read_text())
     assert prov["counts"] == {"train": 52, "valid": 5, "test": 5}
-    assert prov["snapshot_sha256"] == dc.sha256_file(str(snap))
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert prov["snapshot_sha256"] == stages.sha256_file(str(snap))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert "identical to the shipped snapshot" in r.stdout
-    r = subprocess.run(cmd[:-4] + ["--snapshot", str(snap), "--valid-size", "4"], capture_output=True, text=True)
+    r = subprocess.run(cmd[:-4] + ["--snapshot", str(snap), "--valid-size", "4"],
+                       capture_output=True, text=True, cwd=REPO)
     assert "DIFFERS from the shipped snapshot" in r.stdout
-    r = subprocess.run(cmd[:3] + ["--de", str(tmp_path / "nope"), "--en", EN, "--work-dir", str(work)],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(cmd[:4] + ["--de", str(tmp_path / "nope"), "--en", EN, "--work-dir", str(work)],
+                       capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert r.returncode == 2 and "index file not found" in r.stderr and "nope" in r.stderr
 
 
@@ -320,14 +322,14 @@ def test_cli_build_compare_and_update_snapshot(tmp_path):
 
 
 def test_shipped_snapshot_matches_its_provenance():
-    prov = json.load(open(dc.PROVENANCE, encoding="utf-8"))
-    assert prov["snapshot_sha256"] == dc.sha256_file(dc.SNAPSHOT)
-    assert os.path.getsize(dc.SNAPSHOT) < 5_000_000
-    splits = dc.load_snapshot()
-    assert {s: len(splits[s]) for s in dc.SPLITS} == prov["counts"]
-    assert dc.corpus_digest(splits) == prov["corpus_sha256"]
+    prov = json.load(open(debian_snapshot.PROVENANCE, encoding="utf-8"))
+    assert prov["snapshot_sha256"] == stages.sha256_file(debian_snapshot.SNAPSHOT)
+    assert os.path.getsize(debian_snapshot.SNAPSHOT) < 5_000_000
+    splits = debian_snapshot.load_snapshot()
+    assert {s: len(splits[s]) for s in debian_snapshot.SPLITS} == prov["counts"]
+    assert debian_snapshot.corpus_digest(splits) == prov["corpus_sha256"]
     assert prov["counts"]["valid"] == prov["counts"]["test"] == 2000
     dc.check_disjoint(splits)
-    for s in dc.SPLITS:
+    for s in debian_snapshot.SPLITS:
         assert all(de and en and de != en for de, en in splits[s])
     assert len(prov["source"]["index_sha256"]["Translation-de"]) == 64

@@ -2,14 +2,12 @@
 
 import json
 import os
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples", "classification"))
+from examples.classification import debian_sections as ds
 
-import debian_sections as ds  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "apt")
 PACKAGES = os.path.join(FIXTURES, "Packages")

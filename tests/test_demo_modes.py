@@ -4,28 +4,18 @@ CI runs only the tiny modes end to end; this catches a misspelt flag or a bad
 value in the long modes (quick, medium, full) before a user spends hours on them.
 """
 
+import importlib
 import itertools
-import os
-import sys
 
 import pytest
 
-from tests.example_modules import load_example
+from examples.common.naming import results_stem
 
-REPO_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-sys.path.insert(0, REPO_EXAMPLES)
-
-from demo_runs import results_stem  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMOS = {
-    "translation": os.path.join(REPO, "examples", "translation", "demo.py"),
-    "language_model": os.path.join(REPO, "examples", "language_model", "demo.py"),
-}
+DEMOS = ("translation", "language_model")  # the packages of examples/ whose demo.py is tested here
 
 
 def load_demo(name):
-    return load_example(DEMOS[name], f"demo_{name}")
+    return importlib.import_module(f"examples.{name}.demo")
 
 
 def parse_with_fairseq(cmd):

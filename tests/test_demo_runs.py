@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples"))
+from examples.common import fairseq_log, naming, status, training
+from examples.common.base import DemoError
+from examples.common.training import train_run
 
-import demo_runs  # noqa: E402
-from demo_runs import DemoError, train_run  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAKE_TRAIN = r"""
 import json, os, sys
@@ -158,9 +158,9 @@ def test_budget_flags_do_not_change_the_settings_key():
     a = ["fairseq-train", "data", "--lr", "1e-3", "--max-epoch", "3", "--patience", "2"]
     b = ["fairseq-train", "data", "--lr", "1e-3", "--max-epoch", "9", "--patience", "5"]
     c = ["fairseq-train", "data", "--lr", "2e-3", "--max-epoch", "3", "--patience", "2"]
-    assert demo_runs._settings_key(a) == demo_runs._settings_key(b) != demo_runs._settings_key(c)
-    assert demo_runs._full_key(a) != demo_runs._full_key(b)
-    assert demo_runs._budget(b) == {"--max-epoch": "9", "--patience": "5"}
+    assert training._settings_key(a) == training._settings_key(b) != training._settings_key(c)
+    assert training._full_key(a) != training._full_key(b)
+    assert training._budget(b) == {"--max-epoch": "9", "--patience": "5"}
 
 
 def test_train_log_gives_validation_and_training_values_per_epoch(tmp_path):
@@ -177,7 +177,7 @@ def test_train_log_gives_validation_and_training_values_per_epoch(tmp_path):
     log = tmp_path / "train.log"
     # fairseq may write each record more than once, and stdout lines carry a prefix
     log.write_text("".join(f"2026-01-01 | INFO | valid | {json.dumps(r)}\n{json.dumps(r)}\n" for r in recs))
-    parsed = demo_runs.parse_train_log(str(log), ("loss", "nll_loss", "ppl"))
+    parsed = fairseq_log.parse_train_log(str(log), ("loss", "nll_loss", "ppl"))
     assert parsed["updates"] == 20
     assert parsed["epochs"] == [
         {"epoch": 1, "loss": 5.0, "nll_loss": 4.0, "ppl": 16.0, "updates": 10,
@@ -195,13 +195,12 @@ def test_time_so_far_is_on_disk_when_the_demo_is_killed_outright(tmp_path):
     save_dir = tmp_path / "run"
     driver = f"""
 import sys
-sys.path.insert(0, {os.path.join(REPO, "examples")!r})
-import demo_runs
-demo_runs.TIME_RECORD_SECONDS = 0.2
+from examples.common import training
+training.TIME_RECORD_SECONDS = 0.2
 sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "--save-dir", {str(save_dir)!r}, "--max-epoch", "3"]
-demo_runs.train_run(sleeper, {str(save_dir)!r}, "rdrop", 1, ("loss",))
+training.train_run(sleeper, {str(save_dir)!r}, "rdrop", 1, ("loss",))
 """
-    proc = subprocess.Popen([sys.executable, "-c", driver], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", driver], start_new_session=True, cwd=REPO)
     started = save_dir / "started.json"
     deadline = time.time() + 20
     while time.time() < deadline and not (
@@ -221,9 +220,9 @@ def _status_args(tmp_path):
 
 
 def test_status_reads_every_state_and_changes_nothing(fake, monkeypatch):
-    assert demo_runs.run_status(str(fake.save_dir), ("loss",))["state"] == "not started"
+    assert status.run_status(str(fake.save_dir), ("loss",))["state"] == "not started"
     fake(3)
-    st = demo_runs.run_status(str(fake.save_dir), ("loss",))
+    st = status.run_status(str(fake.save_dir), ("loss",))
     assert st["state"] == "finished" and "budget of 3 epochs used up" in st["note"]
     assert [e["epoch"] for e in st["epochs"]] == [1, 2, 3] and st["updates"] == 30
     assert st["budget"] == {"--max-epoch": "3"}
@@ -233,15 +232,15 @@ def test_status_reads_every_state_and_changes_nothing(fake, monkeypatch):
         fake(8)
     files = {p: p.stat().st_mtime_ns for p in fake.save_dir.iterdir()}
     started = fake.save_dir / "started.json"
-    st = demo_runs.run_status(str(fake.save_dir), ("loss",))
+    st = status.run_status(str(fake.save_dir), ("loss",))
     assert st["state"] == "interrupted"  # its time record is fresh, but its process has ended
     assert {p: p.stat().st_mtime_ns for p in fake.save_dir.iterdir()} == files
     record = json.loads(started.read_text())
     started.write_text(json.dumps({k: v for k, v in record.items() if k != "stopped"}))
     files = {p: p.stat().st_mtime_ns for p in fake.save_dir.iterdir()}
-    st = demo_runs.run_status(str(fake.save_dir), ("loss",))
+    st = status.run_status(str(fake.save_dir), ("loss",))
     assert st["state"] == "training"  # a fresh record of a live run looks like this
-    st = demo_runs.run_status(str(fake.save_dir), ("loss",), now=started.stat().st_mtime + 3600)
+    st = status.run_status(str(fake.save_dir), ("loss",), now=started.stat().st_mtime + 3600)
     assert st["state"] == "interrupted" and "resumes" in st["note"]
     assert len(st["epochs"]) == 5 and st["budget"] == {"--max-epoch": "8"}
     assert st["seconds"] == json.loads(started.read_text())["prior_seconds"]
@@ -251,20 +250,20 @@ def test_status_reads_every_state_and_changes_nothing(fake, monkeypatch):
 def test_status_says_a_run_stopped_early(fake, monkeypatch):
     monkeypatch.setenv("FAKE_STOP_AT", "4")
     fake(10, patience=2)
-    st = demo_runs.run_status(str(fake.save_dir), ("loss",))
+    st = status.run_status(str(fake.save_dir), ("loss",))
     assert st["state"] == "finished" and st["note"] == "stopped early (--patience 2) at epoch 4"
 
 
 def test_status_table_pairs_the_runs_by_epoch(tmp_path, capsys):
     args = _status_args(tmp_path)
     for run, values in (("baseline", (9.0, 7.0, 8.0)), ("rdrop", (9.5, 6.5))):
-        os.makedirs(demo_runs.run_dir(args, run, 7))
-        with open(os.path.join(demo_runs.run_dir(args, run, 7), "train.log"), "w") as f:
+        os.makedirs(naming.run_dir(args, run, 7))
+        with open(os.path.join(naming.run_dir(args, run, 7), "train.log"), "w") as f:
             for epoch, v in enumerate(values, 1):
                 f.write(json.dumps({"epoch": epoch, "valid_loss": v, "valid_bleu": 10 + epoch}) + "\n")
-        with open(os.path.join(demo_runs.run_dir(args, run, 7), "started.json"), "w") as f:
+        with open(os.path.join(naming.run_dir(args, run, 7), "started.json"), "w") as f:
             json.dump({"budget": {"--max-epoch": "9"}, "prior_seconds": 7200}, f)
-    demo_runs.print_status(args, ("loss", "bleu"))
+    status.print_status(args, ("loss", "bleu"))
     out = capsys.readouterr().out
     assert "seed 7" in out and "baseline  training: 3 epochs" in out and "2.00 h (--max-epoch 9)" in out
     assert "best valid loss 7.00 at epoch 2" in out and "best valid loss 6.50 at epoch 2" in out
@@ -296,9 +295,9 @@ def test_data_key_reads_what_training_reads(tmp_path):
     d.mkdir()
     for name, text in (("dict.txt", "a 1\n"), ("train.bin", "x"), ("train.idx", "y"), ("preprocess.log", "t0")):
         (d / name).write_text(text)
-    key = demo_runs.data_key(str(d))
+    key = training.data_key(str(d))
     (d / "preprocess.log").write_text("t1")  # logs and stamps are not data
     (d / ".stage.json").write_text("{}")
-    assert demo_runs.data_key(str(d)) == key
+    assert training.data_key(str(d)) == key
     (d / "train.bin").write_text("z")
-    assert demo_runs.data_key(str(d)) != key
+    assert training.data_key(str(d)) != key

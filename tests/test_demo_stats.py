@@ -2,19 +2,13 @@
 
 import logging
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "examples"))
+from examples.common import stats as demo_stats
+from examples.common.stats import mean_std, paired_bleu_test, paired_bootstrap_lm, read_word_logprobs, summarise_seeds
 
-import demo_stats  # noqa: E402
-from demo_stats import (  # noqa: E402
-    mean_std, paired_bleu_test, paired_bootstrap_lm, read_word_logprobs, summarise_seeds,
-)
 
 # --- mean_std / summarise_seeds ---------------------------------------------------------
 
@@ -280,7 +274,7 @@ def test_lm_bootstrap_weighs_a_short_last_block_by_its_tokens():
 def test_mcnemar_counts_the_discordant_examples_and_matches_the_binomial_definition():
     from math import comb
 
-    from demo_stats import mcnemar_test
+    from examples.common.stats import mcnemar_test
 
     baseline = [True] * 50 + [False] * 30 + [True] * 3 + [False] * 17
     system = [True] * 50 + [False] * 30 + [False] * 3 + [True] * 17
@@ -293,7 +287,7 @@ def test_mcnemar_counts_the_discordant_examples_and_matches_the_binomial_definit
 
 
 def test_mcnemar_is_symmetric_and_gives_one_without_disagreement():
-    from demo_stats import mcnemar_test
+    from examples.common.stats import mcnemar_test
 
     a = [True, False, True, True, False, False, True]
     b = [False, False, True, False, True, True, True]

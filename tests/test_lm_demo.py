@@ -8,12 +8,12 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "examples", "language_model", "demo.py")
+DEMO = "examples.language_model.demo"
 
 
 def run_demo(*args, timeout=600):
     return subprocess.run(
-        [sys.executable, DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
 
 
@@ -82,7 +82,7 @@ def test_tiny_lm_demo_two_seeds_end_to_end_resumes_a_finished_seed_and_reruns(tm
     assert res["ppl_reduction_pct"] == pytest.approx(sum(reductions) / 2, abs=0.011)
     # the R-Drop run of seed 1 trained in the first invocation, alone: one segment
     assert len(res["per_seed"]["1"]["rdrop"]["history"]) == 1
-    assert res["command"].startswith("python examples/language_model/demo.py --mode tiny")
+    assert res["command"].startswith("python -m examples.language_model.demo --mode tiny")
     assert (tmp_path / "res" / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     status = run_demo(*args, "--status")
@@ -107,10 +107,9 @@ def test_tiny_lm_demo_two_seeds_end_to_end_resumes_a_finished_seed_and_reruns(tm
 
 def write_text_dir(d, sizes):
     """Real English text the LM demo has not seen: the snapshot's Debian package descriptions."""
-    sys.path.insert(0, os.path.join(REPO, "examples", "translation"))
-    import debian_corpus as dc
+    from examples.translation import debian_snapshot
 
-    splits = dc.load_snapshot()
+    splits = debian_snapshot.load_snapshot()
     d.mkdir()
     for split, n in sizes.items():
         (d / f"{split}.txt").write_text("".join(en + "\n" for _, en in splits[split][:n]), encoding="utf-8")

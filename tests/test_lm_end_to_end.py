@@ -8,16 +8,12 @@ import sys
 
 import pytest
 
+from examples.language_model import prepare as lm_prepare
 from tests.conftest import run_tool
-from tests.example_modules import load_example
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 USER_DIR = os.path.join(REPO, "rdrop_seq")
-
-
-def load_prepare():
-    return load_example(os.path.join(REPO, "examples", "language_model", "prepare.py"), "lm_prepare")
 
 
 def run(tool, *args, cwd, ok=True):
@@ -30,7 +26,7 @@ def run(tool, *args, cwd, ok=True):
 @pytest.fixture(scope="module")
 def ptb(tmp_path_factory):
     work = tmp_path_factory.mktemp("ptb")
-    out = load_prepare().prepare(str(work), train_lines=300, valid_lines=30, test_lines=30)
+    out = lm_prepare.prepare(str(work), train_lines=300, valid_lines=30, test_lines=30)
     assert out["vocab_size"] > 600, out["vocab_size"]
     assert out["counts"]["train"]["lines"] == 300
     return work, out

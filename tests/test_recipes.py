@@ -19,20 +19,18 @@ import sys
 import pytest
 import torch
 
+from examples import recipe_launch as launch
+from examples.translation import average_checkpoints as avg
+from examples.translation import clean_corpus
+from examples.translation import score_generate as sg
+from examples.translation import sgm
+from examples.translation import wmt14_corpora
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")
 TRANSLATION = os.path.join(EXAMPLES, "translation")
 LM = os.path.join(EXAMPLES, "language_model")
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
-sys.path.insert(0, TRANSLATION)
-sys.path.insert(0, EXAMPLES)
-
-import average_checkpoints as avg  # noqa: E402
-import clean_corpus  # noqa: E402
-import recipe_launch as launch  # noqa: E402
-import score_generate as sg  # noqa: E402
-import sgm  # noqa: E402
-import wmt14_corpora  # noqa: E402
 
 
 def run_script(script, *args, cwd, timeout=300, **env_extra):
@@ -110,8 +108,7 @@ def test_generate_output_is_read_by_sentence_id(tmp_path):
 
 
 def test_detokenised_sacrebleu_has_its_signature():
-    sys.path.insert(0, TRANSLATION)
-    from moses_text import detokenizer
+    from examples.translation.moses_text import detokenizer
 
     detok = detokenizer("de")
     hyp = detok("Die langfristige Vorhersage sagt weitere , starke Winde &amp; Ost @-@ Wetter voraus .")

@@ -7,14 +7,11 @@ import sys
 
 import pytest
 
+from examples.translation import prepare as prep
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(REPO, "examples", "translation")
-sys.path.insert(0, HERE)
-
-import prepare as prep  # noqa: E402
-from tests.example_modules import load_example  # noqa: E402
-
-DEMO = os.path.join(HERE, "demo.py")
+DEMO = "examples.translation.demo"
 RUN_KEYS = {"test_bleu", "test_chrf", "best_valid", "selected_by", "best_epoch", "valid_bleu_at_best",
             "valid_loss_at_best", "updates", "seconds",
             "epochs", "stopped_early", "history", "curve", "train_command", "generate_command"}
@@ -23,7 +20,7 @@ RUN_KEYS = {"test_bleu", "test_chrf", "best_valid", "selected_by", "best_epoch",
 def run_demo(*args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+        [sys.executable, "-m", DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
     )
 
 
@@ -43,9 +40,9 @@ def test_misaligned_text_files_name_the_file(tmp_path):
     with pytest.raises(prep.PrepareError, match=r"misaligned input: .*valid\.en has 4 lines but .*valid\.de has 3"):
         prep.check_aligned(str(tmp_path / "text"))
     r = subprocess.run(
-        [sys.executable, os.path.join(HERE, "prepare.py"), "--work-dir", str(tmp_path / "w"),
+        [sys.executable, "-m", "examples.translation.prepare", "--work-dir", str(tmp_path / "w"),
          "--text-dir", str(tmp_path / "text")],
-        capture_output=True, text=True,
+        capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert r.returncode == 2 and "valid.en has 4 lines" in r.stderr
     assert not (tmp_path / "w" / "corpus").exists()
@@ -147,7 +144,7 @@ def test_tiny_demo_end_to_end_with_two_seeds(tiny_run):
     deltas = [runs["rdrop"]["test_bleu"] - runs["baseline"]["test_bleu"] for runs in res["per_seed"].values()]
     assert res["delta_bleu"] == pytest.approx(sum(deltas) / 2, abs=0.011)
     assert res["significance"]["resamples"] == 1000 and "sacrebleu" in res["significance"]["test"]
-    assert res["command"].startswith("python examples/translation/demo.py --mode tiny")
+    assert res["command"].startswith("python -m examples.translation.demo --mode tiny")
     assert res["commit"] and res["machine"]["jobs"] == 2
     png = base / "results" / "tiny.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -176,16 +173,15 @@ def test_tiny_demo_rerun_skips_work_and_keeps_old_results(tiny_run):
 
 def export_pairs(d, sizes):
     """Real pairs from the shipped snapshot, as line-aligned {split}.{de,en} files."""
-    import debian_corpus as dc
+    from examples.translation import debian_snapshot
 
-    splits = dc.load_snapshot()
-    dc.export_plain({split: splits[split][:n] for split, n in sizes.items()}, str(d))
+    splits = debian_snapshot.load_snapshot()
+    debian_snapshot.export_plain({split: splits[split][:n] for split, n in sizes.items()}, str(d))
 
 
 def test_text_dir_names_the_work_dir_and_results():
-    from demo_runs import results_stem
-
-    demo = load_example(DEMO, "demo_translation")
+    from examples.common.naming import results_stem
+    from examples.translation import demo
 
     args = demo.parse_args(["--mode", "medium", "--text-dir", "some/where/My Corpus", "--alpha", "1"])
     assert args.work_dir == os.path.join(HERE, "work", "medium-My_Corpus")

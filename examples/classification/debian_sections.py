@@ -45,17 +45,16 @@ import sys
 import unicodedata
 from collections import Counter
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-import debian_apt  # noqa: E402
-from debian_apt import (  # noqa: E402
+from examples.common import debian_apt
+from examples.common.debian_apt import (
     DEFAULT_ARCHITECTURE, DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError, description_md5,
     iter_stanzas, now_utc,
 )
-from pipeline_stages import (  # noqa: E402
+from examples.common.stages import (
     atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key, write_json,
 )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 DATA_DIR = os.path.join(HERE, "data")
 SNAPSHOT = os.path.join(DATA_DIR, "debian-sections.tsv.xz")
@@ -334,7 +333,7 @@ def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PRO
             "index_sha256_note": "sha256 of the uncompressed index files as read; checked against the "
             "SHA256 list of the suite's signed InRelease file when fetched with apt",
         },
-        "rebuild": "python examples/classification/debian_sections.py build --from-apt --suite "
+        "rebuild": "python -m examples.classification.debian_sections build --from-apt --suite "
         f"{release.get('codename') or DEFAULT_SUITE}",
         "built": now_utc(),
         "terms": "Debian package descriptions (from the packages' maintainers) and sections, as published "

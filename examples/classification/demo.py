@@ -29,10 +29,10 @@ curves); the runs are resumable (run the same command again).
 
 Examples::
 
-    python examples/classification/demo.py                    # quick mode
-    python examples/classification/demo.py --mode tiny
-    python examples/classification/demo.py --alpha 2          # another alpha: rdrop-alpha2-seed<S>/
-    python examples/classification/demo.py --status           # where the runs stand
+    python -m examples.classification.demo                    # quick mode
+    python -m examples.classification.demo --mode tiny
+    python -m examples.classification.demo --alpha 2          # another alpha: rdrop-alpha2-seed<S>/
+    python -m examples.classification.demo --status           # where the runs stand
 """
 
 import json
@@ -42,21 +42,21 @@ import subprocess
 import sys
 import time
 
+from examples.classification import prepare as prep
+from examples.common.base import (
+    DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel, say,
+    train_run_flags,
+)
+from examples.common.cli import check_demo_args, demo_parser, parse_demo_args, train_flags
+from examples.common.driver import DemoTask, run_demo
+from examples.common.fairseq_log import checkpoint_epoch
+from examples.common.naming import dropout_override, run_dir
+from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.stats import mcnemar_test
+from examples.common.training import stopped_early, train_run
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-import prepare as prep  # noqa: E402
-from demo_driver import DemoTask, run_demo  # noqa: E402
-from demo_runs import (  # noqa: E402
-    checkpoint_epoch,
-    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, display,
-    dropout_override, flags, has_cuda, parse_demo_args, demo_parser, rel, run_dir, say, stopped_early,
-    train_flags, train_run,
-)
-from demo_stats import mcnemar_test  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  # noqa: E402
 
 RDROP_CRITERION = "rdrop_sentence_prediction"
 HEAD = "sentence_classification_head"
@@ -124,16 +124,9 @@ def _fairseq_train(data_bin, task_flags, setting, save_dir, seed, extra):
     cmd = fairseq_command("train") + [data_bin] + task_flags + ["--arch", ARCH] + flags(setting["model"])
     cmd += [
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-06", "--weight-decay", "0.01",
-        "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt", "--seed", str(seed), "--num-workers", "0",
-        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
-        "--log-file", os.path.join(save_dir, "train.log"),
-        # registers the R-Drop criterion, and lets torch's weights-only loader accept fairseq checkpoints
-        "--user-dir", USER_DIR,
+        "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt",
     ]  # fmt: skip
-    cmd += extra
-    if not has_cuda():
-        cmd.append("--cpu")
-    return cmd
+    return cmd + train_run_flags(save_dir, seed) + extra + device_flags()
 
 
 def pretrain_command(args, mlm_bin, save_dir):
@@ -202,7 +195,7 @@ def predict(args, data, run, seed):
     save_dir = run_dir(args, run, seed)
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
     out_dir = os.path.join(save_dir, "test")
-    cmd = [sys.executable, os.path.join(HERE, "predict.py"), data["cls_bin"], "--path", ckpt, "--subset", "test",
+    cmd = [sys.executable, "-m", "examples.classification.predict", data["cls_bin"], "--path", ckpt, "--subset", "test",
            "--out", os.path.join(out_dir, "test.pred")]
     key = stage_key(ckpt=sha256_file(ckpt), data=data["key"])
     label = f"{run} seed {seed}"
@@ -335,7 +328,7 @@ def task_results(args, data, per_seed):
 
 
 TASK = DemoTask(
-    script=os.path.abspath(__file__),
+    module="examples.classification.demo",
     parse_args=parse_args,
     check_setup=check_setup,
     prepare=prepare_data,

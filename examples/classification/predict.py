@@ -8,20 +8,16 @@ registered first, so checkpoints trained with them load too.
 
 Usage::
 
-    python examples/classification/predict.py DATA --path checkpoint_best.pt --subset test --out test.pred
+    python -m examples.classification.predict DATA --path checkpoint_best.pt --subset test --out test.pred
 """
 
 import argparse
-import os
 import sys
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def predict(data, path, subset, out, batch_size=64, head="sentence_classification_head", cpu=True):
     import torch
 
-    sys.path.insert(0, REPO)
     import rdrop_seq  # noqa: F401  (registers the criterions; lets torch load fairseq checkpoints)
     from fairseq import checkpoint_utils
 

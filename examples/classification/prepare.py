@@ -24,7 +24,7 @@ done for the same inputs:
 
 Example::
 
-    python examples/classification/prepare.py --work-dir examples/classification/work/data \\
+    python -m examples.classification.prepare --work-dir examples/classification/work/data \\
         --train-limit 2000 --valid-limit 1000
 """
 
@@ -35,12 +35,10 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+from examples.classification import debian_sections as ds
+from examples.common.stages import dir_stage, fairseq_command, say, sha256_file, stage_key, train_sentencepiece
 
-import debian_sections as ds  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, say, sha256_file, stage_key, train_sentencepiece  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 SPLITS = ds.SPLITS
 VERSION = 1  # bump when a stage's output format changes

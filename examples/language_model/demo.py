@@ -64,18 +64,18 @@ results files are kept (renamed with their date), never deleted.
 
 Usage::
 
-    python examples/language_model/demo.py                 # quick
-    python examples/language_model/demo.py --mode full
-    python examples/language_model/demo.py --mode full --max-tokens 16384   # on a GPU
+    python -m examples.language_model.demo                 # quick
+    python -m examples.language_model.demo --mode full
+    python -m examples.language_model.demo --mode full --max-tokens 16384   # on a GPU
 
     # one run of one seed on its own (no results file; the full command later finds it done):
-    python examples/language_model/demo.py --mode medium --run rdrop --seeds 2
+    python -m examples.language_model.demo --mode medium --run rdrop --seeds 2
 
     # where the runs stand (per-epoch validation values of both), also while they train:
-    python examples/language_model/demo.py --mode medium --status
+    python -m examples.language_model.demo --mode medium --status
 
     # your own text: path/to/text/{train,valid,test}.txt
-    python examples/language_model/demo.py --mode medium --text-dir path/to/text
+    python -m examples.language_model.demo --mode medium --text-dir path/to/text
 """
 
 import json
@@ -85,21 +85,23 @@ import re
 import subprocess
 import sys
 
+from examples.common.base import (
+    USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel,
+    say, train_run_flags,
+)
+from examples.common.cli import (
+    check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
+)
+from examples.common.driver import DemoTask, run_demo
+from examples.common.fairseq_log import checkpoint_epoch
+from examples.common.naming import dropout_override, max_tokens_override, run_dir
+from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.stats import paired_bootstrap_lm, read_word_logprobs
+from examples.common.training import data_key, stopped_early, train_run
+from examples.language_model import prepare as prep
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-import prepare as prep  # noqa: E402
-from demo_driver import DemoTask, run_demo  # noqa: E402
-from demo_runs import (  # noqa: E402
-    checkpoint_epoch,
-    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
-    demo_parser, display, dropout_override, flags, has_cuda, max_tokens_override, parse_demo_args, rel, run_dir,
-    say, stopped_early, text_dir_name, text_dir_source, train_flags, train_run,
-)
-from demo_stats import paired_bootstrap_lm, read_word_logprobs  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, sha256_file, stage_key  # noqa: E402
 
 ARCH = "rdrop_transformer_lm_adaptive_small"
 RDROP_CRITERION = "rdrop_adaptive_loss"
@@ -222,13 +224,9 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None, seed=
         "--max-tokens", str(max_tokens), "--ddp-backend", "legacy_ddp",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.01",
         "--clip-norm", "0.0", "--lr-scheduler", "inverse_sqrt",
-        "--no-epoch-checkpoints", "--seed", str(seed), "--num-workers", "0",
-        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
-        "--log-file", os.path.join(save_dir, "train.log"),
-        # registers the R-Drop criterion and the architecture, and lets torch's
-        # weights-only loader accept fairseq checkpoints when a run resumes
-        "--user-dir", USER_DIR,
+        "--no-epoch-checkpoints",
     ]  # fmt: skip
+    cmd += train_run_flags(save_dir, seed)
     dropout = dropout_override(args)
     if dropout is not None:  # else the architecture's own
         cmd += ["--dropout", dropout]
@@ -237,9 +235,7 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None, seed=
         cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
     else:
         cmd += ["--criterion", "adaptive_loss"]
-    if not has_cuda():
-        cmd.append("--cpu")
-    return cmd
+    return cmd + device_flags()
 
 
 def evaluate(args, setting, data_bin, run, seed, test_tokens):
@@ -261,8 +257,7 @@ def evaluate(args, setting, data_bin, run, seed, test_tokens):
         "--required-batch-size-multiple", "1", "--output-word-probs",
         "--user-dir", USER_DIR, "--seed", str(seed),
     ]  # fmt: skip
-    if not has_cuda():
-        cmd.append("--cpu")
+    cmd += device_flags()
     label = f"{run} seed {seed}"
 
     def build(tmp):
@@ -401,7 +396,7 @@ def task_results(args, data, per_seed):
 
 
 TASK = DemoTask(
-    script=os.path.abspath(__file__),
+    module="examples.language_model.demo",
     parse_args=parse_args,
     check_setup=check_setup,
     prepare=prepare_data,

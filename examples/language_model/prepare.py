@@ -21,7 +21,7 @@ already done for the same inputs:
 
 Example::
 
-    python examples/language_model/prepare.py --work-dir examples/language_model/work/ptb
+    python -m examples.language_model.prepare --work-dir examples/language_model/work/ptb
 """
 
 import argparse
@@ -31,9 +31,7 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline_stages import dir_stage, fairseq_command, say, sha256_file, stage_key  # noqa: E402
+from examples.common.stages import dir_stage, fairseq_command, say, sha256_file, stage_key
 
 SPLITS = ("train", "valid", "test")
 VERSION = 2  # bump when a stage's output format changes

@@ -30,6 +30,8 @@ import re
 import sys
 from typing import List, Optional, Sequence
 
+from examples.common.stages import atomic_write
+
 
 class AverageError(Exception):
     """Bad inputs; the message names the file."""
@@ -129,15 +131,8 @@ def average_checkpoints(paths: Sequence[str]):
 
 def save_atomic(state, path: str) -> None:
     torch = _torch()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def main(argv=None) -> int:

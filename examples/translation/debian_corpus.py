@@ -41,7 +41,10 @@ no other pair.  So no valid or test segment (either side) occurs in train, and
 valid and test share none either.  Everything else is train (shuffled with the
 same seed, so a prefix of train is a fair sample of it).
 
-Run as a script to rebuild the corpus from apt (``build --from-apt``) or from
+The aligner (steps 1-4) is :mod:`examples.translation.debian_align`; the TSV files, the
+snapshot and its provenance are :mod:`examples.translation.debian_snapshot`.
+
+Run as a module to rebuild the corpus from apt (``build --from-apt``) or from
 two given index files; the result is compared with the snapshot shipped in
 ``data/``, and ``--update-snapshot`` rewrites that snapshot and its provenance.
 Each stage writes its output atomically and is skipped when its output is
@@ -52,30 +55,26 @@ compressed index files, as apt may store them).
 """
 
 import argparse
-import hashlib
 import html
 import json
-import lzma
 import os
 import random
-import re
 import sys
 import unicodedata
 
+from examples.common import debian_apt
+from examples.common.debian_apt import (
+    DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError, description_md5, iter_stanzas,
+)
+from examples.common.stages import atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, stage_key
+from examples.translation.debian_align import align_description
+from examples.translation.debian_snapshot import (
+    SNAPSHOT, SPLITS, compare_with_snapshot, corpus_digest, export_plain, load_snapshot, read_tsv, say,
+    splits_to_rows, update_snapshot, write_tsv,
+)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
-from debian_apt import (  # noqa: E402
-    DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError, description_md5, iter_stanzas, now_utc,
-)
-import debian_apt  # noqa: E402
-from pipeline_stages import (  # noqa: E402,F401
-    atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key, write_json,
-)
-
-DATA_DIR = os.path.join(HERE, "data")
-SNAPSHOT = os.path.join(DATA_DIR, "debian-de-en.tsv.xz")
-PROVENANCE = os.path.join(DATA_DIR, "PROVENANCE.json")
 DEFAULT_WORK_DIR = os.path.join(HERE, "work", "corpus")
 
 MAX_WORDS = 100
@@ -84,17 +83,9 @@ SEED = 1
 N_VALID = 2000
 N_TEST = 2000
 
-SPLITS = ("train", "valid", "test")
-LANGS = ("de", "en")
-TSV_HEADER = "split\tde\ten"
-
 
 # ---------------------------------------------------------------------------
 # reading apt index files
-
-
-def say(msg):
-    print(f"[corpus] {msg}", flush=True)
 
 
 def parse_index(path, lang):
@@ -120,117 +111,6 @@ def parse_index(path, lang):
         lines = stanza[field]
         entries.setdefault(md5, (lines[0].strip(), lines[1:]))
     return entries
-
-
-# ---------------------------------------------------------------------------
-# paragraphs, list items, sentences
-
-_BULLET = re.compile(r"^(?:[*+\-•·]|o)\s+(?=\S)")
-
-# Tokens ending in "." after which a sentence does not end (lower-cased).
-ABBREVIATIONS = frozenset(
-    """
-    e.g. i.e. etc. vs. cf. mr. mrs. dr. prof. inc. ltd. co. corp. approx. no. nos. esp. incl.
-    ca. et al. fig. vol. ver. rev. jr. sr. st. resp. min. max. dept. misc. eds. ed. ibid.
-    z.b. d.h. bzw. usw. evtl. ggf. inkl. bspw. u.a. o.a. u.ä. o.ä. v.a. nr. vgl. sog. hrsg.
-    abs. std. mio. mrd. engl. dt. allg. bzgl. zzgl. ggü. insb. bzw. mind. ua. zb. dh.
-    """.split()
-)
-
-_SENT_BOUNDARY = re.compile(r"[.!?][\"'»«“”)\]]*\s+(?=[\"'„“«»(\[]?[A-ZÄÖÜ0-9])")
-
-
-def split_paragraphs(long_lines):
-    """Split continuation lines into paragraphs at lines holding only ``.``."""
-    paragraphs, current = [], []
-    for line in long_lines:
-        if line.strip() == ".":
-            if current:
-                paragraphs.append(current)
-            current = []
-        else:
-            current.append(line)
-    if current:
-        paragraphs.append(current)
-    return paragraphs
-
-
-def split_units(paragraph_lines):
-    """Split a paragraph into units: leading text, then one unit per list item."""
-    units, current = [], []
-    for line in paragraph_lines:
-        stripped = line.strip()
-        if _BULLET.match(stripped):
-            if current:
-                units.append(" ".join(current))
-            current = [_BULLET.sub("", stripped)]
-        elif stripped:
-            current.append(stripped)
-    if current:
-        units.append(" ".join(current))
-    return units
-
-
-def _no_break_before(token):
-    t = token.lower().lstrip("\"'„“«»([")
-    if t in ABBREVIATIONS:
-        return True
-    if re.fullmatch(r"[^\W\d_]\.", t):  # an initial: "A.", "z.", "B."
-        return True
-    if re.fullmatch(r"\d+\.", t):  # German ordinal or list number: "3."
-        return True
-    if re.fullmatch(r"(?:[^\W\d_]{1,3}\.){2,}", t):  # "z.B.", "e.g.", "u.s.w."
-        return True
-    return False
-
-
-def split_sentences(text):
-    """Split text into sentences (deterministic, rule based).
-
-    A sentence ends at ``.``, ``!`` or ``?`` (plus closing quotes/brackets)
-    followed by whitespace and an upper-case letter or digit (optionally after
-    an opening quote or bracket), unless the token before it is a known
-    abbreviation, an initial or a number (``3.``).
-    """
-    text = " ".join(text.split())
-    sentences, start = [], 0
-    for m in _SENT_BOUNDARY.finditer(text):
-        end = m.start() + 1
-        head = text[start:end]
-        token = head.rsplit(None, 1)[-1] if head.strip() else ""
-        if text[m.start()] == "." and _no_break_before(token):
-            continue
-        sentence = text[start : m.end()].strip()
-        if sentence:
-            sentences.append(sentence)
-        start = m.end()
-    rest = text[start:].strip()
-    if rest:
-        sentences.append(rest)
-    return sentences
-
-
-def align_description(de, en):
-    """Raw segment pairs for one description; also returns a paragraph-mismatch flag.
-
-    ``de`` and ``en`` are ``(synopsis, long_lines)`` as from :func:`parse_index`.
-    """
-    pairs = [(de[0], en[0])]
-    de_paras, en_paras = split_paragraphs(de[1]), split_paragraphs(en[1])
-    if len(de_paras) != len(en_paras):
-        return pairs, True
-    for dp, ep in zip(de_paras, en_paras):
-        du, eu = split_units(dp), split_units(ep)
-        if len(du) != len(eu):
-            pairs.append((" ".join(du), " ".join(eu)))
-            continue
-        for d, e in zip(du, eu):
-            ds, es = split_sentences(d), split_sentences(e)
-            if len(ds) == len(es):
-                pairs.extend(zip(ds, es))
-            else:
-                pairs.append((d, e))
-    return pairs, False
 
 
 # ---------------------------------------------------------------------------
@@ -350,65 +230,6 @@ def check_disjoint(splits):
 
 
 # ---------------------------------------------------------------------------
-# TSV files (split <TAB> de <TAB> en)
-
-
-def _open_text(path, mode):
-    if path.endswith(".xz"):
-        return lzma.open(path, mode + "t", encoding="utf-8", newline="\n")
-    return open(path, mode, encoding="utf-8", newline="\n")
-
-
-def write_tsv(path, rows):
-    """Write ``(split, de, en)`` rows atomically (xz-compressed if ``*.xz``)."""
-    with atomic_write(path, "wb") as raw:
-        stream = lzma.open(raw, "w", preset=9 | lzma.PRESET_EXTREME) if path.endswith(".xz") else raw
-        try:
-            stream.write((TSV_HEADER + "\n").encode("utf-8"))
-            for row in rows:
-                if any("\t" in x or "\n" in x for x in row):
-                    raise ValueError(f"tab or newline inside a field: {row!r}")
-                stream.write(("\t".join(row) + "\n").encode("utf-8"))
-        finally:
-            if stream is not raw:
-                stream.close()
-
-
-def read_tsv(path):
-    """Read a corpus TSV into ``{split: [(de, en), ...]}``."""
-    if not os.path.exists(path):
-        raise CorpusError(f"corpus file not found: {path}")
-    splits = {s: [] for s in SPLITS}
-    try:
-        with _open_text(path, "r") as f:
-            header = f.readline().rstrip("\n")
-            if header != TSV_HEADER:
-                raise CorpusError(f"{path}: expected header {TSV_HEADER!r}, got {header[:60]!r}")
-            for lineno, line in enumerate(f, 2):
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) != 3 or fields[0] not in splits:
-                    raise CorpusError(f"{path}:{lineno}: expected 'split<TAB>de<TAB>en', got {line[:60]!r}")
-                splits[fields[0]].append((fields[1], fields[2]))
-    except (lzma.LZMAError, EOFError, UnicodeDecodeError) as e:
-        raise CorpusError(f"cannot read corpus file {path}: {e}") from e
-    return splits
-
-
-def splits_to_rows(splits):
-    for name in SPLITS:
-        for de, en in splits[name]:
-            yield (name, de, en)
-
-
-def corpus_digest(splits):
-    """sha256 of the corpus content (independent of compression)."""
-    h = hashlib.sha256()
-    for row in splits_to_rows(splits):
-        h.update(("\t".join(row) + "\n").encode("utf-8"))
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------
 # fetching the index files with apt
 
 
@@ -482,76 +303,6 @@ def build(
         "params": {"max_words": max_words, "max_ratio": max_ratio, "n_valid": n_valid, "n_test": n_test, "seed": seed},
     }
     return corpus_tsv, info
-
-
-def compare_with_snapshot(corpus_tsv, snapshot=SNAPSHOT):
-    """Print whether the built corpus equals the snapshot; return True if equal."""
-    if not os.path.exists(snapshot):
-        say(f"no snapshot at {snapshot} to compare with")
-        return False
-    built, snap = read_tsv(corpus_tsv), read_tsv(snapshot)
-    if corpus_digest(built) == corpus_digest(snap):
-        say("the rebuilt corpus is identical to the shipped snapshot")
-        return True
-    say("the rebuilt corpus DIFFERS from the shipped snapshot:")
-    for s in SPLITS:
-        a, b = set(built[s]), set(snap[s])
-        say(f"  {s}: rebuilt {len(built[s])}, snapshot {len(snap[s])}, only in rebuilt {len(a - b)}, only in snapshot {len(b - a)}")
-    say("  (use --update-snapshot to replace the snapshot)")
-    return False
-
-
-def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PROVENANCE):
-    """Write the xz snapshot and its provenance (atomically)."""
-    splits = read_tsv(corpus_tsv)
-    write_tsv(snapshot, splits_to_rows(splits))
-    prov = {
-        "description": "German-English segment pairs from Debian package-description translations "
-        "(apt index files Translation-de and Translation-en), built by examples/translation/debian_corpus.py",
-        "source": {
-            "archive": release.get("origin", "Debian"),
-            "mirror": release.get("mirror"),
-            "suite": release.get("suite"),
-            "codename": release.get("codename"),
-            "version": release.get("version"),
-            "component": release.get("component"),
-            "release_date": release.get("date"),
-            "fetched": release.get("fetched"),
-            "index_files": ["i18n/Translation-de", "i18n/Translation-en"],
-            "index_sha256": info["index_sha256"],
-            "index_sha256_note": "sha256 of the uncompressed index files as read; checked against the "
-            "SHA256 list of the suite's signed InRelease file when fetched with apt",
-        },
-        "rebuild": "python examples/translation/debian_corpus.py build --from-apt --suite "
-        f"{release.get('codename') or DEFAULT_SUITE}",
-        "built": now_utc(),
-        "terms": "Debian package descriptions (from the packages' maintainers) and their German translations "
-        "(from the Debian Description Translation Project, DDTP), as published in the Debian archive's i18n "
-        "index files; see the Debian archive and the DDTP for their terms",
-        "params": info["params"],
-        "stats": info["stats"],
-        "counts": info["counts"],
-        "corpus_sha256": info["corpus_sha256"],
-        "snapshot_sha256": sha256_file(snapshot),
-        "format": "xz-compressed TSV with header 'split<TAB>de<TAB>en'; split is train, valid or test",
-    }
-    write_json(provenance, prov)
-    say(f"snapshot written: {show_path(snapshot)} ({os.path.getsize(snapshot) / 1e6:.2f} MB)")
-
-
-def load_snapshot(snapshot=SNAPSHOT):
-    """The shipped corpus as ``{split: [(de, en), ...]}``."""
-    return read_tsv(snapshot)
-
-
-def export_plain(splits, out_dir):
-    """Write ``{split}.de`` / ``{split}.en`` line-aligned text files atomically."""
-    os.makedirs(out_dir, exist_ok=True)
-    for s in SPLITS:
-        for i, lang in enumerate(LANGS):
-            with atomic_write(os.path.join(out_dir, f"{s}.{lang}")) as f:
-                for pair in splits[s]:
-                    f.write(pair[i] + "\n")
 
 
 # ---------------------------------------------------------------------------

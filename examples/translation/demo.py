@@ -48,18 +48,18 @@ are kept (renamed with their date), never deleted.
 
 Usage::
 
-    python examples/translation/demo.py                 # quick
-    python examples/translation/demo.py --mode full
+    python -m examples.translation.demo                 # quick
+    python -m examples.translation.demo --mode full
 
     # one run of one seed on its own (no results file; the full command later finds it done):
-    python examples/translation/demo.py --mode medium --run rdrop --seeds 2
+    python -m examples.translation.demo --mode medium --run rdrop --seeds 2
 
     # your own German->English text: {train,valid,test}.{de,en}, line-aligned
     # (work/<mode>-<dir name>/, results/<mode>-<dir name>.json):
-    python examples/translation/demo.py --mode medium --text-dir path/to/corpus
+    python -m examples.translation.demo --mode medium --text-dir path/to/corpus
 
     # where the runs stand (per-epoch validation values of both), also while they train:
-    python examples/translation/demo.py --mode medium --status
+    python -m examples.translation.demo --mode medium --status
 """
 
 import argparse
@@ -68,21 +68,25 @@ import os
 import subprocess
 import sys
 
+from examples.common.base import (
+    USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel,
+    say, train_run_flags,
+)
+from examples.common.cli import (
+    check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
+)
+from examples.common.driver import DemoTask, run_demo
+from examples.common.fairseq_log import checkpoint_epoch
+from examples.common.naming import dropout_override, run_dir
+from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.stats import paired_bleu_test
+from examples.common.training import data_key, stopped_early, train_run
+from examples.translation import debian_corpus as dc
+from examples.translation import debian_snapshot
+from examples.translation import prepare as prep
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-import debian_corpus as dc  # noqa: E402
-import prepare as prep  # noqa: E402
-from demo_driver import DemoTask, run_demo  # noqa: E402
-from demo_runs import (  # noqa: E402
-    checkpoint_epoch,
-    USER_DIR, DemoError, check_criterion_registers, check_demo_args, check_results_dir, child_env, data_key,
-    demo_parser, display, dropout_override, flags, has_cuda, parse_demo_args, rel, run_dir, say, stopped_early,
-    text_dir_name, text_dir_source, train_flags, train_run,
-)
-from demo_stats import paired_bleu_test  # noqa: E402
 
 RDROP_CRITERION = "rdrop_label_smoothed_cross_entropy"
 DROPOUT = 0.3  # both runs, every mode but those that set their own "dropout" (--dropout overrides it)
@@ -168,7 +172,7 @@ def check_setup(args):
     if not os.path.isdir(USER_DIR):
         raise DemoError(f"plugin directory not found: {USER_DIR}")
     for tool in ("preprocess", "train", "generate"):
-        cmd = prep.fairseq_command(tool)
+        cmd = fairseq_command(tool)
         if len(cmd) == 1 and not os.path.exists(cmd[0]):
             raise DemoError(f"fairseq-{tool} not found")
     check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
@@ -189,20 +193,16 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
     """``seed``: default the first of ``--seeds``."""
     seed = args.seeds[0] if seed is None else seed
     eval_args = {"beam": setting["eval_beam"], "max_len_a": 1.2, "max_len_b": setting["max_len_b"]}
-    cmd = prep.fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
+    cmd = fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
     cmd += flags(setting["model"])
     cmd += [
         "--share-all-embeddings", "--dropout", dropout_override(args) or f"{args.default_dropout:g}",
         "--weight-decay", "0.0001", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
         "--lr-scheduler", "inverse_sqrt",
         "--label-smoothing", "0.1", "--report-accuracy",
-        "--no-epoch-checkpoints", "--seed", str(seed), "--num-workers", "0",
-        "--save-dir", save_dir, "--log-format", "json", "--log-interval", "20",
-        "--log-file", os.path.join(save_dir, "train.log"),
-        # the plugin dir: it registers the R-Drop criterion, and makes torch's
-        # weights-only loader accept fairseq checkpoints when a run resumes
-        "--user-dir", USER_DIR,
+        "--no-epoch-checkpoints",
     ]  # fmt: skip
+    cmd += train_run_flags(save_dir, seed)
     if selected_by(setting) == "bleu":  # validation BLEU (greedy) every epoch picks the checkpoint
         cmd += ["--eval-bleu", "--eval-bleu-args", json.dumps(eval_args),
                 "--eval-bleu-detok", "space", "--eval-bleu-remove-bpe", "sentencepiece",
@@ -212,9 +212,7 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
         cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
     else:
         cmd += ["--criterion", "label_smoothed_cross_entropy"]
-    if not has_cuda():
-        cmd.append("--cpu")
-    return cmd
+    return cmd + device_flags()
 
 
 # ---------------------------------------------------------------------------
@@ -226,8 +224,8 @@ def generate(args, setting, data_bin, run, seed):
     save_dir = run_dir(args, run, seed)
     out_dir = os.path.join(save_dir, "test")
     ckpt = os.path.join(save_dir, "checkpoint_best.pt")
-    key = dc.stage_key(ckpt=dc.sha256_file(ckpt), beam=beam(args), max_len_b=setting["max_len_b"])
-    cmd = prep.fairseq_command("generate") + [
+    key = stage_key(ckpt=sha256_file(ckpt), beam=beam(args), max_len_b=setting["max_len_b"])
+    cmd = fairseq_command("generate") + [
         data_bin, "--task", "translation", "--source-lang", "de", "--target-lang", "en",
         "--path", ckpt, "--gen-subset", "test", "--beam", str(beam(args)),
         "--max-len-a", "1.2", "--max-len-b", str(setting["max_len_b"]),
@@ -236,8 +234,7 @@ def generate(args, setting, data_bin, run, seed):
         "--required-batch-size-multiple", "1",
         "--results-path", "RESULTS_PATH", "--user-dir", USER_DIR, "--seed", str(seed),
     ]  # fmt: skip
-    if not has_cuda():
-        cmd.append("--cpu")
+    cmd += device_flags()
 
     def build(tmp):
         run_cmd = [tmp if c == "RESULTS_PATH" else c for c in cmd]
@@ -248,7 +245,7 @@ def generate(args, setting, data_bin, run, seed):
             raise DemoError(f"fairseq-generate ({run} seed {seed}) failed:\n{proc.stdout[-3000:]}")
         return {}
 
-    prep.dir_stage(f"generate {run} seed {seed}", out_dir, key, build, f"beam {beam(args)} on the test set", log=say)
+    dir_stage(f"generate {run} seed {seed}", out_dir, key, build, f"beam {beam(args)} on the test set", log=say)
     path = os.path.join(out_dir, "generate-test.txt")
     return path, display([out_dir if c == "RESULTS_PATH" else c for c in cmd])
 
@@ -370,7 +367,7 @@ def parse_args(argv=None):
                         help="train and test on your own German->English text instead: line-aligned "
                              "{train,valid,test}.{de,en} in DIR (the mode's slice limits apply); the runs "
                              "go to work/<mode>-<DIR's name>/ and the results to <mode>-<DIR's name>.json")
-    p.add_argument("--snapshot", default=dc.SNAPSHOT, help=argparse.SUPPRESS)
+    p.add_argument("--snapshot", default=debian_snapshot.SNAPSHOT, help=argparse.SUPPRESS)
     args = parse_demo_args(p, argv, HERE, data_name=text_dir_name)
     if args.beam is not None and args.beam < 1:
         p.error(f"--beam must be >= 1, got {args.beam}")
@@ -415,7 +412,7 @@ def task_results(args, data, per_seed):
 
 
 TASK = DemoTask(
-    script=os.path.abspath(__file__),
+    module="examples.translation.demo",
     parse_args=parse_args,
     check_setup=check_setup,
     prepare=prepare_data,

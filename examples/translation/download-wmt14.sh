@@ -13,7 +13,7 @@ fi
 PAIR=$1
 mkdir -p "$2"
 RAW=$(cd "$2" && pwd)
-tarballs=$("$PYTHON" "$HERE/wmt14_corpora.py" urls --pair "$PAIR" --valid "${VALID:-split}") || exit 2
+tarballs=$(example examples.translation.wmt14_corpora urls --pair "$PAIR" --valid "${VALID:-split}") || exit 2
 cd "$RAW"
 while read -r name url; do
     if [ -f "$name" ]; then

@@ -38,7 +38,7 @@ start=$SECONDS
 
 AVERAGED=$RESULTS/checkpoint.avg$AVG_N.pt
 say "averaging the last $AVG_N epoch checkpoints of $CKPT_DIR..."
-"$PYTHON" "$HERE/average_checkpoints.py" --inputs "$CKPT_DIR" --num-epoch-checkpoints "$AVG_N" \
+example examples.translation.average_checkpoints --inputs "$CKPT_DIR" --num-epoch-checkpoints "$AVG_N" \
     --output "$AVERAGED"
 
 GEN=(
@@ -55,6 +55,6 @@ say "running: rdrop-generate ${GEN[*]} $*"
 "$GENERATE" "${GEN[@]}" "$@"
 
 say "scoring..."
-"$PYTHON" "$HERE/score_generate.py" --generate "$RESULTS/generate-test.txt" --lang "$TGT" \
+example examples.translation.score_generate --generate "$RESULTS/generate-test.txt" --lang "$TGT" \
     --detok-ref "$DATA_BIN/test.ref.detok.$TGT" --json "$RESULTS/scores.json"
 say "done in $(elapsed "$start"): $RESULTS/scores.json"

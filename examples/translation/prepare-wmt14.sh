@@ -40,7 +40,7 @@ if ! "$PYTHON" -c "import sacremoses, subword_nmt" 2>/dev/null; then
     die "the WMT14 recipe needs sacremoses and subword-nmt in $PYTHON's environment: pip install 'sacremoses>=0.2.0' 'subword-nmt>=0.3.8' (or pip install -e '.[recipes]')"
 fi
 # every raw file, or an error naming each missing one
-corpora=$("$PYTHON" "$HERE/wmt14_corpora.py" shell --pair "$PAIR" --raw "$RAW" --valid "$VALID") || exit 2
+corpora=$(example examples.translation.wmt14_corpora shell --pair "$PAIR" --raw "$RAW" --valid "$VALID") || exit 2
 eval "$corpora"
 BPE_TOKENS=${BPE_TOKENS:-$PAIR_BPE_TOKENS}
 VALID_EVERY=${VALID_EVERY:-$PAIR_VALID_EVERY}
@@ -48,7 +48,7 @@ VALID_EVERY=${VALID_EVERY:-$PAIR_VALID_EVERY}
 claim_output "$OUT" "$DATA_BIN"
 tmp=$OUT/tmp
 mkdir -p "$tmp"
-MOSES=("$PYTHON" "$HERE/moses_text.py" tokenize --workers "$WORKERS")
+MOSES=(example examples.translation.moses_text tokenize --workers "$WORKERS")
 lines() { wc -l <"$1" | tr -d ' '; }
 raw_lines() { case $1 in *.gz) gzip -dc "$1" | wc -l | tr -d ' ' ;; *) lines "$1" ;; esac; }
 start=$SECONDS
@@ -68,8 +68,8 @@ fi
 say "  ${#TRAIN_SRC_FILES[@]} corpora, $n_src lines: $(printf '%s ' "${TRAIN_SRC_FILES[@]##*/}")"
 
 say "pre-processing test data (newstest2014: <seg> text, tokenise -a)..."
-"$PYTHON" "$HERE/sgm.py" fairseq "$TEST_SRC_SGM" | "${MOSES[@]}" --lang "$SRC" >"$tmp/test.$SRC"
-"$PYTHON" "$HERE/sgm.py" fairseq "$TEST_REF_SGM" | "${MOSES[@]}" --lang "$TGT" >"$tmp/test.$TGT"
+example examples.translation.sgm fairseq "$TEST_SRC_SGM" | "${MOSES[@]}" --lang "$SRC" >"$tmp/test.$SRC"
+example examples.translation.sgm fairseq "$TEST_REF_SGM" | "${MOSES[@]}" --lang "$TGT" >"$tmp/test.$TGT"
 if [ "$(lines "$tmp/test.$SRC")" != "$(lines "$tmp/test.$TGT")" ]; then
     die "misaligned test set: $TEST_SRC_SGM and $TEST_REF_SGM have different numbers of segments"
 fi
@@ -104,8 +104,8 @@ for l in "$SRC" "$TGT"; do
 done
 
 say "cleaning train and valid (1-250 tokens, length ratio <= 1.5)..."
-"$PYTHON" "$HERE/clean_corpus.py" --ratio 1.5 "$tmp/bpe.train" "$SRC" "$TGT" "$OUT/train" 1 250
-"$PYTHON" "$HERE/clean_corpus.py" --ratio 1.5 "$tmp/bpe.valid" "$SRC" "$TGT" "$OUT/valid" 1 250
+example examples.translation.clean_corpus --ratio 1.5 "$tmp/bpe.train" "$SRC" "$TGT" "$OUT/train" 1 250
+example examples.translation.clean_corpus --ratio 1.5 "$tmp/bpe.valid" "$SRC" "$TGT" "$OUT/valid" 1 250
 for l in "$SRC" "$TGT"; do
     cp "$tmp/bpe.test.$l" "$OUT/test.$l"
 done
@@ -116,7 +116,7 @@ say "binarising (fairseq-preprocess --joined-dictionary) into $DATA_BIN..."
     --destdir "$DATA_BIN" --joined-dictionary --workers "$WORKERS"
 cp "$OUT/code" "$DATA_BIN/code"
 # the raw newstest2014 reference, as `sacrebleu -t wmt14/full -l $PAIR` has it
-"$PYTHON" "$HERE/sgm.py" sacrebleu "$TEST_REF_SGM" >"$DATA_BIN/test.ref.detok.$TGT"
+example examples.translation.sgm sacrebleu "$TEST_REF_SGM" >"$DATA_BIN/test.ref.detok.$TGT"
 if [ "$(lines "$DATA_BIN/test.ref.detok.$TGT")" != "$(lines "$OUT/test.$TGT")" ]; then
     die "$TEST_REF_SGM: the sacrebleu and fairseq extractions disagree on the number of segments"
 fi

@@ -16,7 +16,7 @@ done for the same inputs:
 
 Example::
 
-    python examples/translation/prepare.py --work-dir examples/translation/work/quick \\
+    python -m examples.translation.prepare --work-dir examples/translation/work/quick \\
         --limit 20000 --valid-limit 500 --vocab-size 6000
 """
 
@@ -28,10 +28,11 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import debian_corpus as dc  # noqa: E402
-from pipeline_stages import dir_stage, fairseq_command, show_path, train_sentencepiece  # noqa: E402,F401
+from examples.common.stages import (
+    atomic_write, dir_stage, fairseq_command, read_json, sha256_file, show_path, stage_key, train_sentencepiece,
+)
+from examples.translation import debian_corpus as dc
+from examples.translation import debian_snapshot
 
 SRC, TGT = "de", "en"
 
@@ -49,7 +50,7 @@ def count_lines(path):
         return sum(1 for _ in f)
 
 
-def check_aligned(prefix, splits=dc.SPLITS, langs=(SRC, TGT)):
+def check_aligned(prefix, splits=debian_snapshot.SPLITS, langs=(SRC, TGT)):
     """Raise :class:`PrepareError` unless ``{prefix}/{split}.{lang}`` exist and align."""
     counts = {}
     for split in splits:
@@ -72,27 +73,27 @@ def files_digest(directory, names):
     h = hashlib.sha256()
     for name in sorted(names):
         h.update(name.encode())
-        h.update(dc.sha256_file(os.path.join(directory, name)).encode())
+        h.update(sha256_file(os.path.join(directory, name)).encode())
     return h.hexdigest()[:16]
 
 
-def text_names(splits=dc.SPLITS):
+def text_names(splits=debian_snapshot.SPLITS):
     return [f"{s}.{lang}" for s in splits for lang in (SRC, TGT)]
 
 
 def stage_info(out_dir):
-    return dc.read_json(os.path.join(out_dir, ".stage.json"))
+    return read_json(os.path.join(out_dir, ".stage.json"))
 
 
 # ---------------------------------------------------------------------------
 # stages
 
 
-def stage_corpus(work_dir, from_apt=False, text_dir=None, snapshot=dc.SNAPSHOT):
+def stage_corpus(work_dir, from_apt=False, text_dir=None, snapshot=debian_snapshot.SNAPSHOT):
     out = os.path.join(work_dir, "corpus")
     if text_dir:
         counts = check_aligned(text_dir)
-        key = dc.stage_key(stage="corpus", text=files_digest(text_dir, text_names()))
+        key = stage_key(stage="corpus", text=files_digest(text_dir, text_names()))
 
         def build(tmp):
             for name in text_names():
@@ -105,22 +106,22 @@ def stage_corpus(work_dir, from_apt=False, text_dir=None, snapshot=dc.SNAPSHOT):
         corpus_work = os.path.join(work_dir, "corpus-build")
         de, en, release = dc.fetch_indexes(os.path.join(corpus_work, "apt"))
         tsv, info = dc.build(de, en, corpus_work)
-        dc.compare_with_snapshot(tsv, snapshot)
-        key = dc.stage_key(stage="corpus", corpus=info["corpus_sha256"])
+        debian_snapshot.compare_with_snapshot(tsv, snapshot)
+        key = stage_key(stage="corpus", corpus=info["corpus_sha256"])
         source, detail = tsv, "rebuilt from apt"
     else:
         if not os.path.exists(snapshot):
             raise PrepareError(f"corpus snapshot not found: {snapshot} (use --from-apt to rebuild it)")
-        key = dc.stage_key(stage="corpus", snapshot=dc.sha256_file(snapshot))
+        key = stage_key(stage="corpus", snapshot=sha256_file(snapshot))
         source, detail = snapshot, f"reading the snapshot {show_path(snapshot)}"
 
     def build(tmp):
-        splits = dc.read_tsv(source)
-        for s in dc.SPLITS:
+        splits = debian_snapshot.read_tsv(source)
+        for s in debian_snapshot.SPLITS:
             if not splits[s]:
                 raise PrepareError(f"{source} has no {s} pairs")
-        dc.export_plain(splits, tmp)
-        return {"counts": {s: len(splits[s]) for s in dc.SPLITS}, "source": os.path.basename(source)}
+        debian_snapshot.export_plain(splits, tmp)
+        return {"counts": {s: len(splits[s]) for s in debian_snapshot.SPLITS}, "source": os.path.basename(source)}
 
     return dir_stage("corpus", out, key, build, detail)
 
@@ -133,18 +134,18 @@ def stage_slice(work_dir, corpus_dir, limit=None, valid_limit=None, test_limit=N
         if n is not None and n <= 0:
             raise PrepareError(f"--{'limit' if s == 'train' else s + '-limit'} must be positive, got {n}")
     check_aligned(corpus_dir)
-    key = dc.stage_key(stage="slice", corpus=stage_info(corpus_dir)["key"], limits=limits)
+    key = stage_key(stage="slice", corpus=stage_info(corpus_dir)["key"], limits=limits)
     out = os.path.join(work_dir, "text")
 
     def build(tmp):
         counts = {}
-        for s in dc.SPLITS:
+        for s in debian_snapshot.SPLITS:
             for lang in (SRC, TGT):
                 with open(os.path.join(corpus_dir, f"{s}.{lang}"), encoding="utf-8") as f:
                     lines = f.readlines()
                 if limits[s]:
                     lines = lines[: limits[s]]
-                with dc.atomic_write(os.path.join(tmp, f"{s}.{lang}")) as g:
+                with atomic_write(os.path.join(tmp, f"{s}.{lang}")) as g:
                     g.writelines(lines)
                 counts[s] = len(lines)
         return {"counts": counts}
@@ -155,7 +156,7 @@ def stage_slice(work_dir, corpus_dir, limit=None, valid_limit=None, test_limit=N
 
 def stage_spm(work_dir, text_dir, vocab_size=8000, threads=2):
     counts = check_aligned(text_dir)
-    key = dc.stage_key(
+    key = stage_key(
         stage="spm", train=files_digest(text_dir, ["train.de", "train.en"]), vocab_size=vocab_size, version=1
     )
     out = os.path.join(work_dir, "spm")
@@ -168,8 +169,8 @@ def stage_spm(work_dir, text_dir, vocab_size=8000, threads=2):
 
 
 def stage_encode(work_dir, text_dir, spm_dir, threads=2):
-    key = dc.stage_key(
-        stage="encode", text=files_digest(text_dir, text_names()), spm=dc.sha256_file(os.path.join(spm_dir, "spm.model"))
+    key = stage_key(
+        stage="encode", text=files_digest(text_dir, text_names()), spm=sha256_file(os.path.join(spm_dir, "spm.model"))
     )
     out = os.path.join(work_dir, "tok")
 
@@ -181,7 +182,7 @@ def stage_encode(work_dir, text_dir, spm_dir, threads=2):
             with open(os.path.join(text_dir, name), encoding="utf-8") as f:
                 lines = [line.rstrip("\n") for line in f]
             pieces = sp.encode(lines, out_type=str, num_threads=threads)
-            with dc.atomic_write(os.path.join(tmp, name)) as g:
+            with atomic_write(os.path.join(tmp, name)) as g:
                 for p in pieces:
                     g.write(" ".join(p) + "\n")
         return {}
@@ -192,7 +193,7 @@ def stage_encode(work_dir, text_dir, spm_dir, threads=2):
 def stage_binarize(work_dir, tok_dir, workers=2):
     check_aligned(tok_dir)
     # not keyed on ``workers``: fairseq-preprocess writes the same files whatever their number
-    key = dc.stage_key(stage="binarize", tok=files_digest(tok_dir, text_names()))
+    key = stage_key(stage="binarize", tok=files_digest(tok_dir, text_names()))
     out = os.path.join(work_dir, "data-bin")
 
     def build(tmp):
@@ -227,14 +228,14 @@ def prepare(
     test_limit=None,
     vocab_size=8000,
     workers=2,
-    snapshot=dc.SNAPSHOT,
+    snapshot=debian_snapshot.SNAPSHOT,
 ):
     """Run all stages; returns a dict of the stage directories."""
     os.makedirs(work_dir, exist_ok=True)
     corpus = stage_corpus(work_dir, from_apt=from_apt, text_dir=text_dir, snapshot=snapshot)
     text = stage_slice(work_dir, corpus, limit, valid_limit, test_limit)
     counts = check_aligned(text)
-    say("pairs: " + ", ".join(f"{s} {counts[s]}" for s in dc.SPLITS))
+    say("pairs: " + ", ".join(f"{s} {counts[s]}" for s in debian_snapshot.SPLITS))
     spm_dir = stage_spm(work_dir, text, vocab_size, threads=workers)
     tok = stage_encode(work_dir, text, spm_dir, threads=workers)
     data_bin = stage_binarize(work_dir, tok, workers=workers)
@@ -255,7 +256,7 @@ def main(argv=None):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--from-apt", action="store_true", help="rebuild the corpus from apt instead of the snapshot")
     src.add_argument("--text-dir", help="use {train,valid,test}.{de,en} from this dir instead")
-    p.add_argument("--snapshot", default=dc.SNAPSHOT, help="corpus snapshot (default: the shipped one)")
+    p.add_argument("--snapshot", default=debian_snapshot.SNAPSHOT, help="corpus snapshot (default: the shipped one)")
     p.add_argument("--limit", type=int, help="keep only the first N train pairs")
     p.add_argument("--valid-limit", type=int, help="keep only the first N valid pairs")
     p.add_argument("--test-limit", type=int, help="keep only the first N test pairs")

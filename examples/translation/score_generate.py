@@ -23,12 +23,10 @@ Hypotheses are ordered by sentence id; every test sentence must be there.
 
 import argparse
 import json
-import os
 import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _COMPOUND = re.compile(r"(\S)-(\S)")
 
@@ -118,7 +116,7 @@ def score(generate: str, lang: str, detok_ref: Optional[str]) -> dict:
     result = {"sentences": len(hyps), "tokenized_compound_split": bleu_dict(compound_split_bleu(hyps, refs)),
               "tokenized": bleu_dict(tokenized_bleu(hyps, refs))}
     if detok_ref:
-        from moses_text import detokenizer
+        from examples.translation.moses_text import detokenizer
 
         detok = detokenizer(lang)
         with open(detok_ref, encoding="utf-8", newline="\n") as f:

@@ -17,17 +17,19 @@ import sys
 import time
 from typing import Callable, Tuple
 
-from demo_report import command_line, git_commit, machine_info, plot_seed_curves, seed_table, utc_now, write_results
-from demo_runs import (RUNS, DemoError, child_env, only_one_run, print_status, rel, results_stem,
-                       run_dir, runs_to_do, say)
-from demo_stats import summarise_seeds
+from examples.common.base import RUNS, DemoError, child_env, rel, say
+from examples.common.naming import only_one_run, results_stem, run_dir, runs_to_do
+from examples.common.provenance import command_line, git_commit, machine_info, utc_now
+from examples.common.report import plot_seed_curves, seed_table, write_results
+from examples.common.stats import summarise_seeds
+from examples.common.status import print_status
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoTask:
     """What a demo supplies to :func:`run_demo`."""
 
-    script: str  # the demo's file (its runs are started as this script with --run/--seeds)
+    module: str  # the demo's module (its runs are started as ``python -m <module> --run R --seeds S``)
     parse_args: Callable  # argv -> args
     check_setup: Callable  # args -> None; raises DemoError (or one of ``errors``)
     prepare: Callable  # args -> data (a dict), in this process, before any run starts
@@ -81,7 +83,7 @@ def run_jobs(task, args, jobs):
                 run, seed = waiting.pop(0)
                 log_path = os.path.join(log_dir, os.path.basename(run_dir(args, run, seed)) + ".log")
                 log = open(log_path, "a", encoding="utf-8")
-                cmd = [sys.executable, task.script] + child_argv(args.argv, run, seed, args.threads)
+                cmd = [sys.executable, "-m", task.module] + child_argv(args.argv, run, seed, args.threads)
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(args.threads))
                 running[proc] = (run, seed, log, log_path, time.time())
                 say(f"{run} seed {seed}: started ({args.threads} thread{'s' if args.threads > 1 else ''}; "
@@ -162,7 +164,7 @@ def run_demo(task, argv=None):
     results.update(task.results(args, data, per_seed))
     results.update({
         "commit": commit,
-        "command": command_line(task.script, args.argv),
+        "command": command_line(task.module, args.argv),
         "date": utc_now(),
         "total_seconds": round(time.time() - t_start, 1),
         "machine": machine_info(args.threads, args.jobs),

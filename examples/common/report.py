@@ -8,13 +8,10 @@ each seed's delta and p-value pair that seed's baseline with its R-Drop run.
 import datetime
 import logging
 import os
-import platform
-import shlex
-import subprocess
 
-from demo_runs import REPO, rel, say
-from demo_stats import mean_std
-from pipeline_stages import atomic_write, write_json
+from examples.common.base import say
+from examples.common.stages import atomic_write, write_json
+from examples.common.stats import mean_std
 
 RUN_LABELS = {"baseline": "baseline", "rdrop": "R-Drop"}
 
@@ -155,50 +152,3 @@ def write_results(results_dir, stem, results, plot):
     plot(png_path)
     write_json(json_path, results)
     return json_path, png_path
-
-
-def command_line(script, argv):
-    return " ".join(["python", rel(os.path.abspath(script))] + [shlex.quote(rel(a)) for a in argv])
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def git_commit():
-    """The code's commit, with ``+changes`` when the checkout differs from it; None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-
-
-def machine_info(threads, jobs):
-    info = {
-        "system": platform.system(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "jobs": jobs,
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except Exception:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in ("ve-fairseq", "fairseq-fixed", "fairseq"):
-        try:
-            info["fairseq"] = f"{dist} {version(dist)}"
-            break
-        except PackageNotFoundError:
-            continue
-    return info

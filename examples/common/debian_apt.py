@@ -24,11 +24,8 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from pipeline_stages import atomic_write, sha256_file  # noqa: E402
+from examples.common.stages import atomic_write, sha256_file
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"

@@ -1,0 +1,1 @@
+"""Sentence classification: the Debian-sections demo (masked-LM pre-training, then fine-tuning)."""

@@ -1,0 +1,105 @@
+"""What every demo module uses: the repository's paths, the two runs, the demos' error and
+messages, fairseq flags and commands as shown, the environment of a training process and the
+checks made before anything runs.
+"""
+
+import os
+import shlex
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+USER_DIR = os.path.join(REPO, "rdrop_seq")
+RUNS = ("baseline", "rdrop")
+
+
+class DemoError(Exception):
+    """Something the user has to fix, or a failed tool; the message says which."""
+
+
+def say(msg):
+    print(f"[demo] {msg}", flush=True)
+
+
+def rel(path):
+    """A path relative to the repository (for what is written into results)."""
+    r = os.path.relpath(os.path.abspath(path), REPO)
+    return path if r.startswith("..") else r
+
+
+def flags(d):
+    """``{"max-epoch": 3, "cpu": True}`` -> ``["--max-epoch", "3", "--cpu"]``."""
+    out = []
+    for k, v in d.items():
+        if v is None or v is False:
+            continue
+        out.append(f"--{k}")
+        if v is not True:
+            out.append(str(v))
+    return out
+
+
+def display(cmd):
+    """A command as shown and recorded: tool names bare, repository paths relative."""
+    head = os.path.basename(cmd[0])
+    head = "python" if cmd[0] == sys.executable else head if head.startswith("fairseq-") else rel(cmd[0])
+    return " ".join([head] + [shlex.quote(rel(c)) for c in cmd[1:]])
+
+
+def has_cuda():
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def train_run_flags(save_dir, seed):
+    """The fairseq-train flags every demo's runs share: the seed, no data-loading workers, where the
+    run saves and logs (json, every 20 updates, ``train.log`` in ``save_dir``), and the plugin dir:
+    it registers the R-Drop criterions and architectures, and makes torch's weights-only loader
+    accept fairseq checkpoints when a run resumes."""
+    return ["--seed", str(seed), "--num-workers", "0", "--save-dir", save_dir, "--log-format", "json",
+            "--log-interval", "20", "--log-file", os.path.join(save_dir, "train.log"), "--user-dir", USER_DIR]
+
+
+def device_flags():
+    """``--cpu`` where there is no CUDA device."""
+    return [] if has_cuda() else ["--cpu"]
+
+
+def child_env(threads):
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    # idle OpenMP threads sleep instead of spinning: on a CPU shared with
+    # other jobs, spinning threads slow training down by up to ten times
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore")
+    env["PYTHONPATH"] = REPO + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else REPO
+    return env
+
+
+def check_criterion_registers(criterion, threads):
+    """Fail early unless importing the plugin registers ``criterion`` (imports fairseq)."""
+    code = (
+        "import sys; import rdrop_seq; "
+        "from fairseq.criterions import CRITERION_REGISTRY as R; "
+        f"sys.exit(0 if '{criterion}' in R else 3)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env=child_env(threads))
+    if proc.returncode != 0:
+        raise DemoError(
+            f"the criterion {criterion} is not available from {rel(USER_DIR)}:\n"
+            f"{proc.stderr.strip()[-2000:]}"
+        )
+
+
+def check_results_dir(results_dir, work_dir):
+    results_dir, work_dir = os.path.abspath(results_dir), os.path.abspath(work_dir)
+    if results_dir == work_dir or results_dir.startswith(work_dir + os.sep):
+        raise DemoError("--results-dir must not be inside --work-dir")
+    os.makedirs(results_dir, exist_ok=True)
+    if not os.access(results_dir, os.W_OK):
+        raise DemoError(f"results dir is not writable: {results_dir}")

@@ -1,0 +1,134 @@
+"""The demos' shared command line: the options every demo takes, their parsing (work and results
+directories, the mode's defaults) and the checks of their values.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+from examples.common.base import RUNS, DemoError, flags, rel
+
+def seed_list(text):
+    """``"1,2,3"`` -> ``(1, 2, 3)`` (argparse type of ``--seeds``)."""
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is named twice: {text!r}")
+    return seeds
+
+
+def demo_parser(doc, modes, alpha, alpha_note, dropout):
+    """The options both demos take; a demo adds its own before :func:`parse_demo_args`."""
+    p = argparse.ArgumentParser(
+        allow_abbrev=False,  # the demo passes its argv on to one process per run
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--mode", default="quick", choices=sorted(modes), help="default: %(default)s")
+    mode_alpha = {m: s.get("alpha", alpha) for m, s in modes.items()}
+    p.add_argument("--alpha", type=float,
+                   help=f"R-Drop KL weight (default: the mode's, "
+                        + ", ".join(f"{m} {a:g}" for m, a in sorted(mode_alpha.items()))
+                        + f"; {alpha:g} is {alpha_note}); another value trains its R-Drop runs in "
+                        "rdrop-alpha<A>-seed<S>/ beside the default ones and writes <mode>-alpha<A>.json, "
+                        "so an alpha sweep keeps every run and shares the baselines")
+    p.set_defaults(mode_alpha=mode_alpha)
+    mode_dropout = {m: s.get("dropout", dropout) for m, s in modes.items()}
+    p.add_argument("--dropout", type=float,
+                   help="override the dropout of both runs (default: the mode's, "
+                        + ", ".join(f"{m} {d:g}" for m, d in sorted(mode_dropout.items())) + "); another value trains both "
+                        "runs in baseline-dropout<P>/ and rdrop-dropout<P>[-alpha<A>]/ and writes "
+                        "<mode>-dropout<P>[-alpha<A>].json, beside the default runs")
+    p.set_defaults(mode_dropout=mode_dropout)
+    p.add_argument("--seeds", type=seed_list, metavar="S[,S...]",
+                   help="the seeds; each trains both runs (default: the mode's, "
+                        + ", ".join(f"{m} {','.join(map(str, s['seeds']))}" for m, s in sorted(modes.items()))
+                        + "); other seeds than the mode's go into the results name")
+    p.set_defaults(mode_seeds={m: tuple(s["seeds"]) for m, s in modes.items()})
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per training process (default: %(default)s: on a few cores, one process "
+                        "per core with one thread each trains the seeds fastest)")
+    p.add_argument("--jobs", type=int,
+                   help="training processes at once (default: the CPU cores divided by --threads); each "
+                        "trains and evaluates one run of one seed, and the demo then compares them")
+    p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
+    p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
+    p.add_argument("--run", choices=RUNS, dest="only_run",
+                   help="train and evaluate only this run (of each seed), and write no results file; a later "
+                        "invocation without --run finds it done and writes the results")
+    p.add_argument("--status", action="store_true",
+                   help="only print where the runs of this mode (and --alpha/--dropout/--seeds) stand: state, "
+                        "epochs, time so far and their validation values per epoch, also while they train")
+    return p
+
+
+def text_dir_name(args):
+    """The name of ``--text-dir`` (the user's own data) for work dirs and results files, or None."""
+    return args.text_dir and os.path.basename(os.path.abspath(args.text_dir))
+
+
+def text_dir_source(args):
+    """Where ``--text-dir``'s data came from, as the results files record it."""
+    return f"text files in {rel(os.path.abspath(args.text_dir))}"
+
+
+def parse_demo_args(p, argv, example_dir, data_name=None):
+    """Parse; work and results dirs default to ``<example_dir>/work/<mode>`` and ``/results``.
+
+    ``data_name(args)``: a name for data other than the demo's own (e.g. the
+    user's text directory), or None; it goes into the default work dir
+    (``work/<mode>-<name>``) and the results files' name.
+    """
+    shown = rel(example_dir)
+    p.add_argument("--work-dir", help=f"default: {shown}/work/<mode>")
+    p.add_argument("--results-dir", default=os.path.join(example_dir, "results"),
+                   help=f"default: {shown}/results")
+    args = p.parse_args(argv)
+    name = data_name(args) if data_name else None
+    args.data_name = re.sub(r"[^\w.-]+", "_", name) if name else None
+    default_work = args.mode + (f"-{args.data_name}" if args.data_name else "")
+    args.work_dir = os.path.abspath(args.work_dir or os.path.join(example_dir, "work", default_work))
+    args.results_dir = os.path.abspath(args.results_dir)
+    args.default_seeds = args.mode_seeds[args.mode]
+    args.default_dropout = args.mode_dropout[args.mode]
+    args.default_alpha = args.mode_alpha[args.mode]
+    if args.alpha is None:
+        args.alpha = args.default_alpha
+    if args.seeds is None:
+        args.seeds = args.default_seeds
+    if args.jobs is None:
+        args.jobs = max(1, (os.cpu_count() or 1) // max(1, args.threads))
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def check_demo_args(args):
+    """Refuse bad values of the shared options (before anything runs)."""
+    if args.alpha < 0:
+        raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise DemoError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.threads < 1:
+        raise DemoError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_epoch is not None and args.max_epoch < 1:
+        raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
+    if args.patience is not None and args.patience < 1:
+        raise DemoError(f"--patience must be >= 1, got {args.patience}")
+    if args.jobs < 1:
+        raise DemoError(f"--jobs must be >= 1, got {args.jobs}")
+    if any(s < 0 for s in args.seeds):
+        raise DemoError(f"--seeds must be >= 0, got {','.join(map(str, args.seeds))}")
+
+
+def train_flags(args, setting):
+    """The mode's training flags with ``--max-epoch``/``--patience`` overrides applied."""
+    train = dict(setting["train"])
+    if args.max_epoch is not None:
+        train["max-epoch"] = args.max_epoch
+    if args.patience is not None:
+        train["patience"] = args.patience
+    return flags(train)

@@ -1,0 +1,69 @@
+"""Reading fairseq-train's json log: the per-epoch validation values and training averages, the
+update count, and the epoch whose checkpoint fairseq keeps as ``checkpoint_best.pt``.
+"""
+
+import json
+import os
+import re
+
+def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
+    """Per-epoch ``metrics`` and the update count from a json-format fairseq log.
+
+    Each epoch's row holds the validation values under their names (``loss``)
+    and the epoch's training averages, taken with dropout on, as ``train_<name>``
+    (``train_loss``): the gap between the two shows whether a run overfits.
+    """
+    rows, updates = {}, 0
+    if not os.path.exists(path):
+        return {"epochs": [], "updates": updates}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            # the log file holds bare json records; stdout prefixes them with "| valid | "
+            m = re.search(r"(\{\".*\})\s*$", line)
+            if not m:
+                continue
+            try:
+                rec = json.loads(m.group(1))
+            except ValueError:
+                continue
+            if "train_num_updates" in rec:
+                updates = max(updates, int(float(rec["train_num_updates"])))
+            if "epoch" not in rec:
+                continue
+            epoch = int(rec["epoch"])
+            if "valid_loss" in rec:
+                row = {k: float(rec[f"valid_{k}"]) for k in metrics if f"valid_{k}" in rec}
+                if "valid_num_updates" in rec:
+                    row["updates"] = int(float(rec["valid_num_updates"]))
+                    updates = max(updates, row["updates"])
+            elif "train_loss" in rec:  # the epoch's training summary (after its validation)
+                row = {f"train_{k}": float(rec[f"train_{k}"]) for k in metrics if f"train_{k}" in rec}
+            else:
+                continue
+            rows.setdefault(epoch, {"epoch": epoch}).update(row)  # a resumed epoch's values replace
+    # an epoch without validation (interrupted after its training summary) is no point of a curve
+    epochs = [rows[e] for e in sorted(rows) if any(k in rows[e] for k in metrics)]
+    return {"epochs": epochs, "updates": updates}
+
+
+# validation metrics where higher is better; lower is better for the others (loss, ppl)
+HIGHER_IS_BETTER = ("bleu", "accuracy")
+
+
+def checkpoint_epoch(curve, metric, higher_is_better):
+    """The epoch row whose checkpoint fairseq keeps as ``checkpoint_best.pt``: the best
+    ``metric``, the later epoch on a tie (fairseq replaces the best on ``>=`` / ``<=``)."""
+    best = None
+    for row in curve:
+        value = row.get(metric)
+        if value is None:
+            continue
+        if best is None or (value >= best[metric] if higher_is_better else value <= best[metric]):
+            best = row
+    return best
+
+
+def best_epoch(epochs, metric):
+    """The epoch of ``checkpoint_best.pt`` when ``metric`` picks it (higher BLEU/accuracy, lower
+    otherwise): :func:`checkpoint_epoch`."""
+    return checkpoint_epoch(epochs, metric, metric in HIGHER_IS_BETTER)

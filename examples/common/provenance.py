@@ -1,0 +1,59 @@
+"""What a results file records about how it was made: the command, the date, the code's commit
+and the machine.
+"""
+
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+
+from examples.common.base import REPO, rel
+
+
+def command_line(module, argv):
+    """How the demo was invoked, as the results record it: ``python -m <module> <argv>``."""
+    return " ".join(["python", "-m", module] + [shlex.quote(rel(a)) for a in argv])
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def git_commit():
+    """The code's commit, with ``+changes`` when the checkout differs from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def machine_info(threads, jobs):
+    info = {
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "jobs": jobs,
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("ve-fairseq", "fairseq-fixed", "fairseq"):
+        try:
+            info["fairseq"] = f"{dist} {version(dist)}"
+            break
+        except PackageNotFoundError:
+            continue
+    return info

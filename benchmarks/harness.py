@@ -88,6 +88,18 @@ def measure_step(step, device, mode: str, warmup: int, steps: int) -> dict:
     return {"seconds": statistics.median(times)}
 
 
+def driver_or_worker(main, run_entry) -> None:
+    """A benchmark's command line: its driver, or with ``--worker JSON`` one measurement."""
+    if "--worker" in sys.argv:
+        worker_main(run_entry)
+    else:
+        main()
+
+
+def report_written(stem: str) -> None:
+    print(f"wrote {os.path.relpath(stem, REPO)}.json and .md")
+
+
 def worker_main(run_entry) -> None:
     """``--worker JSON``: run one measurement and print its result as JSON."""
     spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])

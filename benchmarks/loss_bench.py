@@ -27,13 +27,8 @@ ratio being taken on the latter.  On CUDA: ``max_memory_allocated`` minus
 """
 
 import argparse
-import os
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 ENTRIES = ["floor", "upstream", "unfused", "fused", "chunked"]
 PAD = 1
@@ -191,11 +186,8 @@ def main():
         "loss" + (f"-{args.label}" if args.label else ""), args.device,
         dict(configs=all_results, reps=args.reps, steps=args.steps, threads=args.threads,
              entries=entries), table)
-    print(f"wrote {os.path.relpath(stem, harness.REPO)}.json and .md")
+    harness.report_written(stem)
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:
-        harness.worker_main(run_entry)
-    else:
-        main()
+    harness.driver_or_worker(main, run_entry)

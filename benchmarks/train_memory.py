@@ -50,10 +50,7 @@ import subprocess
 import sys
 import tempfile
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 # recipe script, its arguments before the run name, the dictionary files it needs
 CONFIGS = {
@@ -289,7 +286,7 @@ def main():
                              time_updates=args.time_updates), table)
                     print(table.splitlines()[-1], flush=True)
     print(table)
-    print(f"wrote {os.path.relpath(stem, harness.REPO)}.json and .md")
+    harness.report_written(stem)
 
 
 def results_table(all_results):
@@ -319,7 +316,4 @@ def results_table(all_results):
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:
-        harness.worker_main(run_entry)
-    else:
-        main()
+    harness.driver_or_worker(main, run_entry)

@@ -24,13 +24,8 @@ A step is: forward, loss, backward, Adam update.  Method: see harness.py.
 """
 
 import argparse
-import os
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 CONFIGS = {
     "iwslt-8k": dict(kind="translation", arch="transformer_iwslt_de_en", vocab=8000),
@@ -256,11 +251,8 @@ def main():
             dict(configs=all_results, reps=args.reps, steps=args.steps, threads=args.threads,
                  dropout=args.dropout, tokens_per_copy=TOKENS_PER_COPY), table)
     print(table)
-    print(f"wrote {os.path.relpath(stem, harness.REPO)}.json and .md")
+    harness.report_written(stem)
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:
-        harness.worker_main(run_entry)
-    else:
-        main()
+    harness.driver_or_worker(main, run_entry)

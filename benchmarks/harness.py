@@ -96,6 +96,25 @@ def driver_or_worker(main, run_entry) -> None:
         main()
 
 
+def add_timing_arguments(parser, *, warmup: int, quick_help: str) -> None:
+    """The flags every timing benchmark takes: repetitions, steps, threads, device, label, quick."""
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--label", default="",
+                        help="added to the results file name (keeps other runs of the day)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
+def apply_quick(args) -> bool:
+    """``--quick``: one repetition of one timed step after one warm-up step."""
+    if args.quick:
+        args.reps, args.steps, args.warmup = 1, 1, 1
+    return args.quick
+
+
 def report_written(stem: str) -> None:
     print(f"wrote {os.path.relpath(stem, REPO)}.json and .md")
 

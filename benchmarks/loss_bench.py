@@ -145,18 +145,10 @@ def main():
     parser.add_argument("--pad-fraction", type=float, default=0.0)
     parser.add_argument("--entries", nargs="+", default=ENTRIES, choices=ENTRIES)
     parser.add_argument("--chunk-size", type=int, default=None)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--label", default="",
-                        help="name the results file loss-LABEL-<device>-<date> (runs of one day)")
-    parser.add_argument("--quick", action="store_true",
-                        help="1 repetition, 1 timed step, N=512, V in {8000}")
+    harness.add_timing_arguments(parser, warmup=1,
+                                 quick_help="1 repetition, 1 timed step, N=512, V in {8000}")
     args = parser.parse_args()
-    if args.quick:
-        args.reps, args.steps, args.warmup = 1, 1, 1
+    if harness.apply_quick(args):
         args.n, args.vocabs = 512, [8000]
     entries = ["floor"] + [e for e in args.entries if e != "floor"]
 

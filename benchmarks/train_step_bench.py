@@ -209,20 +209,12 @@ def tokens_per_copy(cfg):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    harness.add_timing_arguments(parser, warmup=2, quick_help="1 repetition, 1 timed step")
     parser.add_argument("--dropout", type=float, default=0.3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="1 repetition, 1 timed step")
     parser.add_argument("--entries", nargs="+", default=None,
                         help="only these entries of each configuration (the floor is always run)")
-    parser.add_argument("--label", default="",
-                        help="added to the results file name (keeps other runs of the day)")
     args = parser.parse_args()
-    if args.quick:
-        args.reps, args.steps, args.warmup = 1, 1, 1
+    harness.apply_quick(args)
 
     all_results, rows = {}, []
     for name in args.configs:

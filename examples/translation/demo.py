@@ -65,12 +65,11 @@ Usage::
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 from examples.common.base import (
-    USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel,
-    say, train_run_flags,
+    USER_DIR, DemoError, check_criterion_registers, check_fairseq_tools, check_results_dir, device_flags, display,
+    flags, rel, run_tool, say, train_run_flags,
 )
 from examples.common.cli import (
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
@@ -78,9 +77,10 @@ from examples.common.cli import (
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
+from examples.common.report import TRAINING_MEAN_KEYS, TRAINING_ROWS
 from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
 from examples.common.stats import paired_bleu_test
-from examples.common.training import data_key, stopped_early, train_run
+from examples.common.training import data_key, train_run, training_record
 from examples.translation import debian_corpus as dc
 from examples.translation import debian_snapshot
 from examples.translation import prepare as prep
@@ -105,6 +105,18 @@ def transformer(layers, dim, ffn_dim, heads):
     }
 
 
+# The quick and medium modes' model, schedule, dropout, α and stopping rule, chosen on validation
+# (RESULTS.md, "Choosing the quick mode"): validation loss picks the checkpoint and stops the runs
+# (no BLEU decoding each epoch).
+SMALL = {
+    "model": transformer(2, 128, 512, 4),
+    "train": {"lr": "3e-3", "warmup-updates": 100, "max-tokens": 2048, "max-epoch": 60, "patience": 2},
+    "dropout": 0.1,
+    "alpha": 2.0,
+    "select": "loss",
+    "eval_beam": 1,
+    "max_len_b": 10,
+}
 # Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
 # are fairseq-train flags shared by both runs.
 MODES = {
@@ -117,17 +129,10 @@ MODES = {
         "seeds": (1, 2),
     },
     # chosen on validation (RESULTS.md, "Choosing the quick mode"): a slice small enough that the
-    # baseline overfits within minutes; validation loss picks the checkpoint and stops the runs
-    # (no BLEU decoding each epoch), so both runs stop early within the 25-minute budget
+    # baseline overfits within minutes, so both runs stop early within the 25-minute budget
     "quick": {
         "data": {"limit": 2000, "valid_limit": 300, "test_limit": 1000, "vocab_size": 2000},
-        "model": transformer(2, 128, 512, 4),
-        "train": {"lr": "3e-3", "warmup-updates": 100, "max-tokens": 2048, "max-epoch": 60, "patience": 2},
-        "dropout": 0.1,
-        "alpha": 2.0,
-        "select": "loss",
-        "eval_beam": 1,
-        "max_len_b": 10,
+        **SMALL,
         "seeds": (1, 2),
     },
     # chosen on validation (RESULTS.md, "Choosing the medium mode"): the quick mode's model and
@@ -135,13 +140,7 @@ MODES = {
     # and the three seeds fit the 2.5-hour budget
     "medium": {
         "data": {"limit": 5000, "valid_limit": 1000, "test_limit": None, "vocab_size": 4000},
-        "model": transformer(2, 128, 512, 4),
-        "train": {"lr": "3e-3", "warmup-updates": 100, "max-tokens": 2048, "max-epoch": 60, "patience": 2},
-        "dropout": 0.1,
-        "alpha": 2.0,
-        "select": "loss",
-        "eval_beam": 1,
-        "max_len_b": 10,
+        **SMALL,
         "seeds": (1, 2, 3),
     },
     "full": {
@@ -171,10 +170,7 @@ def check_setup(args):
         raise DemoError(f"corpus snapshot not found: {args.snapshot} (use --from-apt to rebuild it)")
     if not os.path.isdir(USER_DIR):
         raise DemoError(f"plugin directory not found: {USER_DIR}")
-    for tool in ("preprocess", "train", "generate"):
-        cmd = fairseq_command(tool)
-        if len(cmd) == 1 and not os.path.exists(cmd[0]):
-            raise DemoError(f"fairseq-{tool} not found")
+    check_fairseq_tools("preprocess", "train", "generate")
     check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
     check_results_dir(args.results_dir, args.work_dir)
 
@@ -237,12 +233,7 @@ def generate(args, setting, data_bin, run, seed):
     cmd += device_flags()
 
     def build(tmp):
-        run_cmd = [tmp if c == "RESULTS_PATH" else c for c in cmd]
-        say("  " + display(run_cmd))
-        proc = subprocess.run(run_cmd, env=child_env(args.threads), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise DemoError(f"fairseq-generate ({run} seed {seed}) failed:\n{proc.stdout[-3000:]}")
+        run_tool([tmp if c == "RESULTS_PATH" else c for c in cmd], args.threads, f"fairseq-generate ({run} seed {seed})")
         return {}
 
     dir_stage(f"generate {run} seed {seed}", out_dir, key, build, f"beam {beam(args)} on the test set", log=say)
@@ -293,10 +284,9 @@ def run_one(args, data, run, seed):
     gen, gen_command = generate(args, setting, data["data_bin"], run, seed)
     scores = score(read_hypotheses(gen, len(data["refs"])), data["refs"])
     say(f"{run} seed {seed}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
-    epochs = info["epochs"]
     # the tested checkpoint: checkpoint_best.pt, picked by the mode's validation metric
     metric = selected_by(setting)
-    best = checkpoint_epoch(epochs, metric, higher_is_better=metric == "bleu") or {}
+    best = checkpoint_epoch(info["epochs"], metric, higher_is_better=metric == "bleu") or {}
     return {
         "test_bleu": scores["bleu"],
         "test_chrf": scores["chrf"],
@@ -306,13 +296,7 @@ def run_one(args, data, run, seed):
         "valid_bleu_at_best": best.get("bleu"),
         "valid_loss_at_best": best.get("loss"),
         "valid_ppl_at_best": best.get("ppl"),
-        "epochs": len(epochs),
-        "updates": info["updates"],
-        "stopped_early": stopped_early(info["budget"], len(epochs)),
-        "seconds": info["seconds"],
-        "history": info.get("history", []),
-        "curve": epochs,
-        "train_command": info["command"],
+        **training_record(info),
         "generate_command": gen_command,
         "generate_output": rel(gen),
         "bleu_signature": scores["bleu_signature"],
@@ -338,21 +322,8 @@ def table_rows(args):
         ("test BLEU", "test_bleu", "{:.2f}"),
         ("test chrF", "test_chrf", "{:.2f}"),
         (f"best valid {'BLEU' if metric == 'bleu' else 'loss'}", "best_valid", "{:.2f}" if metric == "bleu" else "{:.3f}"),
-        ("its epoch", "best_epoch", "{:d}"),
-        ("epochs", "epochs", "{:d}"),
-        ("stopped early", "stopped_early", "{}"),
-        ("train time (s)", "seconds", "{:.0f}"),
-    )
+    ) + TRAINING_ROWS
 
-
-MEAN_KEYS = ("test_bleu", "test_chrf", "best_valid", "best_epoch", "epochs", "updates", "seconds")
-CURVES = (
-    ("loss", "validation loss", "label-smoothed loss (base 2)"),
-    ("bleu", "validation BLEU", "BLEU"),
-)
-
-# what --status shows per epoch
-STATUS_METRICS = ("bleu", "loss")
 
 # ---------------------------------------------------------------------------
 
@@ -421,9 +392,9 @@ TASK = DemoTask(
     results=task_results,
     title=lambda args: f"De->En Debian descriptions, mode '{args.mode}'",
     table_rows=table_rows,
-    curves=CURVES,
-    status_metrics=STATUS_METRICS,
-    mean_keys=MEAN_KEYS,
+    curves=(("loss", "validation loss", "label-smoothed loss (base 2)"), ("bleu", "validation BLEU", "BLEU")),
+    status_metrics=("bleu", "loss"),  # what --status shows per epoch
+    mean_keys=("test_bleu", "test_chrf", "best_valid") + TRAINING_MEAN_KEYS,
     errors=(prep.PrepareError, dc.CorpusError),
 )
 

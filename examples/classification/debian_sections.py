@@ -45,7 +45,7 @@ from collections import Counter
 from examples.common import debian_apt
 from examples.common import corpus_snapshot
 from examples.common.corpus_snapshot import (
-    SPLITS, corpus_digest, corpus_parser, debian_source, rebuild_command, run_corpus_command, say, splits_to_rows,
+    SPLITS, corpus_digest, corpus_main, debian_source, rebuild_command, say, splits_to_rows,
 )
 from examples.common.debian_apt import (
     DEFAULT_ARCHITECTURE, CorpusError, description_md5, iter_stanzas, now_utc,
@@ -337,8 +337,7 @@ def build_from_args(args, parser):
 
 
 def main(argv=None):
-    parser = corpus_parser(__doc__, DEFAULT_WORK_DIR, SNAPSHOT, "{train,valid,test}.{input0,label}", add_options)
-    return run_corpus_command(parser, argv, sys.modules[__name__])
+    return corpus_main(argv, sys.modules[__name__], "{train,valid,test}.{input0,label}")
 
 
 if __name__ == "__main__":

@@ -42,8 +42,7 @@ import time
 
 from examples.classification import prepare as prep
 from examples.common.base import (
-    DemoError, check_criterion_registers, check_fairseq_tools, check_results_dir, device_flags, display, flags, rel,
-    run_tool, say, train_run_flags,
+    DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
 )
 from examples.common.cli import check_demo_args, demo_parser, parse_demo_args, train_flags
 from examples.common.driver import DemoTask, run_demo
@@ -106,14 +105,12 @@ def check_setup(args):
     check_demo_args(args)
     if args.train_limit is not None and args.train_limit < 10:
         raise DemoError(f"--train-limit must be >= 10, got {args.train_limit}")
-    check_fairseq_tools("preprocess", "train")
     try:
         import sentencepiece  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as e:
         raise DemoError(f"{e.name} is missing: pip install -e '.[demo]'") from None
-    check_criterion_registers(RDROP_CRITERION, args.threads)
-    check_results_dir(args.results_dir, args.work_dir)
+    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train"))
 
 
 def _fairseq_train(data_bin, task_flags, setting, save_dir, seed, extra):
@@ -289,14 +286,9 @@ def task_results(args, data, per_seed):
     return results
 
 
-TASK = DemoTask(
-    module="examples.classification.demo",
-    parse_args=parse_args,
-    check_setup=check_setup,
-    prepare=prepare_data,
-    run_one=run_one,
-    compare=compare,
-    results=task_results,
+TASK = DemoTask.of_module(
+    "examples.classification.demo",
+    sys.modules[__name__],
     title=lambda args: f"Debian sections, {ARCH} (pre-trained, fine-tuned), mode '{args.mode}'",
     table_rows=lambda args: TABLE_ROWS,
     curves=(("accuracy", "validation accuracy", "accuracy (%)"), ("loss", "validation loss", "loss (base 2)")),

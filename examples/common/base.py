@@ -93,12 +93,16 @@ def run_tool(cmd, threads, what, shown=None):
     return proc.stdout
 
 
-def check_fairseq_tools(*tools):
-    """Fail early unless each ``fairseq-<tool>`` is there."""
+def check_fairseq(args, criterion, tools):
+    """The checks every demo makes last, before anything runs: each ``fairseq-<tool>`` of ``tools``
+    is there, importing the plugin registers ``criterion`` (imports fairseq: a few seconds), and
+    the results dir is writable and outside the work dir."""
     for tool in tools:
         cmd = fairseq_command(tool)
         if len(cmd) == 1 and not os.path.exists(cmd[0]):
             raise DemoError(f"fairseq-{tool} not found")
+    check_criterion_registers(criterion, args.threads)
+    check_results_dir(args.results_dir, args.work_dir)
 
 
 def check_criterion_registers(criterion, threads):

@@ -182,15 +182,18 @@ def corpus_parser(doc, work_dir, snapshot, text_files, add_options):
     return parser
 
 
-def run_corpus_command(parser, argv, corpus):
-    """Parse ``argv`` with ``parser`` (from :func:`corpus_parser`) and run the command; the exit
-    status (2, with the message, for a :class:`CorpusError`).
+def corpus_main(argv, corpus, text_files):
+    """A corpus builder's ``main``: parse ``argv`` and run the command; the exit status (2, with
+    the message, for a :class:`CorpusError`).
 
-    ``corpus`` (the corpus module) holds its own functions: ``build_from_args(args, parser)`` ->
-    ``(corpus_tsv, info, release)``, ``load_snapshot(path)``, ``read_tsv(path)``,
-    ``export_plain(splits, out_dir)``, ``compare_with_snapshot(tsv, snapshot)`` and
-    ``update_snapshot(tsv, info, release, snapshot, provenance)``.
+    ``corpus`` is the corpus module: its docstring, ``DEFAULT_WORK_DIR``, ``SNAPSHOT``,
+    ``add_options`` (see :func:`corpus_parser`) and its own functions:
+    ``build_from_args(args, parser)`` -> ``(corpus_tsv, info, release)``, ``load_snapshot(path)``,
+    ``read_tsv(path)``, ``export_plain(splits, out_dir)``, ``compare_with_snapshot(tsv, snapshot)``
+    and ``update_snapshot(tsv, info, release, snapshot, provenance)``.  ``text_files``: what an
+    export writes.
     """
+    parser = corpus_parser(corpus.__doc__, corpus.DEFAULT_WORK_DIR, corpus.SNAPSHOT, text_files, corpus.add_options)
     args = parser.parse_args(argv)
     try:
         if args.command == "export":

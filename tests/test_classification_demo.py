@@ -3,19 +3,16 @@ rdrop_sentence_prediction on Debian sections), tiny mode, end to end."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.example_helpers import REPO, run_module
+
 DEMO = "examples.classification.demo"
 
 
 def run_demo(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    return run_module(DEMO, *args, timeout=timeout)
 
 
 def test_bad_settings_are_refused_before_anything_runs(tmp_path):

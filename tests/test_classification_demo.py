@@ -1,6 +1,7 @@
 """The sentence-classification demo (masked-LM pre-training, then sentence_prediction vs
 rdrop_sentence_prediction on Debian sections), tiny mode, end to end."""
 
+import functools
 import json
 import os
 
@@ -10,9 +11,7 @@ from tests.example_helpers import REPO, run_module
 
 DEMO = "examples.classification.demo"
 
-
-def run_demo(*args, timeout=900):
-    return run_module(DEMO, *args, timeout=timeout)
+run_demo = functools.partial(run_module, DEMO, timeout=900)
 
 
 def test_bad_settings_are_refused_before_anything_runs(tmp_path):

@@ -1,5 +1,6 @@
 """The language-model demo (baseline adaptive_loss vs rdrop_adaptive_loss on PTB), tiny mode."""
 
+import functools
 import json
 import os
 
@@ -9,9 +10,7 @@ from tests.example_helpers import run_module
 
 DEMO = "examples.language_model.demo"
 
-
-def run_demo(*args, timeout=600):
-    return run_module(DEMO, *args, timeout=timeout)
+run_demo = functools.partial(run_module, DEMO, timeout=600)
 
 
 def test_bad_alpha_is_refused_before_anything_runs(tmp_path):

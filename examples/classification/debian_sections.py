@@ -42,28 +42,24 @@ import sys
 import unicodedata
 from collections import Counter
 
+from examples.classification.sections_snapshot import (
+    # the snapshot's functions also serve the command line (corpus_main) and this corpus's callers
+    PROVENANCE, SNAPSHOT, compare_with_snapshot, export_plain, load_snapshot, read_tsv, update_snapshot,  # noqa: F401
+    write_tsv,
+)
 from examples.common import debian_apt
-from examples.common import corpus_snapshot
-from examples.common.corpus_snapshot import (
-    SPLITS, corpus_digest, corpus_main, debian_source, rebuild_command, say, splits_to_rows,
-)
-from examples.common.debian_apt import (
-    DEFAULT_ARCHITECTURE, CorpusError, description_md5, iter_stanzas, now_utc,
-)
-from examples.common.stages import atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key
+from examples.common.corpus_snapshot import SPLITS, corpus_digest, corpus_main, say
+from examples.common.debian_apt import DEFAULT_ARCHITECTURE, CorpusError, description_md5, iter_stanzas
+from examples.common.stages import file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-DATA_DIR = os.path.join(HERE, "data")
-SNAPSHOT = os.path.join(DATA_DIR, "debian-sections.tsv.xz")
-PROVENANCE = os.path.join(DATA_DIR, "PROVENANCE.json")
 DEFAULT_WORK_DIR = os.path.join(HERE, "work", "corpus")
 
 MAX_WORDS = 64
 MIN_COUNT = 300
 TEST_PER_MILLE = 100
 VALID_PER_MILLE = 100
-COLUMNS = ("split", "label", "package", "text")
 
 
 # ---------------------------------------------------------------------------
@@ -191,20 +187,6 @@ def label_counts(splits):
 
 
 # ---------------------------------------------------------------------------
-# TSV files: split <TAB> label <TAB> package <TAB> text
-
-
-def write_tsv(path, splits):
-    """Write the splits atomically (xz-compressed if ``*.xz``)."""
-    corpus_snapshot.write_tsv(path, COLUMNS, splits_to_rows(splits))
-
-
-def read_tsv(path):
-    """``{split: [(label, package, text)]}`` from a file written by :func:`write_tsv`."""
-    return corpus_snapshot.read_tsv(path, COLUMNS)
-
-
-# ---------------------------------------------------------------------------
 # the build
 
 
@@ -253,55 +235,6 @@ def build(packages_path, translation_path, work_dir=DEFAULT_WORK_DIR, max_words=
                    "test_per_mille": TEST_PER_MILLE, "valid_per_mille": VALID_PER_MILLE},
     }
     return corpus_tsv, info
-
-
-def _label_differences(built, snap):
-    labels_a = {label for s in SPLITS for label, _, _ in built[s]}
-    labels_b = {label for s in SPLITS for label, _, _ in snap[s]}
-    if labels_a != labels_b:
-        yield f"  sections only in rebuilt: {sorted(labels_a - labels_b)}, only in snapshot: {sorted(labels_b - labels_a)}"
-
-
-def compare_with_snapshot(corpus_tsv, snapshot=SNAPSHOT):
-    """Print whether the built corpus equals the snapshot, and how it differs; True if equal."""
-    return corpus_snapshot.compare_with_snapshot(corpus_tsv, snapshot, COLUMNS, _label_differences)
-
-
-def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PROVENANCE):
-    """Write the xz snapshot and its provenance (atomically)."""
-    index_files = ["binary-<architecture>/Packages", "i18n/Translation-en"]
-    corpus_snapshot.update_snapshot(corpus_tsv, COLUMNS, snapshot, provenance, lambda snapshot_sha256: {
-        "description": "Debian package descriptions (English) labelled with their archive section, "
-        "built by examples/classification/debian_sections.py",
-        "source": debian_source(release, index_files, info["index_sha256"], architecture=True),
-        "rebuild": rebuild_command("examples.classification.debian_sections", release),
-        "built": now_utc(),
-        "terms": "Debian package descriptions (from the packages' maintainers) and sections, as published "
-        "in the Debian archive's index files; see the Debian archive for their terms",
-        "params": info["params"],
-        "stats": info["stats"],
-        "mapping": info["mapping"],
-        "label_counts": info["label_counts"],
-        "corpus_sha256": info["corpus_sha256"],
-        "snapshot_sha256": snapshot_sha256,
-        "format": "xz-compressed TSV with header 'split<TAB>label<TAB>package<TAB>text'; split is train, "
-        "valid or test; package is the first (by name) of the packages carrying the description",
-    })
-
-
-def load_snapshot(snapshot=SNAPSHOT):
-    """The shipped corpus as ``{split: [(label, package, text), ...]}``."""
-    return read_tsv(snapshot)
-
-
-def export_plain(splits, out_dir):
-    """Write ``{split}.input0`` (texts) and ``{split}.label`` (sections), line-aligned, atomically."""
-    os.makedirs(out_dir, exist_ok=True)
-    for s in SPLITS:
-        with atomic_write(os.path.join(out_dir, f"{s}.input0")) as f:
-            f.writelines(text + "\n" for _, _, text in splits[s])
-        with atomic_write(os.path.join(out_dir, f"{s}.label")) as f:
-            f.writelines(label + "\n" for label, _, _ in splits[s])
 
 
 # ---------------------------------------------------------------------------

@@ -78,14 +78,14 @@ Usage::
     python -m examples.language_model.demo --mode medium --text-dir path/to/text
 """
 
+# Over 300 lines because the docstring above is the demo's manual (its --help) and MODES holds the
+# per-mode settings; the task's own code is about 200 lines (the test set's scoring is eval_lm.py's).
+
 import math
 import os
-import re
 import sys
 
-from examples.common.base import (
-    USER_DIR, DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
-)
+from examples.common.base import DemoError, check_fairseq, device_flags, flags, rel, say, train_run_flags
 from examples.common.cli import (
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
 )
@@ -93,9 +93,10 @@ from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, max_tokens_override, run_dir
 from examples.common.report import TRAINING_MEAN_KEYS, TRAINING_ROWS
-from examples.common.stages import dir_stage, fairseq_command, read_json, sha256_file, stage_key
+from examples.common.stages import fairseq_command
 from examples.common.stats import paired_bootstrap_lm, read_word_logprobs
 from examples.common.training import data_key, train_run, training_record
+from examples.language_model import eval_lm
 from examples.language_model import prepare as prep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -231,47 +232,6 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None, seed=
     return cmd + device_flags()
 
 
-def evaluate(args, setting, data_bin, run, seed, test_tokens):
-    """Test perplexity of the run's best checkpoint with ``fairseq-eval-lm``, and every test
-    token's log-probability (``--output-word-probs``, kept in ``test/eval-lm.txt``).
-
-    ``test_tokens``: the test set's words plus one end of sentence per line, all
-    of which must be scored.
-    """
-    save_dir = run_dir(args, run, seed)
-    ckpt = os.path.join(save_dir, "checkpoint_best.pt")
-    tokens = setting["tokens_per_sample"]
-    context = tokens // 2
-    key = stage_key(ckpt=sha256_file(ckpt), tokens=tokens, context=context, word_probs=True)
-    cmd = fairseq_command("eval-lm") + [
-        data_bin, "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(tokens),
-        "--context-window", str(context), "--max-tokens", str(MAX_TOKENS), "--num-workers", "0",
-        # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
-        "--required-batch-size-multiple", "1", "--output-word-probs",
-        "--user-dir", USER_DIR, "--seed", str(seed),
-    ]  # fmt: skip
-    cmd += device_flags()
-    label = f"{run} seed {seed}"
-
-    def build(tmp):
-        output = run_tool(cmd, args.threads, f"fairseq-eval-lm ({label})")
-        m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", output)
-        if not m:
-            raise DemoError(f"fairseq-eval-lm ({label}) printed no perplexity:\n{output[-3000:]}")
-        scored = re.search(r"Evaluated ([\d,]+) tokens", output)
-        if not scored or int(scored.group(1).replace(",", "")) != test_tokens:
-            raise DemoError(f"fairseq-eval-lm ({label}) scored {scored and scored.group(1)} tokens of the "
-                            f"test set's {test_tokens}:\n{output[-3000:]}")
-        with open(os.path.join(tmp, "eval-lm.txt"), "w", encoding="utf-8") as f:
-            f.write(output)
-        return {"test_loss": float(m.group(1)), "test_ppl": float(m.group(2)),
-                "context_window": context, "tokens_per_sample": tokens, "command": display(cmd)}
-
-    out_dir = os.path.join(save_dir, "test")
-    dir_stage(f"eval-lm {label}", out_dir, key, build, f"context window {context} on the test set", log=say)
-    return dict(read_json(os.path.join(out_dir, ".stage.json")), output=os.path.join(out_dir, "eval-lm.txt"))
-
-
 # ---------------------------------------------------------------------------
 # one run of one seed, and the comparison of a seed's two runs
 
@@ -283,7 +243,8 @@ def run_one(args, data, run, seed):
     cmd = train_command(args, setting, data["data_bin"], save_dir, run, data["vocab_size"], seed)
     info = train_run(cmd, save_dir, f"{run} seed {seed}", args.threads, VALID_METRICS, data=data["key"])
     test = data["counts"]["test"]
-    scores = evaluate(args, setting, data["data_bin"], run, seed, test["words"] + test["lines"])
+    scores = eval_lm.evaluate(save_dir, data["data_bin"], setting["tokens_per_sample"], MAX_TOKENS, seed, args.threads,
+                              f"{run} seed {seed}", test["words"] + test["lines"])
     say(f"{run} seed {seed}: test perplexity {scores['test_ppl']:.2f}")
     # the tested checkpoint: checkpoint_best.pt, picked by validation loss
     best = checkpoint_epoch(info["epochs"], "loss", higher_is_better=False) or {}

@@ -62,14 +62,16 @@ Usage::
     python -m examples.translation.demo --mode medium --status
 """
 
+# Over 300 lines because the docstring above is the demo's manual (its --help) and MODES holds the
+# per-mode settings; the task's own code is about 200 lines
+# (the test set's decoding and scoring are decode.py's).
+
 import argparse
 import json
 import os
 import sys
 
-from examples.common.base import (
-    USER_DIR, DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
-)
+from examples.common.base import USER_DIR, DemoError, check_fairseq, device_flags, flags, rel, say, train_run_flags
 from examples.common.cli import (
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
 )
@@ -77,11 +79,11 @@ from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
 from examples.common.report import TRAINING_MEAN_KEYS, TRAINING_ROWS
-from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.stages import fairseq_command
 from examples.common.stats import paired_bleu_test
 from examples.common.training import data_key, train_run, training_record
 from examples.translation import debian_corpus as dc
-from examples.translation import debian_snapshot
+from examples.translation import debian_snapshot, decode
 from examples.translation import prepare as prep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -209,66 +211,6 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
 
 
 # ---------------------------------------------------------------------------
-# decoding and scoring
-
-
-def generate(args, setting, data_bin, run, seed):
-    """Decode the test set with the run's best checkpoint; returns fairseq-generate's output file."""
-    save_dir = run_dir(args, run, seed)
-    out_dir = os.path.join(save_dir, "test")
-    ckpt = os.path.join(save_dir, "checkpoint_best.pt")
-    key = stage_key(ckpt=sha256_file(ckpt), beam=beam(args), max_len_b=setting["max_len_b"])
-    cmd = fairseq_command("generate") + [
-        data_bin, "--task", "translation", "--source-lang", "de", "--target-lang", "en",
-        "--path", ckpt, "--gen-subset", "test", "--beam", str(beam(args)),
-        "--max-len-a", "1.2", "--max-len-b", str(setting["max_len_b"]),
-        "--batch-size", "64", "--remove-bpe", "sentencepiece", "--num-workers", "0",
-        # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
-        "--required-batch-size-multiple", "1",
-        "--results-path", "RESULTS_PATH", "--user-dir", USER_DIR, "--seed", str(seed),
-    ]  # fmt: skip
-    cmd += device_flags()
-
-    def build(tmp):
-        run_tool([tmp if c == "RESULTS_PATH" else c for c in cmd], args.threads, f"fairseq-generate ({run} seed {seed})")
-        return {}
-
-    dir_stage(f"generate {run} seed {seed}", out_dir, key, build, f"beam {beam(args)} on the test set", log=say)
-    path = os.path.join(out_dir, "generate-test.txt")
-    return path, display([out_dir if c == "RESULTS_PATH" else c for c in cmd])
-
-
-def read_hypotheses(path, n):
-    """Detokenised hypotheses from fairseq-generate output, in test-set order."""
-    hyps = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(("D-", "H-")):
-                tag, _score, text = (line.rstrip("\n").split("\t") + ["", ""])[:3]
-                idx = int(tag[2:])
-                if line.startswith("D-") or idx not in hyps:
-                    hyps[idx] = text
-    missing = [i for i in range(n) if i not in hyps]
-    if missing:
-        raise DemoError(f"{path}: no hypothesis for {len(missing)} of {n} test sentences (e.g. #{missing[0]})")
-    return [" ".join(hyps[i].replace("\u2581", " ").split()) for i in range(n)]
-
-
-def score(hyps, refs):
-    from sacrebleu.metrics import BLEU, CHRF
-
-    bleu, chrf = BLEU(), CHRF()
-    b = bleu.corpus_score(hyps, [refs])
-    c = chrf.corpus_score(hyps, [refs])
-    return {
-        "bleu": round(b.score, 2),
-        "chrf": round(c.score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-    }
-
-
-# ---------------------------------------------------------------------------
 # one run of one seed, and the comparison of a seed's two runs
 
 
@@ -278,8 +220,9 @@ def run_one(args, data, run, seed):
     save_dir = run_dir(args, run, seed)
     cmd = train_command(args, setting, data["data_bin"], save_dir, run, seed)
     info = train_run(cmd, save_dir, f"{run} seed {seed}", args.threads, VALID_METRICS, data=data["key"])
-    gen, gen_command = generate(args, setting, data["data_bin"], run, seed)
-    scores = score(read_hypotheses(gen, len(data["refs"])), data["refs"])
+    gen, gen_command = decode.generate(save_dir, data["data_bin"], beam(args), setting["max_len_b"], seed,
+                                       args.threads, f"{run} seed {seed}")
+    scores = decode.score(decode.read_hypotheses(gen, len(data["refs"])), data["refs"])
     say(f"{run} seed {seed}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
     # the tested checkpoint: checkpoint_best.pt, picked by the mode's validation metric
     metric = selected_by(setting)
@@ -303,7 +246,7 @@ def run_one(args, data, run, seed):
 
 def compare(args, data, seed, runs):
     """sacrebleu's paired bootstrap resampling of the seed's two test outputs (BLEU and chrF)."""
-    hyps = {run: read_hypotheses(os.path.join(REPO_ROOT, runs[run]["generate_output"]), len(data["refs"]))
+    hyps = {run: decode.read_hypotheses(os.path.join(REPO_ROOT, runs[run]["generate_output"]), len(data["refs"]))
             for run in runs}
     test = paired_bleu_test(hyps["baseline"], hyps["rdrop"], data["refs"])
     return {

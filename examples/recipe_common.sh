@@ -13,6 +13,7 @@
 #   require_file / require_dir  stop with an error that names a missing input
 #   claim_output  refuse to overwrite an existing, non-empty output directory
 #                 unless FORCE=1 (which removes it first)
+#   precision_args  add PRECISION's fairseq-train flag (fp16, bf16; fp32: none) to ARGS
 #   wmt14_pair P  check a WMT14 pair (en-de or en-fr) and set PAIR, SRC, TGT and
 #                 NAME (wmt14_en_de, the default data-bin/checkpoint name)
 #   SMOKE         1: the tiny CPU version of the recipe (see the recipe READMEs)
@@ -85,6 +86,16 @@ claim_output() {
             fi
         fi
     done
+}
+
+# precision_args: PRECISION's flag appended to the training command's ARGS (fp32: none)
+precision_args() {
+    case $PRECISION in
+        fp16) ARGS+=(--fp16) ;;
+        bf16) ARGS+=(--bf16) ;;
+        fp32) ;;
+        *) die "PRECISION=$PRECISION: fp16, bf16 or fp32" ;;
+    esac
 }
 
 # elapsed SECONDS_AT_START: "12s"

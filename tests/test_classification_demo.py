@@ -1,21 +1,17 @@
 """The sentence-classification demo (masked-LM pre-training, then sentence_prediction vs
 rdrop_sentence_prediction on Debian sections), tiny mode, end to end."""
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.example_helpers import REPO, run_module
+
 DEMO = "examples.classification.demo"
 
-
-def run_demo(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+run_demo = functools.partial(run_module, DEMO, timeout=900)
 
 
 def test_bad_settings_are_refused_before_anything_runs(tmp_path):

@@ -14,12 +14,10 @@ import pytest
 from examples.common import stages
 from examples.translation import debian_align, debian_snapshot
 from examples.translation import debian_corpus as dc
+from tests.example_helpers import APT_FIXTURES, REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-FIXTURES = os.path.join(REPO, "tests", "fixtures", "apt")
-DE = os.path.join(FIXTURES, "Translation-de")
-EN = os.path.join(FIXTURES, "Translation-en")
+DE = os.path.join(APT_FIXTURES, "Translation-de")
+EN = os.path.join(APT_FIXTURES, "Translation-en")
 
 
 @pytest.fixture(scope="module")

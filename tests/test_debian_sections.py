@@ -6,12 +6,10 @@ import os
 import pytest
 
 from examples.classification import debian_sections as ds
+from tests.example_helpers import APT_FIXTURES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-FIXTURES = os.path.join(REPO, "tests", "fixtures", "apt")
-PACKAGES = os.path.join(FIXTURES, "Packages")
-TRANSLATION = os.path.join(FIXTURES, "Translation-en")
+PACKAGES = os.path.join(APT_FIXTURES, "Packages")
+TRANSLATION = os.path.join(APT_FIXTURES, "Translation-en")
 
 
 @pytest.fixture(scope="module")

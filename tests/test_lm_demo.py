@@ -1,20 +1,16 @@
 """The language-model demo (baseline adaptive_loss vs rdrop_adaptive_loss on PTB), tiny mode."""
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.example_helpers import run_module
+
 DEMO = "examples.language_model.demo"
 
-
-def run_demo(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+run_demo = functools.partial(run_module, DEMO, timeout=600)
 
 
 def test_bad_alpha_is_refused_before_anything_runs(tmp_path):

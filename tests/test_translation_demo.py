@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from examples.translation import prepare as prep
+from tests.example_helpers import REPO, run_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(REPO, "examples", "translation")
 DEMO = "examples.translation.demo"
 RUN_KEYS = {"test_bleu", "test_chrf", "best_valid", "selected_by", "best_epoch", "valid_bleu_at_best",
@@ -19,9 +19,7 @@ RUN_KEYS = {"test_bleu", "test_chrf", "best_valid", "selected_by", "best_epoch",
 
 def run_demo(*args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", DEMO, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
-    )
+    return run_module(DEMO, *args, timeout=timeout, env=env)
 
 
 # --- preparation: bad input ----------------------------------------------------

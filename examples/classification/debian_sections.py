@@ -35,42 +35,31 @@ is touched) and reports how the rebuild differs from the snapshot;
 ``--update-snapshot`` replaces it.
 """
 
-import argparse
 import hashlib
 import html
-import json
-import lzma
 import os
 import sys
 import unicodedata
 from collections import Counter
 
+from examples.classification.sections_snapshot import (
+    # the snapshot's functions also serve the command line (corpus_main) and this corpus's callers
+    PROVENANCE, SNAPSHOT, compare_with_snapshot, export_plain, load_snapshot, read_tsv, update_snapshot,  # noqa: F401
+    write_tsv,
+)
 from examples.common import debian_apt
-from examples.common.debian_apt import (
-    DEFAULT_ARCHITECTURE, DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError, description_md5,
-    iter_stanzas, now_utc,
-)
-from examples.common.stages import (
-    atomic_write, file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key, write_json,
-)
+from examples.common.corpus_snapshot import SPLITS, corpus_digest, corpus_main, say
+from examples.common.debian_apt import DEFAULT_ARCHITECTURE, CorpusError, description_md5, iter_stanzas
+from examples.common.stages import file_stage_done, mark_file_stage, read_json, sha256_file, show_path, stage_key
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-DATA_DIR = os.path.join(HERE, "data")
-SNAPSHOT = os.path.join(DATA_DIR, "debian-sections.tsv.xz")
-PROVENANCE = os.path.join(DATA_DIR, "PROVENANCE.json")
 DEFAULT_WORK_DIR = os.path.join(HERE, "work", "corpus")
 
 MAX_WORDS = 64
 MIN_COUNT = 300
 TEST_PER_MILLE = 100
 VALID_PER_MILLE = 100
-SPLITS = ("train", "valid", "test")
-COLUMNS = ("split", "label", "package", "text")
-
-
-def say(msg):
-    print(f"[corpus] {msg}", flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -198,48 +187,6 @@ def label_counts(splits):
 
 
 # ---------------------------------------------------------------------------
-# TSV files: split <TAB> label <TAB> package <TAB> text
-
-
-def write_tsv(path, splits):
-    """Write the splits atomically (xz-compressed if ``*.xz``)."""
-    with atomic_write(path, "wb") as raw:
-        stream = lzma.open(raw, "w", preset=9 | lzma.PRESET_EXTREME) if path.endswith(".xz") else raw
-        try:
-            stream.write(("\t".join(COLUMNS) + "\n").encode("utf-8"))
-            for name in SPLITS:
-                for row in splits[name]:
-                    stream.write(("\t".join((name,) + tuple(row)) + "\n").encode("utf-8"))
-        finally:
-            if stream is not raw:
-                stream.close()
-
-
-def read_tsv(path):
-    """``{split: [(label, package, text)]}`` from a file written by :func:`write_tsv`."""
-    opener = lzma.open if path.endswith(".xz") else open
-    splits = {s: [] for s in SPLITS}
-    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-        header = f.readline().rstrip("\n")
-        if header != "\t".join(COLUMNS):
-            raise CorpusError(f"{path}: header {header!r}, expected {chr(9).join(COLUMNS)!r}")
-        for lineno, line in enumerate(f, 2):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != len(COLUMNS) or fields[0] not in splits:
-                raise CorpusError(f"{path}:{lineno}: not a 'split<TAB>label<TAB>package<TAB>text' row")
-            splits[fields[0]].append(tuple(fields[1:]))
-    return splits
-
-
-def corpus_digest(splits):
-    h = hashlib.sha256()
-    for name in SPLITS:
-        for row in splits[name]:
-            h.update(("\t".join((name,) + tuple(row)) + "\n").encode("utf-8"))
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------
 # the build
 
 
@@ -290,142 +237,40 @@ def build(packages_path, translation_path, work_dir=DEFAULT_WORK_DIR, max_words=
     return corpus_tsv, info
 
 
-def compare_with_snapshot(corpus_tsv, snapshot=SNAPSHOT):
-    """Print whether the built corpus equals the snapshot, and how it differs; True if equal."""
-    if not os.path.exists(snapshot):
-        say(f"no snapshot at {snapshot} to compare with")
-        return False
-    built, snap = read_tsv(corpus_tsv), read_tsv(snapshot)
-    if corpus_digest(built) == corpus_digest(snap):
-        say("the rebuilt corpus is identical to the shipped snapshot")
-        return True
-    say("the rebuilt corpus DIFFERS from the shipped snapshot:")
-    for s in SPLITS:
-        a, b = set(built[s]), set(snap[s])
-        say(f"  {s}: rebuilt {len(built[s])}, snapshot {len(snap[s])}, "
-            f"only in rebuilt {len(a - b)}, only in snapshot {len(b - a)}")
-    labels_a = {label for s in SPLITS for label, _, _ in built[s]}
-    labels_b = {label for s in SPLITS for label, _, _ in snap[s]}
-    if labels_a != labels_b:
-        say(f"  sections only in rebuilt: {sorted(labels_a - labels_b)}, only in snapshot: {sorted(labels_b - labels_a)}")
-    say("  (use --update-snapshot to replace the snapshot)")
-    return False
-
-
-def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PROVENANCE):
-    """Write the xz snapshot and its provenance (atomically)."""
-    write_tsv(snapshot, read_tsv(corpus_tsv))
-    prov = {
-        "description": "Debian package descriptions (English) labelled with their archive section, "
-        "built by examples/classification/debian_sections.py",
-        "source": {
-            "archive": release.get("origin", "Debian"),
-            "mirror": release.get("mirror"),
-            "suite": release.get("suite"),
-            "codename": release.get("codename"),
-            "version": release.get("version"),
-            "component": release.get("component"),
-            "architecture": release.get("architecture"),
-            "release_date": release.get("date"),
-            "fetched": release.get("fetched"),
-            "index_files": ["binary-<architecture>/Packages", "i18n/Translation-en"],
-            "index_sha256": info["index_sha256"],
-            "index_sha256_note": "sha256 of the uncompressed index files as read; checked against the "
-            "SHA256 list of the suite's signed InRelease file when fetched with apt",
-        },
-        "rebuild": "python -m examples.classification.debian_sections build --from-apt --suite "
-        f"{release.get('codename') or DEFAULT_SUITE}",
-        "built": now_utc(),
-        "terms": "Debian package descriptions (from the packages' maintainers) and sections, as published "
-        "in the Debian archive's index files; see the Debian archive for their terms",
-        "params": info["params"],
-        "stats": info["stats"],
-        "mapping": info["mapping"],
-        "label_counts": info["label_counts"],
-        "corpus_sha256": info["corpus_sha256"],
-        "snapshot_sha256": sha256_file(snapshot),
-        "format": "xz-compressed TSV with header 'split<TAB>label<TAB>package<TAB>text'; split is train, "
-        "valid or test; package is the first (by name) of the packages carrying the description",
-    }
-    write_json(provenance, prov)
-    say(f"snapshot written: {show_path(snapshot)} ({os.path.getsize(snapshot) / 1e6:.2f} MB)")
-
-
-def load_snapshot(snapshot=SNAPSHOT):
-    """The shipped corpus as ``{split: [(label, package, text), ...]}``."""
-    return read_tsv(snapshot)
-
-
-def export_plain(splits, out_dir):
-    """Write ``{split}.input0`` (texts) and ``{split}.label`` (sections), line-aligned, atomically."""
-    os.makedirs(out_dir, exist_ok=True)
-    for s in SPLITS:
-        with atomic_write(os.path.join(out_dir, f"{s}.input0")) as f:
-            f.writelines(text + "\n" for _, _, text in splits[s])
-        with atomic_write(os.path.join(out_dir, f"{s}.label")) as f:
-            f.writelines(label + "\n" for label, _, _ in splits[s])
-
-
 # ---------------------------------------------------------------------------
 # command line
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build the corpus (from apt or from two index files)")
-    src = b.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-apt", action="store_true", help="fetch the index files with apt-get update (private dir)")
-    src.add_argument("--packages", metavar="FILE", help="a Packages index file (use with --translation)")
-    b.add_argument("--translation", metavar="FILE", help="a Translation-en index file (use with --packages)")
-    b.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="where the build writes (default: %(default)s)")
-    b.add_argument("--mirror", default=DEFAULT_MIRROR)
-    b.add_argument("--suite", default=DEFAULT_SUITE)
-    b.add_argument("--component", default=DEFAULT_COMPONENT)
-    b.add_argument("--architecture", default=DEFAULT_ARCHITECTURE)
-    b.add_argument("--max-words", type=int, default=MAX_WORDS)
-    b.add_argument("--min-count", type=int, default=MIN_COUNT, help="examples a section needs to be kept")
-    b.add_argument("--snapshot", default=SNAPSHOT, help="snapshot to compare with / update")
-    b.add_argument("--update-snapshot", action="store_true", help="replace the snapshot and PROVENANCE.json")
-    b.add_argument("--export", metavar="DIR", help="also write {train,valid,test}.{input0,label} into DIR")
-    e = sub.add_parser("export", help="write the snapshot as {train,valid,test}.{input0,label} text files")
-    e.add_argument("out_dir")
-    e.add_argument("--snapshot", default=SNAPSHOT)
-    args = parser.parse_args(argv)
+def add_options(build_parser, sources):
+    """This corpus's own options of ``build``: its two index files and its parameters."""
+    sources.add_argument("--packages", metavar="FILE", help="a Packages index file (use with --translation)")
+    build_parser.add_argument("--translation", metavar="FILE", help="a Translation-en index file (use with --packages)")
+    build_parser.add_argument("--architecture", default=DEFAULT_ARCHITECTURE)
+    build_parser.add_argument("--max-words", type=int, default=MAX_WORDS)
+    build_parser.add_argument("--min-count", type=int, default=MIN_COUNT, help="examples a section needs to be kept")
 
-    try:
-        if args.command == "export":
-            splits = load_snapshot(args.snapshot)
-            export_plain(splits, args.out_dir)
-            say("exported " + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS) + f" to {args.out_dir}")
-            return 0
-        if args.packages and not args.translation:
-            parser.error("--packages needs --translation")
-        if args.max_words < 1 or args.min_count < 1:
-            parser.error("--max-words and --min-count must be >= 1")
-        release = {}
-        if args.from_apt:
-            paths, release = debian_apt.fetch_indexes(
-                os.path.join(args.work_dir, "apt"), ("en",), packages=True, mirror=args.mirror,
-                suite=args.suite, component=args.component, architecture=args.architecture, say=say,
-            )
-            packages_path, translation_path = paths["Packages"], paths["Translation-en"]
-        else:
-            packages_path, translation_path = args.packages, args.translation
-        corpus_tsv, info = build(packages_path, translation_path, args.work_dir, args.max_words, args.min_count)
-        say(f"stats: {json.dumps(info['stats'])}")
-        same = compare_with_snapshot(corpus_tsv, args.snapshot)
-        if args.update_snapshot and not same:
-            update_snapshot(corpus_tsv, info, release, args.snapshot,
-                            os.path.join(os.path.dirname(args.snapshot), "PROVENANCE.json"))
-        if args.export:
-            export_plain(read_tsv(corpus_tsv), args.export)
-            say(f"exported to {args.export}")
-    except CorpusError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+def build_from_args(args, parser):
+    """``build`` as the command line asks: ``(corpus_tsv, info, release)``."""
+    if args.packages and not args.translation:
+        parser.error("--packages needs --translation")
+    if args.max_words < 1 or args.min_count < 1:
+        parser.error("--max-words and --min-count must be >= 1")
+    release = {}
+    if args.from_apt:
+        paths, release = debian_apt.fetch_indexes(
+            os.path.join(args.work_dir, "apt"), ("en",), packages=True, mirror=args.mirror,
+            suite=args.suite, component=args.component, architecture=args.architecture, say=say,
+        )
+        packages_path, translation_path = paths["Packages"], paths["Translation-en"]
+    else:
+        packages_path, translation_path = args.packages, args.translation
+    corpus_tsv, info = build(packages_path, translation_path, args.work_dir, args.max_words, args.min_count)
+    return corpus_tsv, info, release
+
+
+def main(argv=None):
+    return corpus_main(argv, sys.modules[__name__], "{train,valid,test}.{input0,label}")
 
 
 if __name__ == "__main__":

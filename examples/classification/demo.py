@@ -35,25 +35,23 @@ Examples::
     python -m examples.classification.demo --status           # where the runs stand
 """
 
-import json
 import os
 import re
-import subprocess
 import sys
 import time
 
 from examples.classification import prepare as prep
 from examples.common.base import (
-    DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel, say,
-    train_run_flags,
+    DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
 )
 from examples.common.cli import check_demo_args, demo_parser, parse_demo_args, train_flags
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
-from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.report import TRAINING_MEAN_KEYS, TRAINING_ROWS
+from examples.common.stages import dir_stage, fairseq_command, read_json, sha256_file, stage_key
 from examples.common.stats import mcnemar_test
-from examples.common.training import stopped_early, train_run
+from examples.common.training import train_run, training_record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -107,17 +105,12 @@ def check_setup(args):
     check_demo_args(args)
     if args.train_limit is not None and args.train_limit < 10:
         raise DemoError(f"--train-limit must be >= 10, got {args.train_limit}")
-    for tool in ("preprocess", "train"):
-        cmd = fairseq_command(tool)
-        if len(cmd) == 1 and not os.path.exists(cmd[0]):
-            raise DemoError(f"fairseq-{tool} not found")
     try:
         import sentencepiece  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as e:
         raise DemoError(f"{e.name} is missing: pip install -e '.[demo]'") from None
-    check_criterion_registers(RDROP_CRITERION, args.threads)
-    check_results_dir(args.results_dir, args.work_dir)
+    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train"))
 
 
 def _fairseq_train(data_bin, task_flags, setting, save_dir, seed, extra):
@@ -150,23 +143,17 @@ def pretrain(args, data, threads):
                     positions=setting["positions"])
 
     def build(tmp):
-        cmd = pretrain_command(args, data["mlm_bin"], tmp)
-        say("  " + display(cmd))
         t0 = time.time()
-        proc = subprocess.run(cmd, env=child_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise DemoError(f"masked-LM pre-training failed:\n{proc.stdout[-3000:]}")
-        m = re.findall(r'"valid_loss": "([\d.]+)"', proc.stdout)
+        output = run_tool(pretrain_command(args, data["mlm_bin"], tmp), threads, "masked-LM pre-training")
+        m = re.findall(r'"valid_loss": "([\d.]+)"', output)
         # the directory moves into place when this returns: the command names its final place
         return {"command": display(pretrain_command(args, data["mlm_bin"], out)), "threads": threads,
                 "seconds": round(time.time() - t0, 1), "valid_loss": float(m[-1]) if m else None}
 
     dir_stage("pretrain", out, key, build,
               f"masked-LM pre-training on {data['pretrain_lines']} descriptions, {threads} threads", log=say)
-    with open(os.path.join(out, ".stage.json"), encoding="utf-8") as f:
-        info = json.load(f)
     ckpt = os.path.join(out, "checkpoint_last.pt")
-    return dict(info, checkpoint=ckpt, checkpoint_sha256=sha256_file(ckpt))
+    return dict(read_json(os.path.join(out, ".stage.json")), checkpoint=ckpt, checkpoint_sha256=sha256_file(ckpt))
 
 
 def train_command(args, data, save_dir, run, seed):
@@ -201,17 +188,12 @@ def predict(args, data, run, seed):
     label = f"{run} seed {seed}"
 
     def build(tmp):
-        tmp_cmd = cmd[:-1] + [os.path.join(tmp, "test.pred")]
-        say("  " + display(cmd))
-        proc = subprocess.run(tmp_cmd, env=child_env(args.threads), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise DemoError(f"predicting the test set ({label}) failed:\n{proc.stdout[-3000:]}")
+        run_tool(cmd[:-1] + [os.path.join(tmp, "test.pred")], args.threads, f"predicting the test set ({label})",
+                 shown=cmd)
         return {"command": display(cmd)}
 
     dir_stage(f"predict {label}", out_dir, key, build, "the best checkpoint on the test set", log=say)
-    with open(os.path.join(out_dir, ".stage.json"), encoding="utf-8") as f:
-        info = json.load(f)
+    info = read_json(os.path.join(out_dir, ".stage.json"))
     with open(os.path.join(out_dir, "test.pred"), encoding="utf-8") as f:
         rows = [line.split() for line in f]
     if len(rows) != data["counts"]["test"]:
@@ -240,22 +222,9 @@ def run_one(args, data, run, seed):
     test = predict(args, data, run, seed)
     figures = scores(test["predicted"], test["gold"])
     say(f"{run} seed {seed}: test accuracy {figures['test_accuracy']:.2f}, macro-F1 {figures['test_macro_f1']:.2f}")
-    epochs = info["epochs"]
-    best = checkpoint_epoch(epochs, "accuracy", higher_is_better=True) or {}
-    return dict(
-        figures,
-        best_valid_accuracy=best.get("accuracy"),
-        best_epoch=best.get("epoch"),
-        epochs=len(epochs),
-        updates=info["updates"],
-        stopped_early=stopped_early(info["budget"], len(epochs)),
-        seconds=info["seconds"],
-        history=info.get("history", []),
-        curve=epochs,
-        train_command=info["command"],
-        predict_command=test["command"],
-        predictions=rel(test["output"]),
-    )
+    best = checkpoint_epoch(info["epochs"], "accuracy", higher_is_better=True) or {}
+    return dict(figures, best_valid_accuracy=best.get("accuracy"), best_epoch=best.get("epoch"),
+                **training_record(info), predict_command=test["command"], predictions=rel(test["output"]))
 
 
 def compare(args, data, seed, runs):
@@ -276,17 +245,7 @@ TABLE_ROWS = (
     ("test accuracy", "test_accuracy", "{:.2f}"),
     ("test macro-F1", "test_macro_f1", "{:.2f}"),
     ("best valid accuracy", "best_valid_accuracy", "{:.2f}"),
-    ("its epoch", "best_epoch", "{:d}"),
-    ("epochs", "epochs", "{:d}"),
-    ("stopped early", "stopped_early", "{}"),
-    ("train time (s)", "seconds", "{:.0f}"),
-)
-MEAN_KEYS = ("test_accuracy", "test_macro_f1", "best_valid_accuracy", "best_epoch", "epochs", "updates", "seconds")
-CURVES = (
-    ("accuracy", "validation accuracy", "accuracy (%)"),
-    ("loss", "validation loss", "loss (base 2)"),
-)
-STATUS_METRICS = ("accuracy", "loss")
+) + TRAINING_ROWS
 
 
 def parse_args(argv=None):
@@ -327,19 +286,14 @@ def task_results(args, data, per_seed):
     return results
 
 
-TASK = DemoTask(
-    module="examples.classification.demo",
-    parse_args=parse_args,
-    check_setup=check_setup,
-    prepare=prepare_data,
-    run_one=run_one,
-    compare=compare,
-    results=task_results,
+TASK = DemoTask.of_module(
+    "examples.classification.demo",
+    sys.modules[__name__],
     title=lambda args: f"Debian sections, {ARCH} (pre-trained, fine-tuned), mode '{args.mode}'",
     table_rows=lambda args: TABLE_ROWS,
-    curves=CURVES,
-    status_metrics=STATUS_METRICS,
-    mean_keys=MEAN_KEYS,
+    curves=(("accuracy", "validation accuracy", "accuracy (%)"), ("loss", "validation loss", "loss (base 2)")),
+    status_metrics=("accuracy", "loss"),  # what --status shows per epoch
+    mean_keys=("test_accuracy", "test_macro_f1", "best_valid_accuracy") + TRAINING_MEAN_KEYS,
     errors=(prep.PrepareError,),
 )
 

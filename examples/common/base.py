@@ -1,12 +1,14 @@
 """What every demo module uses: the repository's paths, the two runs, the demos' error and
-messages, fairseq flags and commands as shown, the environment of a training process and the
-checks made before anything runs.
+messages, fairseq flags and commands as shown, the environment of a training process, the run
+of an evaluation tool and the checks made before anything runs.
 """
 
 import os
 import shlex
 import subprocess
 import sys
+
+from examples.common.stages import fairseq_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
@@ -78,6 +80,29 @@ def child_env(threads):
     env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore")
     env["PYTHONPATH"] = REPO + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else REPO
     return env
+
+
+def run_tool(cmd, threads, what, shown=None):
+    """Run an evaluation tool's ``cmd`` (shown as ``shown``, by default ``cmd`` itself) in a training
+    process's environment; its output (stdout and stderr together).  Raises :class:`DemoError`
+    with the output's tail when it fails (``what`` names it: "fairseq-generate (rdrop seed 1)")."""
+    say("  " + display(shown or cmd))
+    proc = subprocess.run(cmd, env=child_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise DemoError(f"{what} failed:\n{proc.stdout[-3000:]}")
+    return proc.stdout
+
+
+def check_fairseq(args, criterion, tools):
+    """The checks every demo makes last, before anything runs: each ``fairseq-<tool>`` of ``tools``
+    is there, importing the plugin registers ``criterion`` (imports fairseq: a few seconds), and
+    the results dir is writable and outside the work dir."""
+    for tool in tools:
+        cmd = fairseq_command(tool)
+        if len(cmd) == 1 and not os.path.exists(cmd[0]):
+            raise DemoError(f"fairseq-{tool} not found")
+    check_criterion_registers(criterion, args.threads)
+    check_results_dir(args.results_dir, args.work_dir)
 
 
 def check_criterion_registers(criterion, threads):

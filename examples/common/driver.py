@@ -43,6 +43,15 @@ class DemoTask:
     mean_keys: Tuple  # the per-seed figures averaged over seeds
     errors: Tuple = ()  # the task's own exceptions that mean "the user has to fix something"
 
+    @classmethod
+    def of_module(cls, module, hooks, **rest):
+        """The task of the demo ``module`` (its name) whose functions ``hooks`` (the module object)
+        holds under the names every demo gives them: ``parse_args``, ``check_setup``,
+        ``prepare_data``, ``run_one``, ``compare`` and ``task_results``; ``rest``: the other fields."""
+        return cls(module=module, parse_args=hooks.parse_args, check_setup=hooks.check_setup,
+                   prepare=hooks.prepare_data, run_one=hooks.run_one, compare=hooks.compare,
+                   results=hooks.task_results, **rest)
+
 
 # the options that a run's own process gets from the driver instead of the user's argv
 CHILD_OPTIONS = ("--seeds", "--run", "--threads", "--jobs")

@@ -14,6 +14,15 @@ from examples.common.stages import atomic_write, write_json
 from examples.common.stats import mean_std
 
 RUN_LABELS = {"baseline": "baseline", "rdrop": "R-Drop"}
+# the rows every demo's table ends with, and the figures averaged over seeds every demo has: the
+# tested checkpoint's epoch and the training run's (see training.training_record)
+TRAINING_ROWS = (
+    ("its epoch", "best_epoch", "{:d}"),
+    ("epochs", "epochs", "{:d}"),
+    ("stopped early", "stopped_early", "{}"),
+    ("train time (s)", "seconds", "{:.0f}"),
+)
+TRAINING_MEAN_KEYS = ("best_epoch", "epochs", "updates", "seconds")
 
 
 def seed_table(per_seed, rows, p_values=None):

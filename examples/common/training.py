@@ -103,6 +103,22 @@ def stopped_early(budget, trained):
     return max_epoch is not None and trained < max_epoch
 
 
+def training_record(info):
+    """The fields of a run's per-seed record that come from its training (``info``, from
+    :func:`train_run`): epochs and updates trained, whether it stopped early, its time and
+    history, its validation curve and its command."""
+    epochs = info["epochs"]
+    return {
+        "epochs": len(epochs),
+        "updates": info["updates"],
+        "stopped_early": stopped_early(info["budget"], len(epochs)),
+        "seconds": info["seconds"],
+        "history": info.get("history", []),
+        "curve": epochs,
+        "train_command": info["command"],
+    }
+
+
 def epochs_text(n):
     """``1 epoch``, ``3 epochs``: a count of epochs as the messages write it."""
     return f"{n} epoch{'' if n == 1 else 's'}"

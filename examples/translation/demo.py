@@ -62,27 +62,28 @@ Usage::
     python -m examples.translation.demo --mode medium --status
 """
 
+# Over 300 lines because the docstring above is the demo's manual (its --help) and MODES holds the
+# per-mode settings; the task's own code is about 200 lines
+# (the test set's decoding and scoring are decode.py's).
+
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-from examples.common.base import (
-    USER_DIR, DemoError, check_criterion_registers, check_results_dir, child_env, device_flags, display, flags, rel,
-    say, train_run_flags,
-)
+from examples.common.base import USER_DIR, DemoError, check_fairseq, device_flags, flags, rel, say, train_run_flags
 from examples.common.cli import (
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
 )
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
-from examples.common.stages import dir_stage, fairseq_command, sha256_file, stage_key
+from examples.common.report import TRAINING_MEAN_KEYS, TRAINING_ROWS
+from examples.common.stages import fairseq_command
 from examples.common.stats import paired_bleu_test
-from examples.common.training import data_key, stopped_early, train_run
+from examples.common.training import data_key, train_run, training_record
 from examples.translation import debian_corpus as dc
-from examples.translation import debian_snapshot
+from examples.translation import debian_snapshot, decode
 from examples.translation import prepare as prep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -105,6 +106,18 @@ def transformer(layers, dim, ffn_dim, heads):
     }
 
 
+# The quick and medium modes' model, schedule, dropout, α and stopping rule, chosen on validation
+# (RESULTS.md, "Choosing the quick mode"): validation loss picks the checkpoint and stops the runs
+# (no BLEU decoding each epoch).
+SMALL = {
+    "model": transformer(2, 128, 512, 4),
+    "train": {"lr": "3e-3", "warmup-updates": 100, "max-tokens": 2048, "max-epoch": 60, "patience": 2},
+    "dropout": 0.1,
+    "alpha": 2.0,
+    "select": "loss",
+    "eval_beam": 1,
+    "max_len_b": 10,
+}
 # Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
 # are fairseq-train flags shared by both runs.
 MODES = {
@@ -117,17 +130,10 @@ MODES = {
         "seeds": (1, 2),
     },
     # chosen on validation (RESULTS.md, "Choosing the quick mode"): a slice small enough that the
-    # baseline overfits within minutes; validation loss picks the checkpoint and stops the runs
-    # (no BLEU decoding each epoch), so both runs stop early within the 25-minute budget
+    # baseline overfits within minutes, so both runs stop early within the 25-minute budget
     "quick": {
         "data": {"limit": 2000, "valid_limit": 300, "test_limit": 1000, "vocab_size": 2000},
-        "model": transformer(2, 128, 512, 4),
-        "train": {"lr": "3e-3", "warmup-updates": 100, "max-tokens": 2048, "max-epoch": 60, "patience": 2},
-        "dropout": 0.1,
-        "alpha": 2.0,
-        "select": "loss",
-        "eval_beam": 1,
-        "max_len_b": 10,
+        **SMALL,
         "seeds": (1, 2),
     },
     # chosen on validation (RESULTS.md, "Choosing the medium mode"): the quick mode's model and
@@ -135,13 +141,7 @@ MODES = {
     # and the three seeds fit the 2.5-hour budget
     "medium": {
         "data": {"limit": 5000, "valid_limit": 1000, "test_limit": None, "vocab_size": 4000},
-        "model": transformer(2, 128, 512, 4),
-        "train": {"lr": "3e-3", "warmup-updates": 100, "max-tokens": 2048, "max-epoch": 60, "patience": 2},
-        "dropout": 0.1,
-        "alpha": 2.0,
-        "select": "loss",
-        "eval_beam": 1,
-        "max_len_b": 10,
+        **SMALL,
         "seeds": (1, 2, 3),
     },
     "full": {
@@ -171,12 +171,7 @@ def check_setup(args):
         raise DemoError(f"corpus snapshot not found: {args.snapshot} (use --from-apt to rebuild it)")
     if not os.path.isdir(USER_DIR):
         raise DemoError(f"plugin directory not found: {USER_DIR}")
-    for tool in ("preprocess", "train", "generate"):
-        cmd = fairseq_command(tool)
-        if len(cmd) == 1 and not os.path.exists(cmd[0]):
-            raise DemoError(f"fairseq-{tool} not found")
-    check_criterion_registers(RDROP_CRITERION, args.threads)  # imports fairseq: a few seconds
-    check_results_dir(args.results_dir, args.work_dir)
+    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train", "generate"))
 
 
 # ---------------------------------------------------------------------------
@@ -216,71 +211,6 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
 
 
 # ---------------------------------------------------------------------------
-# decoding and scoring
-
-
-def generate(args, setting, data_bin, run, seed):
-    """Decode the test set with the run's best checkpoint; returns fairseq-generate's output file."""
-    save_dir = run_dir(args, run, seed)
-    out_dir = os.path.join(save_dir, "test")
-    ckpt = os.path.join(save_dir, "checkpoint_best.pt")
-    key = stage_key(ckpt=sha256_file(ckpt), beam=beam(args), max_len_b=setting["max_len_b"])
-    cmd = fairseq_command("generate") + [
-        data_bin, "--task", "translation", "--source-lang", "de", "--target-lang", "en",
-        "--path", ckpt, "--gen-subset", "test", "--beam", str(beam(args)),
-        "--max-len-a", "1.2", "--max-len-b", str(setting["max_len_b"]),
-        "--batch-size", "64", "--remove-bpe", "sentencepiece", "--num-workers", "0",
-        # fairseq 0.12 drops the last batch when its size is no multiple of this (default 8)
-        "--required-batch-size-multiple", "1",
-        "--results-path", "RESULTS_PATH", "--user-dir", USER_DIR, "--seed", str(seed),
-    ]  # fmt: skip
-    cmd += device_flags()
-
-    def build(tmp):
-        run_cmd = [tmp if c == "RESULTS_PATH" else c for c in cmd]
-        say("  " + display(run_cmd))
-        proc = subprocess.run(run_cmd, env=child_env(args.threads), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise DemoError(f"fairseq-generate ({run} seed {seed}) failed:\n{proc.stdout[-3000:]}")
-        return {}
-
-    dir_stage(f"generate {run} seed {seed}", out_dir, key, build, f"beam {beam(args)} on the test set", log=say)
-    path = os.path.join(out_dir, "generate-test.txt")
-    return path, display([out_dir if c == "RESULTS_PATH" else c for c in cmd])
-
-
-def read_hypotheses(path, n):
-    """Detokenised hypotheses from fairseq-generate output, in test-set order."""
-    hyps = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(("D-", "H-")):
-                tag, _score, text = (line.rstrip("\n").split("\t") + ["", ""])[:3]
-                idx = int(tag[2:])
-                if line.startswith("D-") or idx not in hyps:
-                    hyps[idx] = text
-    missing = [i for i in range(n) if i not in hyps]
-    if missing:
-        raise DemoError(f"{path}: no hypothesis for {len(missing)} of {n} test sentences (e.g. #{missing[0]})")
-    return [" ".join(hyps[i].replace("\u2581", " ").split()) for i in range(n)]
-
-
-def score(hyps, refs):
-    from sacrebleu.metrics import BLEU, CHRF
-
-    bleu, chrf = BLEU(), CHRF()
-    b = bleu.corpus_score(hyps, [refs])
-    c = chrf.corpus_score(hyps, [refs])
-    return {
-        "bleu": round(b.score, 2),
-        "chrf": round(c.score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-    }
-
-
-# ---------------------------------------------------------------------------
 # one run of one seed, and the comparison of a seed's two runs
 
 
@@ -290,13 +220,13 @@ def run_one(args, data, run, seed):
     save_dir = run_dir(args, run, seed)
     cmd = train_command(args, setting, data["data_bin"], save_dir, run, seed)
     info = train_run(cmd, save_dir, f"{run} seed {seed}", args.threads, VALID_METRICS, data=data["key"])
-    gen, gen_command = generate(args, setting, data["data_bin"], run, seed)
-    scores = score(read_hypotheses(gen, len(data["refs"])), data["refs"])
+    gen, gen_command = decode.generate(save_dir, data["data_bin"], beam(args), setting["max_len_b"], seed,
+                                       args.threads, f"{run} seed {seed}")
+    scores = decode.score(decode.read_hypotheses(gen, len(data["refs"])), data["refs"])
     say(f"{run} seed {seed}: test BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
-    epochs = info["epochs"]
     # the tested checkpoint: checkpoint_best.pt, picked by the mode's validation metric
     metric = selected_by(setting)
-    best = checkpoint_epoch(epochs, metric, higher_is_better=metric == "bleu") or {}
+    best = checkpoint_epoch(info["epochs"], metric, higher_is_better=metric == "bleu") or {}
     return {
         "test_bleu": scores["bleu"],
         "test_chrf": scores["chrf"],
@@ -306,13 +236,7 @@ def run_one(args, data, run, seed):
         "valid_bleu_at_best": best.get("bleu"),
         "valid_loss_at_best": best.get("loss"),
         "valid_ppl_at_best": best.get("ppl"),
-        "epochs": len(epochs),
-        "updates": info["updates"],
-        "stopped_early": stopped_early(info["budget"], len(epochs)),
-        "seconds": info["seconds"],
-        "history": info.get("history", []),
-        "curve": epochs,
-        "train_command": info["command"],
+        **training_record(info),
         "generate_command": gen_command,
         "generate_output": rel(gen),
         "bleu_signature": scores["bleu_signature"],
@@ -322,7 +246,7 @@ def run_one(args, data, run, seed):
 
 def compare(args, data, seed, runs):
     """sacrebleu's paired bootstrap resampling of the seed's two test outputs (BLEU and chrF)."""
-    hyps = {run: read_hypotheses(os.path.join(REPO_ROOT, runs[run]["generate_output"]), len(data["refs"]))
+    hyps = {run: decode.read_hypotheses(os.path.join(REPO_ROOT, runs[run]["generate_output"]), len(data["refs"]))
             for run in runs}
     test = paired_bleu_test(hyps["baseline"], hyps["rdrop"], data["refs"])
     return {
@@ -338,21 +262,8 @@ def table_rows(args):
         ("test BLEU", "test_bleu", "{:.2f}"),
         ("test chrF", "test_chrf", "{:.2f}"),
         (f"best valid {'BLEU' if metric == 'bleu' else 'loss'}", "best_valid", "{:.2f}" if metric == "bleu" else "{:.3f}"),
-        ("its epoch", "best_epoch", "{:d}"),
-        ("epochs", "epochs", "{:d}"),
-        ("stopped early", "stopped_early", "{}"),
-        ("train time (s)", "seconds", "{:.0f}"),
-    )
+    ) + TRAINING_ROWS
 
-
-MEAN_KEYS = ("test_bleu", "test_chrf", "best_valid", "best_epoch", "epochs", "updates", "seconds")
-CURVES = (
-    ("loss", "validation loss", "label-smoothed loss (base 2)"),
-    ("bleu", "validation BLEU", "BLEU"),
-)
-
-# what --status shows per epoch
-STATUS_METRICS = ("bleu", "loss")
 
 # ---------------------------------------------------------------------------
 
@@ -411,19 +322,14 @@ def task_results(args, data, per_seed):
     }
 
 
-TASK = DemoTask(
-    module="examples.translation.demo",
-    parse_args=parse_args,
-    check_setup=check_setup,
-    prepare=prepare_data,
-    run_one=run_one,
-    compare=compare,
-    results=task_results,
+TASK = DemoTask.of_module(
+    "examples.translation.demo",
+    sys.modules[__name__],
     title=lambda args: f"De->En Debian descriptions, mode '{args.mode}'",
     table_rows=table_rows,
-    curves=CURVES,
-    status_metrics=STATUS_METRICS,
-    mean_keys=MEAN_KEYS,
+    curves=(("loss", "validation loss", "label-smoothed loss (base 2)"), ("bleu", "validation BLEU", "BLEU")),
+    status_metrics=("bleu", "loss"),  # what --status shows per epoch
+    mean_keys=("test_bleu", "test_chrf", "best_valid") + TRAINING_MEAN_KEYS,
     errors=(prep.PrepareError, dc.CorpusError),
 )
 

@@ -52,12 +52,7 @@ case $RUN in
     baseline) ARGS+=(--criterion label_smoothed_cross_entropy) ;;
     *) die "unknown run '$RUN': rdrop or baseline" ;;
 esac
-case $PRECISION in
-    fp16) ARGS+=(--fp16) ;;
-    bf16) ARGS+=(--bf16) ;;
-    fp32) ;;
-    *) die "PRECISION=$PRECISION: fp16, bf16 or fp32" ;;
-esac
+precision_args
 if [ "$SMOKE" = 1 ]; then
     # the same command with a tiny model, small batches and three epochs on CPU
     ARGS+=(

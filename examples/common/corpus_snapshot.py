@@ -1,0 +1,216 @@
+"""A corpus built from Debian's apt index files, as files: what the translation and the
+classification corpora share.
+
+* the TSV format: a header naming the columns, the first of which is the split
+  (``train``, ``valid`` or ``test``), one row a line; xz-compressed for ``*.xz``;
+* the corpus digest (sha256 of the rows, independent of compression);
+* the shipped snapshot: its comparison with a rebuild, its rewrite with its
+  ``PROVENANCE.json`` (the ``source`` part, the Debian release read, is shared);
+* the command line of a corpus builder: ``build`` (from apt or from index files;
+  compared with the snapshot, ``--update-snapshot``, ``--export``) and ``export``.
+
+The corpus modules say what is their own: the columns, the build, the export's
+file names and the rest of the provenance.
+"""
+
+import argparse
+import hashlib
+import json
+import lzma
+import os
+import sys
+
+from examples.common.debian_apt import DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError
+from examples.common.stages import atomic_write, sha256_file, show_path, write_json
+
+SPLITS = ("train", "valid", "test")
+
+
+def say(msg):
+    print(f"[corpus] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# TSV files
+
+
+def _open_text(path, mode):
+    if path.endswith(".xz"):
+        return lzma.open(path, mode + "t", encoding="utf-8", newline="\n")
+    return open(path, mode, encoding="utf-8", newline="\n")
+
+
+def write_tsv(path, columns, rows):
+    """Write ``(split, field, ...)`` rows under the header ``columns`` atomically (xz-compressed if
+    ``*.xz``)."""
+    with atomic_write(path, "wb") as raw:
+        stream = lzma.open(raw, "w", preset=9 | lzma.PRESET_EXTREME) if path.endswith(".xz") else raw
+        try:
+            stream.write(("\t".join(columns) + "\n").encode("utf-8"))
+            for row in rows:
+                if any("\t" in x or "\n" in x for x in row):
+                    raise ValueError(f"tab or newline inside a field: {row!r}")
+                stream.write(("\t".join(row) + "\n").encode("utf-8"))
+        finally:
+            if stream is not raw:
+                stream.close()
+
+
+def read_tsv(path, columns):
+    """Read a corpus TSV with the header ``columns`` into ``{split: [(field, ...), ...]}``."""
+    if not os.path.exists(path):
+        raise CorpusError(f"corpus file not found: {path}")
+    header_line = "\t".join(columns)
+    splits = {s: [] for s in SPLITS}
+    try:
+        with _open_text(path, "r") as f:
+            header = f.readline().rstrip("\n")
+            if header != header_line:
+                raise CorpusError(f"{path}: expected header {header_line!r}, got {header[:60]!r}")
+            for lineno, line in enumerate(f, 2):
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) != len(columns) or fields[0] not in splits:
+                    raise CorpusError(f"{path}:{lineno}: expected '{'<TAB>'.join(columns)}', got {line[:60]!r}")
+                splits[fields[0]].append(tuple(fields[1:]))
+    except (lzma.LZMAError, EOFError, UnicodeDecodeError) as e:
+        raise CorpusError(f"cannot read corpus file {path}: {e}") from e
+    return splits
+
+
+def splits_to_rows(splits):
+    """``{split: [(field, ...)]}`` -> ``(split, field, ...)`` rows, the splits in order."""
+    for name in SPLITS:
+        for row in splits[name]:
+            yield (name,) + tuple(row)
+
+
+def corpus_digest(splits):
+    """sha256 of the corpus content (independent of compression)."""
+    h = hashlib.sha256()
+    for row in splits_to_rows(splits):
+        h.update(("\t".join(row) + "\n").encode("utf-8"))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# the snapshot
+
+
+def compare_with_snapshot(corpus_tsv, snapshot, columns, differences=None):
+    """Print whether the built corpus equals the snapshot, and how it differs; True if equal.
+
+    ``differences(built, snap)``: the corpus's own lines about how they differ, after the counts.
+    """
+    if not os.path.exists(snapshot):
+        say(f"no snapshot at {snapshot} to compare with")
+        return False
+    built, snap = read_tsv(corpus_tsv, columns), read_tsv(snapshot, columns)
+    if corpus_digest(built) == corpus_digest(snap):
+        say("the rebuilt corpus is identical to the shipped snapshot")
+        return True
+    say("the rebuilt corpus DIFFERS from the shipped snapshot:")
+    for s in SPLITS:
+        a, b = set(built[s]), set(snap[s])
+        say(f"  {s}: rebuilt {len(built[s])}, snapshot {len(snap[s])}, "
+            f"only in rebuilt {len(a - b)}, only in snapshot {len(b - a)}")
+    for line in differences(built, snap) if differences else ():
+        say(line)
+    say("  (use --update-snapshot to replace the snapshot)")
+    return False
+
+
+def debian_source(release, index_files, index_sha256, architecture=False):
+    """The ``source`` part of a snapshot's provenance: the Debian release the index files came
+    from (``release``, from ``debian_apt.fetch_indexes``; ``{}`` for files given by hand)."""
+    source = {key: release.get(key) for key in ("mirror", "suite", "codename", "version", "component")}
+    if architecture:
+        source["architecture"] = release.get("architecture")
+    return {
+        "archive": release.get("origin", "Debian"),
+        **source,
+        "release_date": release.get("date"),
+        "fetched": release.get("fetched"),
+        "index_files": index_files,
+        "index_sha256": index_sha256,
+        "index_sha256_note": "sha256 of the uncompressed index files as read; checked against the "
+        "SHA256 list of the suite's signed InRelease file when fetched with apt",
+    }
+
+
+def rebuild_command(module, release):
+    """How the snapshot is rebuilt from the same Debian release."""
+    return f"python -m {module} build --from-apt --suite {release.get('codename') or DEFAULT_SUITE}"
+
+
+def update_snapshot(corpus_tsv, columns, snapshot, provenance, describe):
+    """Write the xz snapshot of ``corpus_tsv`` and its provenance, ``describe(snapshot_sha256)``
+    (atomically)."""
+    write_tsv(snapshot, columns, splits_to_rows(read_tsv(corpus_tsv, columns)))
+    write_json(provenance, describe(sha256_file(snapshot)))
+    say(f"snapshot written: {show_path(snapshot)} ({os.path.getsize(snapshot) / 1e6:.2f} MB)")
+
+
+# ---------------------------------------------------------------------------
+# command line
+
+
+def corpus_parser(doc, work_dir, snapshot, text_files, add_options):
+    """A corpus builder's command line: ``build`` (from apt or from index files) and ``export``.
+
+    ``add_options(build, sources)`` adds the corpus's own: its index-file options
+    to the ``sources`` group (beside ``--from-apt``) and its parameters to
+    ``build``.  ``text_files``: what an export writes (``{train,valid,test}.{de,en}``).
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build the corpus (from apt or from two index files)")
+    sources = build.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--from-apt", action="store_true",
+                         help="fetch the index files with apt-get update (private dir)")
+    build.add_argument("--work-dir", default=work_dir, help="where the build writes (default: %(default)s)")
+    build.add_argument("--mirror", default=DEFAULT_MIRROR)
+    build.add_argument("--suite", default=DEFAULT_SUITE)
+    build.add_argument("--component", default=DEFAULT_COMPONENT)
+    add_options(build, sources)
+    build.add_argument("--snapshot", default=snapshot, help="snapshot to compare with / update")
+    build.add_argument("--update-snapshot", action="store_true", help="replace the snapshot and PROVENANCE.json")
+    build.add_argument("--export", metavar="DIR", help=f"also write {text_files} into DIR")
+    export = sub.add_parser("export", help=f"write the snapshot as {text_files} text files")
+    export.add_argument("out_dir")
+    export.add_argument("--snapshot", default=snapshot)
+    return parser
+
+
+def corpus_main(argv, corpus, text_files):
+    """A corpus builder's ``main``: parse ``argv`` and run the command; the exit status (2, with
+    the message, for a :class:`CorpusError`).
+
+    ``corpus`` is the corpus module: its docstring, ``DEFAULT_WORK_DIR``, ``SNAPSHOT``,
+    ``add_options`` (see :func:`corpus_parser`) and its own functions:
+    ``build_from_args(args, parser)`` -> ``(corpus_tsv, info, release)``, ``load_snapshot(path)``,
+    ``read_tsv(path)``, ``export_plain(splits, out_dir)``, ``compare_with_snapshot(tsv, snapshot)``
+    and ``update_snapshot(tsv, info, release, snapshot, provenance)``.  ``text_files``: what an
+    export writes.
+    """
+    parser = corpus_parser(corpus.__doc__, corpus.DEFAULT_WORK_DIR, corpus.SNAPSHOT, text_files, corpus.add_options)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            splits = corpus.load_snapshot(args.snapshot)
+            corpus.export_plain(splits, args.out_dir)
+            say("exported " + ", ".join(f"{s} {len(splits[s])}" for s in SPLITS) + f" to {args.out_dir}")
+            return 0
+        corpus_tsv, info, release = corpus.build_from_args(args, parser)
+        say(f"stats: {json.dumps(info['stats'])}")
+        same = corpus.compare_with_snapshot(corpus_tsv, args.snapshot)
+        if args.update_snapshot and not same:
+            corpus.update_snapshot(corpus_tsv, info, release, args.snapshot,
+                                   os.path.join(os.path.dirname(args.snapshot), "PROVENANCE.json"))
+        if args.export:
+            corpus.export_plain(corpus.read_tsv(corpus_tsv), args.export)
+            say(f"exported to {args.export}")
+    except CorpusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

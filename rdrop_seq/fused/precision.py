@@ -1,5 +1,7 @@
 """Half-precision inputs: which dtypes, the float16 gradient scale, low-precision gradient products."""
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -13,7 +15,9 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 _MM_OUT_DTYPE_OK = {}
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_has_bf16_gemm() -> bool:
+    """Whether this CPU multiplies bf16 natively (asked once per process)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -9,12 +9,12 @@ and the KL, and the gradient is written out analytically and used at once.
 
 ``head`` mode (:func:`adaptive_head_rdrop_loss`) scores what the adaptive
 softmax scores for the stacked target anyway: the head at every position, each
-tail cluster where the target is in it.  Where the head is a plain projection
-of the softmax's input, the head's loss is
-:func:`rdrop_seq.fused.fused_linear_rdrop_loss` (its ``[m*N, H]`` scores never
-exist); otherwise, and for the tails, :func:`rdrop_seq.fused.chunked_rdrop_loss`
-from the scores, which keeps no log-probabilities, only the gradient with
-respect to the scores.  No label smoothing.
+tail cluster where the target is in it.  Where the head's (a tail's) scores
+are a plain projection of its input, its loss is
+:func:`rdrop_seq.fused.fused_linear_rdrop_loss` (the scores never exist);
+otherwise :func:`rdrop_seq.fused.chunked_rdrop_loss` from the scores, which
+keeps no log-probabilities, only the gradient with respect to the scores.  No
+label smoothing.
 
 ``full`` mode (:func:`adaptive_full_rdrop_loss`) needs every tail cluster at
 every position.  It calls the head and tail modules on one chunk of positions
@@ -65,7 +65,7 @@ __all__ = ["adaptive_full_rdrop_loss", "adaptive_head_rdrop_loss"]
 
 def adaptive_head_rdrop_loss(
     head: Union[Tensor, Tuple[Tensor, Tensor]],
-    tail_scores: Sequence[Optional[Tensor]],
+    tail_scores: Sequence[Union[None, Tensor, Tuple[Tensor, Tensor]]],
     head_target: Tensor,
     tail_targets: Sequence[Optional[Tensor]],
     *,
@@ -78,31 +78,40 @@ def adaptive_head_rdrop_loss(
 
     ``head``: the head's scores ``[m*N, H]``, the ``m = passes`` copies
     copy-major, or a pair ``(hidden [m*N, d], weight [H, d])`` whose product
-    ``hidden @ weight.T`` they are (then fused with the loss); ``head_target``: ``[N]`` head classes (the word, or ``c_0 + i`` for a word
-    of tail cluster ``i``; ``ignore_index`` at padding).  ``tail_scores[i]``:
-    ``[m*K_i, V_i]``, cluster ``i``'s scores at the ``K_i`` positions whose
-    target is in it, copy-major (None if none); ``tail_targets[i]``: ``[K_i]``
+    ``hidden @ weight.T`` they are (then fused with the loss; ``weight`` may be
+    a list of its row blocks, concatenated only while this loss is computed,
+    as fairseq's tied head keeps its word and class weights apart); ``head_target``:
+    ``[N]`` head classes (the word, or ``c_0 + i`` for a word of tail cluster
+    ``i``; ``ignore_index`` at padding).  ``tail_scores[i]``: ``[m*K_i, V_i]``,
+    cluster ``i``'s scores at the ``K_i`` positions whose target is in it,
+    copy-major, or likewise a pair ``(input [m*K_i, d_i], weight [V_i, d_i])``
+    (None if no position's target is in it); ``tail_targets[i]``: ``[K_i]``
     in-cluster indices.  Tail clusters hold no padding, so nothing is ignored
     there (a word whose in-cluster index equals the pad index counts).
     Returns the summed loss, NLL and KL (``n_correct`` None); gradients
-    w.r.t. the scores (or the hidden states and the weight) are formed in this
-    call (see :mod:`rdrop_seq.fused`).
+    w.r.t. the scores (or the inputs and weights) are formed in this call (see
+    :mod:`rdrop_seq.fused`).
     """
     if len(tail_scores) != len(tail_targets):
         raise ValueError("tail_scores and tail_targets must have one entry per cluster")
     common = dict(epsilon=0.0, alpha=alpha, passes=passes, chunk_size=chunk_size, report_accuracy=False)
-    if isinstance(head, tuple):
-        hidden, weight = head
-        out = fused_linear_rdrop_loss(hidden, weight, head_target, ignore_index=ignore_index, **common)
-    else:
-        out = chunked_rdrop_loss(head, head_target, ignore_index=ignore_index, **common)
+
+    def cluster_loss(scores, target, ignore):
+        if isinstance(scores, tuple):
+            hidden, weight = scores
+            if not torch.is_tensor(weight):  # row blocks: concatenated for this loss only
+                weight = torch.cat(list(weight))
+            return fused_linear_rdrop_loss(hidden, weight, target, ignore_index=ignore, **common)
+        return chunked_rdrop_loss(scores, target, ignore_index=ignore, **common)
+
+    out = cluster_loss(head, head_target, ignore_index)
     loss, nll, kl = out.loss, out.nll_loss, out.kl
     for i, (scores, target) in enumerate(zip(tail_scores, tail_targets)):
         if scores is None:
             if target is not None and target.numel() > 0:
                 raise ValueError(f"tail {i} has targets but no scores")
             continue
-        tail = chunked_rdrop_loss(scores, target, ignore_index=None, **common)
+        tail = cluster_loss(scores, target, None)
         loss, nll, kl = loss + tail.loss, nll + tail.nll_loss, kl + tail.kl
     return RDropLoss(loss, nll, kl, None)
 

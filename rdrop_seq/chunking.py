@@ -12,6 +12,8 @@ CHUNK_CEILING_BYTES = 4 * CHUNK_BUDGET_BYTES
 # The same for the logits fallback on CPUs: about a last-level cache, so that its
 # elementwise passes over a chunk's buffers run from cache, not from memory.
 CPU_LOGITS_CHUNK_BUDGET_BYTES = 8 * 1024 * 1024
+# The least rows a chunk's minimum asks for (a product of so few rows is still efficient).
+ROWS_MIN_FLOOR = 16
 CPU_LOGITS_MIN_POSITIONS = 8
 
 
@@ -28,18 +30,21 @@ def auto_chunk_size(
 
     The float32 ``[rows, V]`` buffers of a chunk (log-probabilities/gradient and
     probabilities of every copy, plus one per-position buffer for the KL, plus
-    the low-precision logits when the inputs are bf16/fp16) are kept around
-    ``budget_bytes``; but a chunk has at least ``clamp(hidden_dim / 2, 64, 256)``
-    rows, so that its ``[rows, H] x [H, V]`` products stay efficient and
-    re-reading the ``[V, H]`` weight once per chunk stays small against the
-    chunk's own work -- up to ``CHUNK_CEILING_BYTES``: with a vocabulary of
-    hundreds of thousands (an adaptive softmax's full KL) a row's own work is
-    large, and the minimum would cost gigabytes.  Multiples of 8 positions from
-    16 on.
+    the low-precision scores when the inputs are bf16/fp16 -- the adaptive full
+    mode's modules return theirs; the fused projection writes its own into the
+    float32 buffers' storage, so for it this share is headroom) are kept around
+    ``budget_bytes``; but a chunk has at least ``clamp(hidden_dim / 2,
+    ROWS_MIN_FLOOR, 256)`` rows, so that its ``[rows, H] x [H, V]`` products
+    stay efficient and re-reading the ``[V, H]`` weight once per chunk stays
+    small against the chunk's own work (a narrow weight, such as an adaptive
+    softmax tail's 64 columns, asks for few rows) -- up to
+    ``CHUNK_CEILING_BYTES``: with a vocabulary of hundreds of thousands (an
+    adaptive softmax's full KL) a row's own work is large, and the minimum
+    would cost gigabytes.  Multiples of 8 positions from 16 on.
     """
     vocab = max(int(vocab), 1)
     per_position = _bytes_per_position(vocab, passes, with_kl, low_precision)
-    rows_min = min(max(hidden_dim // 2, 64), 256)
+    rows_min = min(max(hidden_dim // 2, ROWS_MIN_FLOOR), 256)
     ceiling = max(budget_bytes, CHUNK_CEILING_BYTES) // per_position
     positions = max(budget_bytes // per_position, min(rows_min // passes, ceiling))
     return _round_positions(max(positions, 1))

@@ -40,39 +40,56 @@ def head_classes(target):
     return out
 
 
-@pytest.mark.parametrize("head_as", ["scores", "projection"])
+@pytest.mark.parametrize("given", ["scores", "projections", "blocks"])
 @pytest.mark.parametrize("chunk_size", [None, 1, 4])
 @pytest.mark.parametrize("passes", [2, 3])
-def test_head_mode_matches_reference_value_and_gradient(passes, chunk_size, head_as):
+def test_head_mode_matches_reference_value_and_gradient(passes, chunk_size, given):
+    """The head's and the tails' scores given, or the (input, weight) pairs they are the products
+    of (then fused with the loss; the head's weight also as row blocks); gradients w.r.t. what
+    was given."""
     _, tails, target = random_adaptive_batch(passes, 17, CUTOFF, PAD, seed=passes)
     g = torch.Generator().manual_seed(passes)
-    hidden = torch.randn(passes * target.numel(), 8, generator=g, dtype=torch.float64)
-    weight = torch.randn(CUTOFF[0] + 2, 8, generator=g, dtype=torch.float64)
     tail_rows, tail_targets = head_mode_scores(tails, target, passes)
     assert all(t.numel() >= 2 for t in tail_targets)  # chunks of 4 split them unevenly
-    # ours: float32 leaves (the head's scores, or the hidden states and weight they come from)
-    leaves = [hidden.float().requires_grad_(), weight.float().requires_grad_()]
-    if head_as == "scores":
-        leaves = [(hidden @ weight.t()).float().requires_grad_()]
-    tail_leaves = [r.float().requires_grad_() for r in tail_rows]
+    # float64 (input, weight) of every cluster: the head's at every position, each tail's where
+    # the target is in it (tail i's input of width 8 / 2 ** (i + 1))
+    pairs = [(torch.randn(passes * target.numel(), 8, generator=g, dtype=torch.float64),
+              torch.randn(CUTOFF[0] + 2, 8, generator=g, dtype=torch.float64))]
+    pairs += [(torch.randn(rows.size(0), 8 // 2 ** (i + 1), generator=g, dtype=torch.float64),
+               torch.randn(rows.size(1), 8 // 2 ** (i + 1), generator=g, dtype=torch.float64))
+              for i, rows in enumerate(tail_rows)]
+    # ours: float32 leaves (the scores, or the pairs they come from)
+    if given == "scores":
+        leaves = [(h @ w.t()).float().requires_grad_() for h, w in pairs]
+        ours = leaves
+        ref_leaves = [(h @ w.t()).requires_grad_() for h, w in pairs]
+        ref_scores = ref_leaves
+    else:  # "blocks": the head's weight as two row blocks (as fairseq's tied head keeps it)
+        def split(w, i):
+            return [w[:4], w[4:]] if given == "blocks" and i == 0 else [w]
+
+        def leaf_pairs(dtype):
+            return [(h.to(dtype).requires_grad_(), [b.to(dtype).requires_grad_() for b in split(w, i)])
+                    for i, (h, w) in enumerate(pairs)]
+
+        ours = [(h, ws if len(ws) > 1 else ws[0]) for h, ws in leaf_pairs(torch.float32)]
+        leaves = [t for h, w in ours for t in [h] + (w if isinstance(w, list) else [w])]
+        ref_pairs = leaf_pairs(torch.float64)
+        ref_leaves = [t for h, ws in ref_pairs for t in [h] + ws]
+        ref_scores = [h @ torch.cat(ws).t() for h, ws in ref_pairs]
     out = adaptive_head_rdrop_loss(
-        leaves[0] if head_as == "scores" else tuple(leaves), tail_leaves, head_classes(target),
-        tail_targets, alpha=1.5, passes=passes, ignore_index=PAD, chunk_size=chunk_size,
+        ours[0], ours[1:], head_classes(target), tail_targets,
+        alpha=1.5, passes=passes, ignore_index=PAD, chunk_size=chunk_size,
     )
-    ref_leaves = [hidden.clone().requires_grad_(), weight.clone().requires_grad_()]
-    ref_scores = ref_leaves[0] @ ref_leaves[1].t()
-    if head_as == "scores":
-        ref_leaves = [ref_scores.detach().requires_grad_()]
-        ref_scores = ref_leaves[0]
-    ref_tails = [r.clone().requires_grad_() for r in tail_rows]
-    ref_loss, ref_nll, ref_kl = reference_adaptive_head(ref_scores, ref_tails, target, CUTOFF, 1.5, passes, PAD)
+    ref_loss, ref_nll, ref_kl = reference_adaptive_head(
+        ref_scores[0], ref_scores[1:], target, CUTOFF, 1.5, passes, PAD)
     assert out.loss.dtype == torch.float32 and ref_kl > 0
     torch.testing.assert_close(out.loss.double(), ref_loss, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.nll_loss.double(), ref_nll.detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.kl.double(), ref_kl.detach(), rtol=1e-5, atol=1e-5)
     out.loss.backward()
     ref_loss.backward()
-    for a, b in zip(leaves + tail_leaves, ref_leaves + ref_tails):
+    for a, b in zip(leaves, ref_leaves):
         torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-5)
     assert leaves[0].grad[target.eq(PAD).repeat(passes)].abs().max() == 0
 

@@ -21,8 +21,9 @@ log-likelihood of the adaptive softmax) and KL the pair-mean symmetric KL
     scored at every position.
 
 In training both modes take the fused, chunked loss of
-:mod:`rdrop_seq.adaptive_fused` (``head``: from the scores the adaptive softmax
-computes anyway, keeping only their gradient; ``full``: the head and tails
+:mod:`rdrop_seq.adaptive_fused` (``head``: what the adaptive softmax scores
+anyway, the output projections of the head and the tails fused with the loss
+where they are plain projections, as in fairseq's models; ``full``: the head and tails
 called on a chunk of positions at a time, so no ``[m*N, V]`` tensor exists);
 ``--rdrop-no-fused`` (and ``--rdrop-divergence`` other than ``sym-kl``) take the
 unfused path, which holds the log-probabilities of the whole batch (in ``full``
@@ -58,7 +59,7 @@ from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdr
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
 from rdrop_seq.criterions.base import RDropCriterionBase
 from rdrop_seq.criterions.config import FusedLossConfig, RDropLMConfig
-from rdrop_seq.criterions.output_layer import fusable_head_weight
+from rdrop_seq.criterions.output_layer import adaptive_scores
 from rdrop_seq.losses import RDropLoss, rdrop_cross_entropy_loss, with_divergence
 
 KL_MODES = ("full", "head")
@@ -157,16 +158,9 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
 
     def _head_terms(self, asm, features, target, passes, alpha, fused) -> RDropLoss:
         """The stock scoring (tails only where needed); ``head`` KL if R-Drop is on."""
-        weight = fusable_head_weight(asm) if fused else None
-        if weight is not None:
-            # what asm(features, target) does, but the head's scores are left to the fused loss
-            targets, rows = asm.adapt_target(target.repeat(passes))
-            x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
-            scores = [(x, weight)]
-            scores += [None if r is None else tail(x.index_select(0, r)) for tail, r in zip(asm.tail, rows)]
-        else:
-            scores, targets = asm(features, target.repeat(passes))
-        if fused:
+        stacked_target = target.repeat(passes)
+        if fused:  # the head's and the tails' output projections are left to the fused loss
+            scores, targets = adaptive_scores(asm, features, stacked_target)
             return adaptive_head_rdrop_loss(
                 scores[0],
                 scores[1:],
@@ -177,6 +171,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
                 ignore_index=self.padding_idx,
                 chunk_size=self.chunk_size,
             )
+        scores, targets = asm(features, stacked_target)
         lprobs = [None if s is None else F.log_softmax(_float_scores(s), dim=-1) for s in scores]
         nll = None
         for i, (lp, tgt) in enumerate(zip(lprobs, targets)):

@@ -62,7 +62,11 @@ def _fused_forward(
     pbuf = torch.empty(m * c * vocab, dtype=acc, device=device)
     lbuf = torch.empty(m * c * vocab, dtype=acc, device=device)
     mbuf = torch.empty(c * vocab, dtype=acc, device=device) if with_kl else None
-    lowbuf = torch.empty(m * c * vocab, dtype=dtype, device=device) if low else None
+    # low precision: a chunk's scores are written into the storage of the log-probabilities'
+    # buffer (copied to float32 before the log-softmax overwrites it), its gradient into that
+    # of the probabilities' buffer (free once the chunk's gradient is formed): no third buffer
+    low_in_l = lbuf.view(dtype) if low else None
+    low_in_p = pbuf.view(dtype) if low else None
     lowp_gemm = low and need_grad and use_low_precision_gemm(device, dtype)
     weight_acc = weight.to(acc) if (need_h and low and not lowp_gemm) else None
     scale = FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
@@ -85,7 +89,7 @@ def _fused_forward(
             tgt = target.index_select(0, pos)
         p2 = pbuf[: r * vocab].view(r, vocab)
         l2 = lbuf[: r * vocab].view(r, vocab)
-        z = lowbuf[: r * vocab].view(r, vocab) if low else p2
+        z = low_in_l[: r * vocab].view(r, vocab) if low else p2
         if bias is None:
             torch.mm(h, weight_t, out=z)
         else:
@@ -103,10 +107,12 @@ def _fused_forward(
         if need_b:
             grad_b.add_(g.sum(0))
         if lowp_gemm:
-            g_low = lowbuf[: r * vocab].view(r, vocab)
-            torch.mul(g, scale, out=g_low)
+            g_low = low_in_p[: r * vocab].view(r, vocab)
             if scale != 1.0:
+                torch.mul(g, scale, out=g_low)
                 g_low.nan_to_num_(posinf=FP16_MAX, neginf=-FP16_MAX)
+            else:
+                g_low.copy_(g)  # a third of the time of a multiplication into bf16 on CPUs
             gh = mm_low(g_low, weight) if need_h else None
             if need_h and scale != 1.0:
                 gh.mul_(1.0 / scale)

@@ -233,7 +233,7 @@ def main():
             rows.append([name, entry, f"{r['seconds']:.3f}", f"{r['step_time_ratio']:.2f}x",
                          f"{r['peak_bytes'] / 2**20:.0f}", f"{r['step_mem_ratio']:.2f}x",
                          f"{r['tokens_per_second']:.0f}"])
-        all_results[name] = dict(cfg, entries=res)
+        all_results[name] = dict(cfg, tokens_per_copy=tokens_per_copy(cfg), entries=res)
         # written after every configuration, so a later failure loses nothing
         table = harness.markdown_table(
             rows, ["config", "entry", "step s", "time vs floor", "peak MiB", "mem vs floor",
@@ -241,7 +241,7 @@ def main():
         stem = harness.write_results(
             "train-step" + (f"-{args.label}" if args.label else ""), args.device,
             dict(configs=all_results, reps=args.reps, steps=args.steps, threads=args.threads,
-                 dropout=args.dropout, tokens_per_copy=TOKENS_PER_COPY), table)
+                 dropout=args.dropout), table)
     print(table)
     harness.report_written(stem)
 

@@ -10,7 +10,9 @@ model's ``forward`` hands ``features_only=True`` to the decoder (speech-to-text
 transformers, for one, have a transformer decoder but a ``forward`` without
 it); a model whose output is logits with a plain log-softmax takes the chunked
 logits path, and anything else the generic path through
-``model.get_normalized_probs``.
+``model.get_normalized_probs``.  For an adaptive softmax, the head and each tail
+cluster whose scores are a plain projection of its input are handed to the fused
+loss as ``(input, weight)`` (:func:`adaptive_scores`).
 """
 
 import inspect
@@ -128,28 +130,6 @@ def fusable_tail_weight(adaptive_softmax, tail) -> Optional[Tensor]:
     return None
 
 
-def adaptive_scores(adaptive_softmax, features: Tensor, target: Tensor):
-    """``adaptive_softmax(features, target)`` for the fused loss: ``(scores, targets)`` as the
-    module returns them, except that the head's or a tail cluster's entry is the pair
-    ``(input, weight)`` of its output projection where its scores are such a product
-    (:func:`fusable_head_weights`: the head's weight as a list of row blocks;
-    :func:`fusable_tail_weight`): the fused loss forms those scores chunk by chunk.  Same
-    modules, same order, so the same dropout masks."""
-    asm = adaptive_softmax
-    x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
-    targets, rows = asm.adapt_target(target)
-    head_weights = fusable_head_weights(asm)
-    scores = [asm.head(x) if head_weights is None else (x, head_weights)]
-    for tail, r in zip(asm.tail, rows):
-        if r is None:
-            scores.append(None)
-            continue
-        weight = fusable_tail_weight(asm, tail)
-        x_tail = x.index_select(0, r)
-        scores.append(tail(x_tail) if weight is None else (tail[:-1](x_tail), weight))
-    return scores, targets
-
-
 def fusable_head_weights(adaptive_softmax) -> Optional[List[Tensor]]:
     """The row blocks of the ``[c_0 + k, d]`` weight whose product with an adaptive softmax's
     input is its head's scores, if its head is such a projection: a bias-free ``nn.Linear``
@@ -171,3 +151,25 @@ def fusable_head_weights(adaptive_softmax) -> Optional[List[Tensor]]:
             # small class projection's gets a copy (see _GradOfItsOwn)
             return [words.weight, _GradOfItsOwn.apply(classes.weight)]
     return None
+
+
+def adaptive_scores(adaptive_softmax, features: Tensor, target: Tensor):
+    """``adaptive_softmax(features, target)`` for the fused loss: ``(scores, targets)`` as the
+    module returns them, except that the head's or a tail cluster's entry is the pair
+    ``(input, weight)`` of its output projection where its scores are such a product
+    (:func:`fusable_head_weights`: the head's weight as a list of row blocks;
+    :func:`fusable_tail_weight`): the fused loss forms those scores chunk by chunk.  Same
+    modules, same order, so the same dropout masks."""
+    asm = adaptive_softmax
+    x = asm.dropout_module(features.contiguous().view(-1, features.size(-1)))
+    targets, rows = asm.adapt_target(target)
+    head_weights = fusable_head_weights(asm)
+    scores = [asm.head(x) if head_weights is None else (x, head_weights)]
+    for tail, r in zip(asm.tail, rows):
+        if r is None:
+            scores.append(None)
+            continue
+        weight = fusable_tail_weight(asm, tail)
+        x_tail = x.index_select(0, r)
+        scores.append(tail(x_tail) if weight is None else (tail[:-1](x_tail), weight))
+    return scores, targets

@@ -64,7 +64,7 @@ __all__ = ["adaptive_full_rdrop_loss", "adaptive_head_rdrop_loss"]
 
 
 def adaptive_head_rdrop_loss(
-    head: Union[Tensor, Tuple[Tensor, Tensor]],
+    head: Union[Tensor, Tuple[Tensor, Union[Tensor, Sequence[Tensor]]]],
     tail_scores: Sequence[Union[None, Tensor, Tuple[Tensor, Tensor]]],
     head_target: Tensor,
     tail_targets: Sequence[Optional[Tensor]],

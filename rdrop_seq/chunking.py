@@ -9,11 +9,11 @@ sits at the bottom of the package's import graph.
 CHUNK_BUDGET_BYTES = 64 * 1024 * 1024
 # The most a chunk's minimum number of rows may raise that working set to.
 CHUNK_CEILING_BYTES = 4 * CHUNK_BUDGET_BYTES
+# The least rows that minimum asks for (a product of so few rows is still efficient).
+ROWS_MIN_FLOOR = 16
 # The same for the logits fallback on CPUs: about a last-level cache, so that its
 # elementwise passes over a chunk's buffers run from cache, not from memory.
 CPU_LOGITS_CHUNK_BUDGET_BYTES = 8 * 1024 * 1024
-# The least rows a chunk's minimum asks for (a product of so few rows is still efficient).
-ROWS_MIN_FLOOR = 16
 CPU_LOGITS_MIN_POSITIONS = 8
 
 

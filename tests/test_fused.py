@@ -376,6 +376,10 @@ def test_auto_chunk_size_minimum_and_precision():
     c, per_position = auto_chunk_size(250000, 512, 2), 4 * 250000 * 5
     assert c < 128 and c * per_position <= chunking.CHUNK_CEILING_BYTES < (c + 8) * per_position
     assert auto_chunk_size(16000, 512, 2, low_precision=True) < auto_chunk_size(16000, 512, 2)
+    # a narrow weight asks for few rows (hidden / 2): WikiText-103's largest tail cluster, 207,744
+    # words behind a 64-wide projection, gets 16 positions (32 rows), not the 32 a floor of 64
+    # rows gave (160 MiB of buffers, where the budget is 64 MiB)
+    assert auto_chunk_size(207744, 64, 2, low_precision=True) == 16
 
 
 def _first_chunk_buffers(monkeypatch, vocab, passes, n):

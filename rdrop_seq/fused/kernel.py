@@ -165,13 +165,16 @@ def consume_stored_grads(ctx, what: str):
     return grads
 
 
-def scale_stored_grads(grads, dtypes, grad_loss: Tensor):
+def scale_stored_grads(grads, dtypes, grad_loss: Tensor, stored_scale: float = 1.0):
     """Each stored gradient times the incoming one (in place), in its input's dtype (None stays None).
 
     A bf16/fp16 gradient is multiplied by the incoming gradient as a Python number,
-    which the kernels apply in float32 (not rounded to the low-precision dtype first).
+    which the kernels apply in float32 (not rounded to the low-precision dtype first),
+    divided by ``stored_scale`` where it was stored scaled (float16: ``FP16_GRAD_SCALE``).
     """
     def scaled(g: Tensor) -> Tensor:
-        return g.mul_(float(grad_loss) if g.dtype in LOW_PRECISION else grad_loss.to(g.dtype))
+        if g.dtype in LOW_PRECISION:
+            return g.mul_(float(grad_loss) / stored_scale)
+        return g.mul_(grad_loss.to(g.dtype))
 
     return [None if g is None else scaled(g).to(d) for g, d in zip(grads, dtypes)]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from rdrop_seq.chunking import logits_chunk_size
-from rdrop_seq.fused.kernel import LossSpec, Totals, chunk_core, finish
+from rdrop_seq.fused.kernel import LossSpec, Totals, chunk_core, consume_stored_grads, finish, scale_stored_grads
 from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX, LOW_PRECISION
 from rdrop_seq.losses import RDropLoss, check_copies, compute_dtype
 
@@ -69,24 +69,15 @@ class _ChunkedRDrop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, spec):
         values, grad, scale = _chunked_forward(logits, spec, ctx.needs_input_grad[0])
-        ctx.grad, ctx.scale = grad, scale
+        ctx.grads, ctx.dtype, ctx.scale = [grad], logits.dtype, scale
         loss, nll, kl, n_correct = values
         ctx.mark_non_differentiable(*(t for t in (nll, kl, n_correct) if t is not None))
         return loss, nll, kl, n_correct
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
-        if ctx.grad is None:
-            raise RuntimeError(
-                "chunked R-Drop loss: backward called twice (its stored gradient is "
-                "consumed by the first backward)"
-            )
-        grad, ctx.grad = ctx.grad, None
-        if grad.dtype in LOW_PRECISION:
-            # a Python number is applied in float32 by the kernels, not rounded to fp16/bf16
-            grad.mul_(float(grad_loss) / ctx.scale)
-        else:
-            grad.mul_(grad_loss.to(grad.dtype))
+        grads = consume_stored_grads(ctx, "chunked R-Drop loss")
+        (grad,) = scale_stored_grads(grads, [ctx.dtype], grad_loss, stored_scale=ctx.scale)
         return grad, None
 
 

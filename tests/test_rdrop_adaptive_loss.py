@@ -255,7 +255,8 @@ def test_adaptive_loss_under_cpu_autocast_is_float32_and_close_to_float32(mode):
 
 def test_fused_tied_head_leaves_no_parameter_gradient_holding_the_whole_head_gradient():
     """A gradient that is a slice of the concatenated head weight's would keep all of it alive
-    between steps (measured: +39 MiB at WikiText-103's size, until the gradients are zeroed).
+    between steps (at WikiText-103's size the [20002, 1024] bf16 head gradient, 39 MiB, until the
+    gradients are zeroed).
     (Attention's packed q/k/v biases get such slices from fairseq itself, in the stock loss too.)"""
     task = lm_task()
     model = lm_model(task)

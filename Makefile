@@ -20,9 +20,11 @@ $(STAMP): setup.py pyproject.toml
 install: $(STAMP)
 
 # the tests in parallel (pytest-xdist), one worker per core, at most 4: run one
-# at a time they kept about one of 2 cores busy
+# at a time they kept about one of 2 cores busy; then the tests that compare code
+# paths again under the SSE4.2, AVX2 and AVX-512 matrix kernels (tests/kernel_matrix.py)
 test: install
 	$(PY) -m pytest -n auto --maxprocesses 4 tests
+	$(PY) -m tests.kernel_matrix
 
 demo: install
 	$(PY) -m examples.translation.demo --mode $(MODE)

@@ -6,6 +6,7 @@ import torch
 from fairseq.data import Dictionary, LanguagePairDataset
 from fairseq.models.transformer import TransformerModel
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from tests.rounding import argmax_may_differ, matmul_error
 
 
 def build_from_dataclass(criterion_cls, task, **overrides):
@@ -171,6 +172,17 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def criterion_step(criterion, model, sample, seed):
+    """``(loss, sample_size, logging_output, gradients)`` of one call of ``criterion`` with
+    dropout drawn from ``seed``; the backward only while the model is training."""
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss, size, log = criterion(model, sample)
+    if model.training:
+        loss.backward()
+    return loss, size, log, grads(model)
+
+
 def to_device(model, sample, device, dtype=None):
     """The model (in ``dtype`` if given) and a copy of the sample on ``device``."""
     from fairseq import utils
@@ -312,3 +324,16 @@ def sentence_batch(task, batch_size=6, seed=0, min_len=3, max_len=10):
         "ntokens": int(lengths.sum()),
         "nsentences": batch_size,
     }
+
+
+def output_argmax_slack(model, sample, seed, passes=2):
+    """Target positions of the ``passes`` copies of ``sample`` (dropout drawn from ``seed``)
+    whose argmax two float32 computations of the output projection may disagree on (another
+    kernel, another chunking: tests/rounding.py)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        features, _ = model(**doubled(sample, passes)["net_input"], features_only=True)
+    features = features.reshape(-1, features.size(-1))
+    weight = model.decoder.output_projection.weight
+    logits = features.double() @ weight.double().T
+    return int(argmax_may_differ(logits, matmul_error(features, weight)).sum())

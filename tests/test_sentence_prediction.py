@@ -14,7 +14,9 @@ from rdrop_seq.criterions.rdrop_sentence_prediction import (
     RDropSentencePredictionCriterion,
 )
 from rdrop_seq.divergences import DIVERGENCES
-from tests.fairseq_helpers import HEAD, build_from_dataclass, sentence_batch, sentence_task, tiny_roberta
+from tests.fairseq_helpers import (
+    HEAD, build_from_dataclass, criterion_step, sentence_batch, sentence_task, tiny_roberta,
+)
 from tests.reference import reference_rdrop_loss, reference_regression_loss
 
 
@@ -216,17 +218,45 @@ def test_default_alpha_is_one_and_every_r_drop_flag_is_there():
         assert hasattr(cfg, name), name
 
 
-def test_every_k_steps_fall_back_to_the_stock_single_pass():
+@pytest.mark.parametrize("step", ["validation", "skipped-update"])
+@pytest.mark.parametrize("classes", [1, 3])
+def test_a_step_without_rdrop_is_bitwise_the_stock_criterion(classes, step):
+    """Validation and the updates --rdrop-every skips run the stock criterion's forward:
+    loss, sample size, logging output and every gradient bitwise equal (on every CPU)."""
+    task = sentence_task(classes=classes)
+    model = tiny_roberta(task).train(step == "skipped-update")
+    sample = sentence_batch(task, seed=10)
+    flags = {"report_mcc": True} if classes > 1 else {"report_pearson_and_spearman": True}
+    crit = make_criterion(task, rdrop_every=2, **flags)
+    crit.set_num_updates(1)
+
+    loss, size, log, ours = criterion_step(crit, model, sample, seed=2)
+    s_loss, s_size, s_log, stock = criterion_step(stock_criterion(task, **flags), model, sample, seed=2)
+    assert torch.equal(loss, s_loss) and size == s_size
+    assert log.keys() == s_log.keys() and "rdrop_kl" not in log
+    for key, value in s_log.items():
+        same = torch.equal(value, log[key]) if torch.is_tensor(value) else value == log[key]
+        assert same, key
+    assert ours.keys() == stock.keys() and (step == "validation") == (not stock)
+    for name, g in stock.items():
+        assert torch.equal(ours[name], g), name
+
+
+def test_logs_of_rdrop_and_stock_steps_reduce_to_figures_per_sentence_of_every_copy():
     task = sentence_task(classes=3)
     model = tiny_roberta(task).train()
-    sample = sentence_batch(task, seed=10)
+    sample = sentence_batch(task, batch_size=6, seed=12)
     crit = make_criterion(task, rdrop_every=2)
+    _, _, rdrop_log = crit(model, sample)
     crit.set_num_updates(1)
-    torch.manual_seed(2)
-    loss, size, log = crit(model, sample)
-    torch.manual_seed(2)
-    s_loss, _, _ = stock_criterion(task)(model, sample)
-    assert torch.equal(loss, s_loss) and "rdrop_kl" not in log and log["copies_nsentences"] == size
+    _, _, stock_log = crit(model, sample)
+    with metrics.aggregate(new_root=True) as agg:
+        RDropSentencePredictionCriterion.reduce_metrics([rdrop_log, stock_log])
+    ln2 = torch.log(torch.tensor(2.0)).item()
+    loss = (rdrop_log["loss"] + stock_log["loss"]).item() / 18 / ln2
+    assert agg.get_smoothed_value("loss") == pytest.approx(loss, abs=1e-3)
+    correct = int(rdrop_log["ncorrect"]) + int(stock_log["ncorrect"])
+    assert agg.get_smoothed_value("accuracy") == pytest.approx(100.0 * correct / 18, abs=0.1)
 
 
 def test_bfloat16_model_gives_finite_loss_close_to_float32():

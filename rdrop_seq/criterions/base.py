@@ -5,8 +5,10 @@ fairseq criterion it extends and implements :meth:`loss_terms`, which gets the
 ``m`` stacked copies' network output and returns the summed objective.  The
 base class reads the R-Drop flags from the criterion's dataclass
 (:mod:`rdrop_seq.criterions.config`), decides, per update, whether R-Drop runs and with which weight,
-duplicates the batch (without touching the caller's sample), builds the
-logging outputs and reduces them.
+hands a forward without R-Drop to the stock criterion's own code
+(:meth:`RDropCriterionBase.stock_forward`), duplicates the batch for one with
+R-Drop (without touching the caller's sample), builds the logging outputs and
+reduces them.
 """
 
 import logging
@@ -142,24 +144,37 @@ class RDropCriterionBase:
         """The summed objective of the copies; ``copies.run(model)`` is the model's output on them."""
         raise NotImplementedError
 
-    def copies_for(self, model, sample, reduce=True):
-        """``(m, alpha, copies)`` for this forward: the schedule's decision, the rank's own
-        dropout masks, and the sample's batch stacked ``m`` times (the sample untouched)."""
-        if not reduce:
-            raise ValueError("R-Drop criterions only support reduce=True")
+    def stock_forward(self, model, sample, reduce=True):
+        """A forward without R-Drop: the stock fairseq criterion's own ``forward``.
+
+        The class after :class:`RDropCriterionBase` in the method resolution
+        order is the stock criterion the R-Drop criterion extends, so its loss,
+        gradients and logging output are bitwise the stock ones on every machine
+        (the same operations in the same order), and none of R-Drop's code runs.
+        A family whose stock criterion it does not extend overrides this.
+        """
+        return super().forward(model, sample, reduce)
+
+    def forward(self, model, sample, reduce=True):
+        """The stock single pass where the schedule runs no R-Drop (validation,
+        the updates ``--rdrop-every`` skips), else :meth:`rdrop_forward`."""
         passes, alpha = self.passes_and_alpha(model)
         if model.training:
             self.decorrelate_rank_dropout()
-        return passes, alpha, StackedCopies(model, sample["net_input"], passes, sample["target"].size(0))
+        if passes == 1:
+            return self.stock_forward(model, sample, reduce)
+        if not reduce:
+            raise ValueError("R-Drop criterions only support reduce=True")
+        copies = StackedCopies(model, sample["net_input"], passes, sample["target"].size(0))
+        return self.rdrop_forward(model, copies, sample, passes, alpha)
 
-    def forward(self, model, sample, reduce=True):
-        """Loss over ``passes`` dropout copies in one forward over ``[x; x]``.
+    def rdrop_forward(self, model, copies: StackedCopies, sample, passes: int, alpha: float):
+        """Loss over the ``passes`` dropout copies in one forward over ``[x; x]``.
 
         Returns ``(loss, sample_size, logging_output)`` like every fairseq
         criterion; ``sample_size`` is the original batch's token (or sentence)
         count, whatever the number of copies.
         """
-        passes, alpha, copies = self.copies_for(model, sample, reduce)
         batch_size = sample["target"].size(0)
         terms = self.loss_terms(model, copies, sample, passes, alpha)
         ntokens = sample["ntokens"]
@@ -192,13 +207,17 @@ class RDropCriterionBase:
         criterion's; ``rdrop_kl`` is the pair-mean symmetric KL per token (base 2).
         """
 
-        def total(key):
-            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+        def total(key, fallback=None):
+            """Sum of ``key`` over the logs; a log without it counts its ``fallback`` key."""
+            return utils.item(sum(
+                log.get(key, log.get(fallback, 0) if fallback else 0) for log in logging_outputs
+            ))
 
-        loss_sum, nll_sum = total("loss"), total("nll_loss")
-        ntokens, sample_size = total("ntokens"), total("sample_size")
-        copies_sample_size = total("copies_sample_size") or sample_size
-        copies_ntokens = total("copies_ntokens") or ntokens
+        # The stock criterion's logs (steps without R-Drop) have one copy and no
+        # copies_* keys; stock cross_entropy logs no nll_loss, its loss is the NLL.
+        loss_sum, nll_sum = total("loss"), total("nll_loss", fallback="loss")
+        copies_sample_size = total("copies_sample_size", fallback="sample_size")
+        copies_ntokens = total("copies_ntokens", fallback="ntokens")
         metrics.log_scalar(
             "loss", loss_sum / copies_sample_size / math.log(2), copies_sample_size, round=3
         )

@@ -57,6 +57,7 @@ from fairseq.dataclass import ChoiceEnum
 
 from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
+from rdrop_seq.batching import StackedCopies
 from rdrop_seq.criterions.base import RDropCriterionBase
 from rdrop_seq.criterions.config import FusedLossConfig, RDropLMConfig
 from rdrop_seq.criterions.output_layer import adaptive_scores
@@ -146,12 +147,27 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         ntokens = int(sample["target"].ne(self.padding_idx).sum())
         return super().forward(model, dict(sample, ntokens=ntokens), reduce)
 
+    def stock_forward(self, model, sample, reduce=True):
+        """A forward without R-Drop: stock ``adaptive_loss``'s operations.
+
+        One pass, the adaptive softmax's scores, ``log_softmax`` and ``nll_loss``
+        summed per cluster in cluster order (what ``F.cross_entropy`` runs), never
+        the fused loss: bitwise the stock loss and gradients on every machine, on
+        batches without the pad-colliding tail word (see the module docstring;
+        this criterion counts that word's tail loss, the stock one drops it).
+        """
+        if not reduce:
+            raise ValueError("rdrop_adaptive_loss only supports reduce=True")
+        copies = StackedCopies(model, sample["net_input"], 1, sample["target"].size(0))
+        return self.rdrop_forward(model, copies, sample, 1, 0.0)
+
     def loss_terms(self, model, copies, sample, passes, alpha) -> RDropLoss:
         asm = self.adaptive_softmax(model)
         net_output = copies.run(model)
         features = net_output[0]  # [m*B, T, d], copy-major
         target = model.get_targets(sample, net_output).reshape(-1)  # original [B*T]
-        fused = self.fused and model.training
+        # the fused loss only where R-Drop runs: a single pass is the stock operations
+        fused = self.fused and model.training and passes > 1
         if passes > 1 and alpha != 0 and self.kl_mode == "full":
             return self._full_terms(asm, features, target, passes, alpha, fused)
         return self._head_terms(asm, features, target, passes, alpha, fused)

@@ -22,8 +22,8 @@ difference of the copies): its classification objective is this one with
 ``alpha = 1``.
 
 One forward over ``[x; x]`` (the sample is left untouched); R-Drop only while
-training, on the updates ``--rdrop-every`` selects; validation is the stock
-single pass, with the stock logging (accuracy, and MCC, F1, Pearson/Spearman
+training, on the updates ``--rdrop-every`` selects; validation and the other
+updates run the stock criterion's own code, with the stock logging (accuracy, and MCC, F1, Pearson/Spearman
 where asked) plus ``rdrop_kl`` (the pair-mean divergence per sentence, base 2)
 in training.
 """
@@ -42,6 +42,7 @@ from fairseq.criterions.sentence_prediction import (
 )
 from fairseq.logging import metrics
 
+from rdrop_seq.batching import StackedCopies
 from rdrop_seq.criterions.base import RDropCriterionBase
 from rdrop_seq.criterions.config import RDropConfig, family_default
 from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_regression_loss
@@ -81,7 +82,37 @@ class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCri
                 f"'{self.classification_head_name}' (--classification-head-name), e.g. "
                 "--arch roberta_base with --num-classes"
             )
-        passes, alpha, copies = self.copies_for(model, sample, reduce)
+        return super().forward(model, sample, reduce)
+
+    def stock_forward(self, model, sample, reduce=True):
+        """A forward without R-Drop: the stock criterion's ``forward``, except where it
+        fails: validation predictions (``--report-mcc`` and the like) of a label dictionary
+        whose labels are not integers, which the stock code converts with ``int()``; those
+        take this criterion's single pass (the same loss operations) and report class
+        indices (see :meth:`_label_values`)."""
+        if self.keep_pred_and_targ and not model.training and not self._integer_labels():
+            copies = StackedCopies(model, sample["net_input"], 1, sample["target"].size(0))
+            return self.rdrop_forward(model, copies, sample, 1, 0.0)
+        return super().stock_forward(model, sample, reduce)
+
+    def _integer_labels(self) -> bool:
+        """Whether every class's label is an integer (regression: no labels to convert).
+
+        The classes are the task's ``--num-classes`` first symbols after the label
+        dictionary's special ones (the rest pad the dictionary: ``madeupword0000``...)."""
+        if self.regression_target:
+            return True
+        start = self.label_dict.nspecial
+        classes = getattr(self.task.cfg, "num_classes", None) or len(self.label_dict) - start
+        for symbol in self.label_dict.symbols[start:start + classes]:
+            try:
+                int(symbol)
+            except ValueError:
+                return False
+        return True
+
+    def rdrop_forward(self, model, copies, sample, passes, alpha):
+        """The task loss of every copy plus alpha times their pair-mean divergence."""
         batch_size = sample["target"].size(0)
         logits, _ = copies.run(
             model, features_only=True, classification_head_name=self.classification_head_name

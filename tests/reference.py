@@ -71,6 +71,24 @@ def reference_rdrop_loss(logits, target, epsilon, alpha, passes, pad, divergence
     return ce + alpha * kl, nll, kl
 
 
+def reference_partial_rdrop_loss(copies_of, target, epsilon, alpha, pad):
+    """Partial duplication (``--rdrop-fraction``) from the definition, in float64.
+
+    ``copies_of[b]``: the logits ``[T, V]`` of each copy sentence ``b`` ran (one for a
+    sentence run once, m for a duplicated one); ``target``: ``[B, T]``.  Returns
+    (loss, nll, kl) with loss = sum_b sum_{copies c of b} CE_q(b, c) + alpha * kl and
+    kl = sum_{duplicated b} sum_t mean_{i<j} D(P_i, P_j): each sentence's own R-Drop
+    objective, without the divergence where it ran once.
+    """
+    loss = nll = kl = torch.zeros((), dtype=torch.float64)
+    for copies, sentence_target in zip(copies_of, target):
+        passes = len(copies)
+        parts = reference_rdrop_loss(torch.cat(copies), sentence_target, epsilon,
+                                     alpha if passes > 1 else 0.0, passes, pad)
+        loss, nll, kl = loss + parts[0], nll + parts[1], kl + parts[2]
+    return loss, nll, kl
+
+
 def reference_regression_loss(outputs, target, alpha, passes):
     """R-Drop for regression from the definition, in float64, sentence by sentence.
 

@@ -101,3 +101,33 @@ def test_recurrent_encoder_trains(data_bin):
     ]
     log = run("rdrop-train", *args, cwd=data_bin)
     assert re.search(r"epoch 001 \| loss [\d.]+ \| nll_loss [\d.]+ \| rdrop_kl [\d.]+", log), log[-2000:]
+
+
+def test_cost_variants_resume_mid_epoch_with_identical_results(data_bin):
+    """--rdrop-fraction, --rdrop-share-encoder and --rdrop-start-update: stopped after update 3
+    (mid-epoch) and resumed, the run logs and ends with what one uninterrupted run does."""
+    import torch
+
+    from tests.test_distributed import train_inner
+
+    def train(save_dir, max_update):
+        return run("rdrop-train", *TRAIN_ARGS, "--save-dir", save_dir, "--log-interval", 1,
+                   "--max-tokens", 300, "--rdrop-fraction", 0.5, "--rdrop-share-encoder",
+                   "--rdrop-start-update", 2, "--disable-validation", "--save-interval-updates", 3,
+                   "--max-update", max_update, cwd=data_bin)
+
+    straight = train("ckpt_variants_a", 6)
+    train("ckpt_variants_b", 3)
+    resumed = train("ckpt_variants_b", 6)
+    assert re.search(r"Loaded checkpoint \S*checkpoint_last.pt \(epoch 1 @ 3 updates\)", resumed)
+
+    def logged(log):
+        timing = ("wall", "ups", "wps", "train_wall")
+        return {n: {k: v for k, v in stats.items() if k not in timing} for n, stats in train_inner(log).items()}
+
+    a, b = logged(straight), logged(resumed)
+    assert sorted(b) == [4, 5, 6] and all(a[n] == b[n] for n in b), (a, b)
+    assert "rdrop_kl" not in a[1] and "rdrop_kl" in a[3]  # update index 2 is the first R-Drop one
+    final_a = torch.load(data_bin / "ckpt_variants_a" / "checkpoint_last.pt", map_location="cpu")["model"]
+    final_b = torch.load(data_bin / "ckpt_variants_b" / "checkpoint_last.pt", map_location="cpu")["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)

@@ -19,7 +19,7 @@ import torch
 from fairseq import utils
 from fairseq.logging import metrics
 
-from rdrop_seq.batching import StackedCopies
+from rdrop_seq.batching import StackedCopies, duplicated_rows, sample_rows, split_rows
 from rdrop_seq.divergences import check_divergence
 from rdrop_seq.losses import RDropLoss
 from rdrop_seq.schedule import RDropSchedule
@@ -43,6 +43,18 @@ def _data_parallel_rank() -> int:
     from fairseq.distributed import utils as distributed_utils
 
     return distributed_utils.get_data_parallel_rank()
+
+
+def sum_results(results):
+    """One ``(loss, sample_size, logging_output)`` of several sub-batches' (every logged
+    value is a sum, so the sums are the whole batch's)."""
+    loss = sum(r[0] for r in results)
+    sample_size = sum(r[1] for r in results)
+    logging_output = {}
+    for _, _, log in results:
+        for key, value in log.items():
+            logging_output[key] = logging_output[key] + value if key in logging_output else value
+    return loss, sample_size, logging_output
 
 
 def rank_seed(update_seed: int, rank: int) -> int:
@@ -72,6 +84,7 @@ class RDropCriterionBase:
                 f"{why} turns off: leave --rdrop-chunk-size out"
             )
         self.chunk_size = chunk_size or None
+        self.share_encoder = bool(getattr(cfg, "rdrop_share_encoder", False))
         self._num_updates = None
         self._dropout_checked = False
         self._rank_seed = None
@@ -156,8 +169,10 @@ class RDropCriterionBase:
         return super().forward(model, sample, reduce)
 
     def forward(self, model, sample, reduce=True):
-        """The stock single pass where the schedule runs no R-Drop (validation,
-        the updates ``--rdrop-every`` skips), else :meth:`rdrop_forward`."""
+        """The stock single pass where the schedule runs no R-Drop (validation, the
+        updates before ``--rdrop-start-update`` and those ``--rdrop-every`` skips), else
+        :meth:`rdrop_forward` on the batch, or with ``--rdrop-fraction`` below 1
+        :meth:`partial_forward`."""
         passes, alpha = self.passes_and_alpha(model)
         if model.training:
             self.decorrelate_rank_dropout()
@@ -165,8 +180,33 @@ class RDropCriterionBase:
             return self.stock_forward(model, sample, reduce)
         if not reduce:
             raise ValueError("R-Drop criterions only support reduce=True")
-        copies = StackedCopies(model, sample["net_input"], passes, sample["target"].size(0))
-        return self.rdrop_forward(model, copies, sample, passes, alpha)
+        if self.schedule.fraction < 1:
+            return self.partial_forward(model, sample, passes, alpha)
+        return self.rdrop_forward(model, self.copies(model, sample, passes), sample, passes, alpha)
+
+    def copies(self, model, sample, passes: int) -> StackedCopies:
+        """The ``passes`` copies of ``sample``'s batch (the encoder shared where asked)."""
+        return StackedCopies(model, sample["net_input"], passes, sample["target"].size(0),
+                             share_encoder=self.share_encoder)
+
+    def partial_forward(self, model, sample, passes: int, alpha: float):
+        """``--rdrop-fraction rho``: the sentences :func:`duplicated_rows` picks run the
+        ``passes`` copies with the divergence, the others once with their cross-entropy
+        only; the two sub-batches' losses, sample sizes and logging outputs are summed::
+
+            sum_{sentences s} sum_{copies c of s} CE(s, c)
+              + alpha * sum_{duplicated s} sum_t mean_{i<j} D(P_i, P_j)
+
+        (two forwards of the model, B - k and m * k rows, in place of one of m * B).
+        """
+        batch = sample["target"].size(0)
+        chosen = duplicated_rows(batch, self.schedule.fraction, device=sample["target"].device)
+        results = []
+        for rows, m, a in zip(split_rows(batch, chosen), (1, passes), (0.0, alpha)):
+            if rows is not None:
+                sub = sample_rows(sample, rows, self.padding_idx)
+                results.append(self.rdrop_forward(model, self.copies(model, sub, m), sub, m, a))
+        return sum_results(results)
 
     def rdrop_forward(self, model, copies: StackedCopies, sample, passes: int, alpha: float):
         """Loss over the ``passes`` dropout copies in one forward over ``[x; x]``.

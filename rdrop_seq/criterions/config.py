@@ -38,13 +38,43 @@ class RDropConfig(FairseqDataclass):
     rdrop_every: int = field(
         default=1,
         metadata={
-            "help": "apply R-Drop on every k-th update (updates 0, k, 2k, ...); the "
-            "other updates use the plain single-pass loss"
+            "help": "apply R-Drop on every k-th update (updates N, N+k, N+2k, ... with N = "
+            "--rdrop-start-update); the other updates are the stock criterion's single pass"
         },
     )
     rdrop_alpha_warmup: int = field(
         default=0,
-        metadata={"help": "alpha grows linearly from 0 over this many updates"},
+        metadata={
+            "help": "alpha grows linearly from 0 over this many updates, counted from "
+            "--rdrop-start-update"
+        },
+    )
+    rdrop_start_update: int = field(
+        default=0,
+        metadata={
+            "help": "the first update (0-based, the trainer's num_updates) that runs R-Drop; "
+            "the updates before it are the stock criterion's single pass, at its cost"
+        },
+    )
+    rdrop_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "the share rho (0 < rho <= 1) of each batch's sentences that runs the "
+            "dropout copies, drawn at random per update (each sentence with probability "
+            "rho, reproducibly from the trainer's seed and the update); the others run once. "
+            "The cross-entropy covers every copy run, the divergence the duplicated "
+            "sentences: an update costs about 1 + rho (m = 2) single passes"
+        },
+    )
+    rdrop_share_encoder: bool = field(
+        default=False,
+        metadata={
+            "help": "encoder-decoder models: run the encoder once and give its output to "
+            "every copy, the decoder runs on the copies with their own dropout masks. Saves "
+            "the encoder's second pass, but changes the objective: the copies share the "
+            "encoder's dropout, so the divergence regularises the decoder only. Refused for "
+            "models without an encoder and a decoder"
+        },
     )
     rdrop_divergence: ChoiceEnum(DIVERGENCES) = field(
         default="sym-kl",

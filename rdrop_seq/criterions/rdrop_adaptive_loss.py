@@ -57,7 +57,6 @@ from fairseq.dataclass import ChoiceEnum
 
 from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
-from rdrop_seq.batching import StackedCopies
 from rdrop_seq.criterions.base import RDropCriterionBase
 from rdrop_seq.criterions.config import FusedLossConfig, RDropLMConfig
 from rdrop_seq.criterions.output_layer import adaptive_scores
@@ -158,8 +157,7 @@ class RDropAdaptiveLoss(RDropCriterionBase, FairseqCriterion):
         """
         if not reduce:
             raise ValueError("rdrop_adaptive_loss only supports reduce=True")
-        copies = StackedCopies(model, sample["net_input"], 1, sample["target"].size(0))
-        return self.rdrop_forward(model, copies, sample, 1, 0.0)
+        return self.rdrop_forward(model, self.copies(model, sample, 1), sample, 1, 0.0)
 
     def loss_terms(self, model, copies, sample, passes, alpha) -> RDropLoss:
         asm = self.adaptive_softmax(model)

@@ -42,7 +42,6 @@ from fairseq.criterions.sentence_prediction import (
 )
 from fairseq.logging import metrics
 
-from rdrop_seq.batching import StackedCopies
 from rdrop_seq.criterions.base import RDropCriterionBase
 from rdrop_seq.criterions.config import RDropConfig, family_default
 from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_regression_loss
@@ -91,8 +90,7 @@ class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCri
         take this criterion's single pass (the same loss operations) and report class
         indices (see :meth:`_label_values`)."""
         if self.keep_pred_and_targ and not model.training and not self._integer_labels():
-            copies = StackedCopies(model, sample["net_input"], 1, sample["target"].size(0))
-            return self.rdrop_forward(model, copies, sample, 1, 0.0)
+            return self.rdrop_forward(model, self.copies(model, sample, 1), sample, 1, 0.0)
         return super().stock_forward(model, sample, reduce)
 
     def _integer_labels(self) -> bool:

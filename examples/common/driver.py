@@ -18,6 +18,7 @@ import time
 from typing import Callable, Tuple
 
 from examples.common.base import RUNS, DemoError, child_env, rel, say
+from examples.common.equal_time import equal_time
 from examples.common.naming import only_one_run, results_stem, run_dir, runs_to_do
 from examples.common.provenance import command_line, git_commit, machine_info, utc_now
 from examples.common.report import plot_seed_curves, seed_table, write_results
@@ -41,6 +42,7 @@ class DemoTask:
     curves: Tuple  # (metric, panel title, y label) of the plot
     status_metrics: Tuple  # what --status shows per epoch
     mean_keys: Tuple  # the per-seed figures averaged over seeds
+    selection: Callable  # args -> (the validation metric that picks the checkpoint, whether higher is better)
     errors: Tuple = ()  # the task's own exceptions that mean "the user has to fix something"
 
     @classmethod
@@ -143,6 +145,10 @@ def run_demo(task, argv=None):
         return 0
 
     per_seed = {seed: per_seed[seed] for seed in args.seeds}
+    metric, higher = task.selection(args)
+    for runs in per_seed.values():
+        for run in RUNS:
+            runs[run].update(equal_time(runs["baseline"]["curve"], runs[run]["curve"], metric, higher))
     comparisons = {seed: task.compare(args, data, seed, runs) for seed, runs in per_seed.items()}
     p_values = {}
     for seed, c in comparisons.items():
@@ -178,12 +184,30 @@ def run_demo(task, argv=None):
         "total_seconds": round(time.time() - t_start, 1),
         "machine": machine_info(args.threads, args.jobs),
     })
+    results["equal_time"] = equal_time_summary(per_seed, metric, keys)
+    titles, labels = ({c[0]: c[i] for c in task.curves} for i in (1, 2))
+    panels = task.curves + ((metric, titles.get(metric, f"validation {metric}") + " against training time",
+                             labels.get(metric, metric), "seconds"),)
     json_path, png_path = write_results(
         args.results_dir, results_stem(args), results,
-        lambda path: plot_seed_curves(per_seed, path, task.curves, task.title(args), args.alpha),
+        lambda path: plot_seed_curves(per_seed, path, panels, task.title(args), args.alpha),
     )
     say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")
     return 0
+
+
+def equal_time_summary(per_seed, metric, keys):
+    """The results file's ``equal_time``: the metric, and per seed the baseline's training
+    seconds, its best, and R-Drop's two equal-time figures (examples/common/equal_time.py)."""
+    out = {"metric": f"valid_{metric}", "per_seed": {}}
+    for seed, runs in per_seed.items():
+        out["per_seed"][keys[seed]] = {
+            "baseline_seconds": runs["baseline"]["curve"][-1].get("seconds") if runs["baseline"]["curve"] else None,
+            "baseline_best": runs["baseline"]["valid_at_baseline_time"],
+            "valid_at_baseline_time": runs["rdrop"]["valid_at_baseline_time"],
+            "seconds_to_baseline_best": runs["rdrop"]["seconds_to_baseline_best"],
+        }
+    return out
 
 
 def settings(args):

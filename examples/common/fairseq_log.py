@@ -11,9 +11,12 @@ def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
 
     Each epoch's row holds the validation values under their names (``loss``)
     and the epoch's training averages, taken with dropout on, as ``train_<name>``
-    (``train_loss``): the gap between the two shows whether a run overfits.
+    (``train_loss``): the gap between the two shows whether a run overfits.  It also
+    holds ``seconds``: the run's wall-clock seconds when the epoch (its training and
+    validation) was done, fairseq's ``wall`` (whole seconds), counted on across resumes
+    (a resumed process's clock starts at the seconds of the epoch it resumed after).
     """
-    rows, updates = {}, 0
+    rows, updates, offset, last_wall = {}, 0, 0.0, 0.0
     if not os.path.exists(path):
         return {"epochs": [], "updates": updates}
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -38,6 +41,12 @@ def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
                     updates = max(updates, row["updates"])
             elif "train_loss" in rec:  # the epoch's training summary (after its validation)
                 row = {f"train_{k}": float(rec[f"train_{k}"]) for k in metrics if f"train_{k}" in rec}
+                if "train_wall" in rec:
+                    wall = float(rec["train_wall"])
+                    if wall < last_wall:  # a new process: its clock restarted
+                        offset = rows.get(epoch - 1, {}).get("seconds", offset + last_wall)
+                    last_wall = wall
+                    row["seconds"] = offset + wall
             else:
                 continue
             rows.setdefault(epoch, {"epoch": epoch}).update(row)  # a resumed epoch's values replace

@@ -21,6 +21,9 @@ TRAINING_ROWS = (
     ("epochs", "epochs", "{:d}"),
     ("stopped early", "stopped_early", "{}"),
     ("train time (s)", "seconds", "{:.0f}"),
+    # equal-time figures (examples/common/equal_time.py), on the validation metric that selects
+    ("best valid within the baseline's time", "valid_at_baseline_time", "{:.3f}"),
+    ("s to reach the baseline's best", "seconds_to_baseline_best", "{:.0f}"),
 )
 TRAINING_MEAN_KEYS = ("best_epoch", "epochs", "updates", "seconds")
 
@@ -81,8 +84,9 @@ def _fmt_mean_std(f, values):
 
 
 def plot_seed_curves(per_seed, path, panels, title, alpha):
-    """One panel per ``(metric, panel title, y label)``: every seed's curve of both runs (thin)
-    and their mean over the seeds at each epoch that all of them reached (thick)."""
+    """One panel per ``(metric, panel title, y label[, x])``: every seed's curve of both runs
+    (thin) and, against epochs, their mean over the seeds at each epoch that all of them
+    reached (thick); ``x = "seconds"`` plots against the runs' training seconds instead."""
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)  # matplotlib logs at DEBUG (import, fonts) where logging is set up so
     try:
@@ -105,13 +109,18 @@ def _plot_seed_curves(per_seed, path, panels, title, alpha):
     axes = list(axes) if len(panels) > 1 else [axes]
     colours = {"baseline": "tab:blue", "rdrop": "tab:red"}
     names = {"baseline": "baseline", "rdrop": f"R-Drop (alpha={alpha:g})"}
-    for ax, (key, panel_title, ylabel) in zip(axes, panels):
+    for ax, (key, panel_title, ylabel, *x_key) in zip(axes, panels):
+        x = x_key[0] if x_key else "epoch"
         for run in RUN_LABELS:
             curves = [res[run]["curve"] for res in per_seed.values()]
             for i, curve in enumerate(curves):
-                rows = [e for e in curve if e.get(key) is not None]
-                ax.plot([e["epoch"] for e in rows], [e[key] for e in rows], "-", lw=0.8, alpha=0.45,
+                rows = [e for e in curve if e.get(key) is not None and e.get(x) is not None]
+                ax.plot([e[x] for e in rows], [e[key] for e in rows], "-" if x == "epoch" else ".-",
+                        lw=0.8 if x == "epoch" else 1.6,
+                        alpha=0.45 if x == "epoch" else 0.8,
                         color=colours[run], label=f"{names[run]}, each seed" if i == 0 else None)
+            if x != "epoch":
+                continue
             common = sorted(set.intersection(*({e["epoch"] for e in c if e.get(key) is not None} for c in curves)))
             if common:
                 by_epoch = [{e["epoch"]: e[key] for e in c if e.get(key) is not None} for c in curves]
@@ -125,8 +134,10 @@ def _plot_seed_curves(per_seed, path, panels, title, alpha):
             low, high = min(later), max(later)
             margin = 0.05 * (high - low or abs(high) or 1.0)
             ax.set_ylim(low - margin, high + margin)
-        ax.set(title=panel_title, xlabel="epoch", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=panel_title, xlabel="epoch" if x == "epoch" else "training seconds (wall clock)",
+               ylabel=ylabel)
+        if x == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)

@@ -107,12 +107,14 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
                             for run, cmd in cmds.items()}
 
     default, default_cmds, parsed = commands([])
-    assert parsed["baseline"].dropout == parsed["rdrop"].dropout == default.default_dropout
-    # the default spelt out is the default: same runs, same commands (finished runs stay finished)
-    same, same_cmds, _ = commands(["--dropout", str(default.default_dropout)])
+    modes = default.default_dropout_of
+    for run in ("baseline", "rdrop"):
+        assert parsed[run].dropout == modes[run]
+    # the defaults spelt out are the defaults: same runs, same commands (finished runs stay finished)
+    same, same_cmds, _ = commands(["--baseline-dropout", str(modes["baseline"]), "--rdrop-dropout", str(modes["rdrop"])])
     assert same_cmds == default_cmds and results_stem(same) == "medium"
 
-    assert default.default_dropout != 0.2  # what follows needs a dropout that is not the mode's
+    assert 0.2 not in modes.values()  # what follows needs a dropout that is not the mode's
     other, _, parsed = commands(["--dropout", "0.2", "--alpha", "0.5"])
     assert parsed["baseline"].dropout == parsed["rdrop"].dropout == 0.2
     assert parsed["rdrop"].rdrop_alpha == 0.5
@@ -122,6 +124,26 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
 
     with pytest.raises(demo.DemoError, match="--dropout must be in"):
         demo.check_demo_args(demo.parse_args(base + ["--dropout", "1"]))
+    with pytest.raises(demo.DemoError, match="--rdrop-dropout must be in"):
+        demo.check_demo_args(demo.parse_args(base + ["--rdrop-dropout", "-0.1"]))
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_each_criterion_can_train_at_its_own_dropout(name, tmp_path):
+    """--rdrop-dropout changes R-Drop's runs alone (the baselines are shared), --baseline-dropout
+    the baseline's alone; each into run dirs and a results name of its own."""
+    demo = load_demo(name)
+    base = ["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
+    default = demo.parse_args(base)
+    args = demo.parse_args(base + ["--rdrop-dropout", "0.25"])
+    assert demo.run_dir(args, "baseline", 1) == demo.run_dir(default, "baseline", 1)
+    assert demo.run_dir(args, "rdrop", 1) == str(tmp_path / "w" / "rdrop-dropout0.25-seed1")
+    assert results_stem(args) == "medium-rdropout0.25"
+    cmd = demo.train_command(args, demo.MODES["medium"], str(tmp_path / "d"), demo.run_dir(args, "rdrop", 1), "rdrop")
+    assert parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):]).dropout == 0.25
+    both = demo.parse_args(base + ["--baseline-dropout", "0.15", "--rdrop-dropout", "0.25"])
+    assert demo.run_dir(both, "baseline", 1) == str(tmp_path / "w" / "baseline-dropout0.15-seed1")
+    assert results_stem(both) == "medium-bdropout0.15-rdropout0.25"
 
 
 def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):
@@ -210,5 +232,6 @@ def test_translation_modes_pick_checkpoints_by_their_own_validation_metric(tmp_p
         metric = setting.get("select", "bleu")
         assert parsed.best_checkpoint_metric == metric, mode
         assert parsed.eval_bleu == (metric == "bleu") and parsed.maximize_best_checkpoint_metric == (metric == "bleu")
-        assert parsed.dropout == setting.get("dropout", demo.DROPOUT) == args.default_dropout
+        assert parsed.dropout == setting.get("rdrop_dropout", setting.get("dropout", demo.DROPOUT))
+        assert parsed.dropout == args.default_dropout_of["rdrop"]
     assert demo.MODES["quick"]["select"] == "loss" and demo.MODES["quick"]["dropout"] == 0.1

@@ -216,7 +216,7 @@ def _status_args(tmp_path):
     import argparse
 
     return argparse.Namespace(mode="medium", work_dir=str(tmp_path / "work"), alpha=1.0, default_alpha=1.0,
-                              dropout=None, default_dropout=0.3, seeds=(7,))
+                              dropout=None, default_dropout_of={"baseline": 0.3, "rdrop": 0.3}, seeds=(7,))
 
 
 def test_status_reads_every_state_and_changes_nothing(fake, monkeypatch):

@@ -166,7 +166,7 @@ def train_command(args, data, save_dir, run, seed):
     ]  # fmt: skip
     extra = ["--finetune-from-model", data["pretrain"]["checkpoint"], "--no-epoch-checkpoints",
              "--required-batch-size-multiple", "1"]
-    dropout = dropout_override(args)
+    dropout = dropout_override(args, run, base=ARCH_DROPOUT)
     if dropout is not None:
         extra += ["--dropout", dropout]
     extra += train_flags(args, setting)

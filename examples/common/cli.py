@@ -37,13 +37,19 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
                         "rdrop-alpha<A>-seed<S>/ beside the default ones and writes <mode>-alpha<A>.json, "
                         "so an alpha sweep keeps every run and shares the baselines")
     p.set_defaults(mode_alpha=mode_alpha)
-    mode_dropout = {m: s.get("dropout", dropout) for m, s in modes.items()}
+    # each criterion at its own dropout: a mode's "dropout" is the baseline's (and R-Drop's unless
+    # it sets "rdrop_dropout"), both chosen on validation (RESULTS.md of each demo)
+    mode_dropout = {m: {"baseline": s.get("dropout", dropout), "rdrop": s.get("rdrop_dropout", s.get("dropout", dropout))}
+                    for m, s in modes.items()}
+    shown = ", ".join(f"{m} {d['baseline']:g}/{d['rdrop']:g}" for m, d in sorted(mode_dropout.items()))
     p.add_argument("--dropout", type=float,
-                   help="override the dropout of both runs (default: the mode's, "
-                        + ", ".join(f"{m} {d:g}" for m, d in sorted(mode_dropout.items())) + "); another value trains both "
-                        "runs in baseline-dropout<P>/ and rdrop-dropout<P>[-alpha<A>]/ and writes "
-                        "<mode>-dropout<P>[-alpha<A>].json, beside the default runs")
-    p.set_defaults(mode_dropout=mode_dropout)
+                   help=f"override the dropout of both runs (default: the mode's, baseline/R-Drop: {shown}); "
+                        "another value trains the runs in baseline-dropout<P>/ and rdrop-dropout<P>[-alpha<A>]/ "
+                        "and writes <mode>-dropout<P>[-alpha<A>].json, beside the default runs")
+    p.add_argument("--baseline-dropout", type=float, help="override the baseline's dropout alone")
+    p.add_argument("--rdrop-dropout", type=float, help="override R-Drop's dropout alone")
+    p.set_defaults(mode_dropout=mode_dropout,
+                   mode_chosen_by={m: s.get("chosen_by") for m, s in modes.items()})
     p.add_argument("--seeds", type=seed_list, metavar="S[,S...]",
                    help="the seeds; each trains both runs (default: the mode's, "
                         + ", ".join(f"{m} {','.join(map(str, s['seeds']))}" for m, s in sorted(modes.items()))
@@ -94,7 +100,7 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
     args.work_dir = os.path.abspath(args.work_dir or os.path.join(example_dir, "work", default_work))
     args.results_dir = os.path.abspath(args.results_dir)
     args.default_seeds = args.mode_seeds[args.mode]
-    args.default_dropout = args.mode_dropout[args.mode]
+    args.default_dropout_of = args.mode_dropout[args.mode]
     args.default_alpha = args.mode_alpha[args.mode]
     if args.alpha is None:
         args.alpha = args.default_alpha
@@ -110,8 +116,10 @@ def check_demo_args(args):
     """Refuse bad values of the shared options (before anything runs)."""
     if args.alpha < 0:
         raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
-    if args.dropout is not None and not 0 <= args.dropout < 1:
-        raise DemoError(f"--dropout must be in [0, 1), got {args.dropout}")
+    for flag in ("dropout", "baseline_dropout", "rdrop_dropout"):
+        value = getattr(args, flag, None)
+        if value is not None and not 0 <= value < 1:
+            raise DemoError(f"--{flag.replace('_', '-')} must be in [0, 1), got {value}")
     if args.threads < 1:
         raise DemoError(f"--threads must be >= 1, got {args.threads}")
     if args.max_epoch is not None and args.max_epoch < 1:

@@ -19,7 +19,7 @@ from typing import Callable, Tuple
 
 from examples.common.base import RUNS, DemoError, child_env, rel, say
 from examples.common.equal_time import equal_time
-from examples.common.naming import only_one_run, results_stem, run_dir, runs_to_do
+from examples.common.naming import only_one_run, results_stem, run_dir, run_dropout, runs_to_do
 from examples.common.provenance import command_line, git_commit, machine_info, utc_now
 from examples.common.report import plot_seed_curves, seed_table, write_results
 from examples.common.stats import summarise_seeds
@@ -212,10 +212,14 @@ def equal_time_summary(per_seed, metric, keys):
 
 def settings(args):
     """The settings that name the results (the mode's, or the user's where given)."""
-    keys = ("alpha", "dropout", "max_epoch", "patience", "max_tokens", "limit", "train_lines", "train_limit", "beam",
+    keys = ("alpha", "max_epoch", "patience", "max_tokens", "limit", "train_lines", "train_limit", "beam",
             "threads", "jobs")
     out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    out["dropout"] = {run: run_dropout(args, run) for run in RUNS}
     out["data_name"] = args.data_name
+    # the search rows the mode's settings were chosen from, where these are the mode's settings
+    if results_stem(args) == args.mode:
+        out["chosen_by"] = args.mode_chosen_by.get(args.mode)
     return out
 
 

@@ -15,16 +15,20 @@ def _alpha_suffix(args):
     return "" if args.alpha == args.default_alpha else f"-alpha{args.alpha:g}"
 
 
-def dropout_override(args):
-    """The ``--dropout`` value for fairseq when it differs from the demo's default, else None."""
-    if args.dropout is None or args.dropout == args.default_dropout:
-        return None
-    return f"{args.dropout:g}"
+def run_dropout(args, run):
+    """The dropout ``run`` trains with: ``--baseline-dropout``/``--rdrop-dropout``, else
+    ``--dropout``, else the mode's for that run (the criteria may have their own)."""
+    own = getattr(args, f"{run}_dropout", None)
+    if own is not None:
+        return own
+    return args.dropout if args.dropout is not None else args.default_dropout_of[run]
 
 
-def _dropout_suffix(args):
-    value = dropout_override(args)
-    return "" if value is None else f"-dropout{value}"
+def dropout_override(args, run, base=None):
+    """``run``'s dropout for fairseq's ``--dropout`` where it differs from ``base`` (default:
+    the mode's for that run; a demo that leaves the architecture's own gives that), else None."""
+    value = run_dropout(args, run)
+    return None if value == (args.default_dropout_of[run] if base is None else base) else f"{value:g}"
 
 
 def max_tokens_override(args):
@@ -35,18 +39,28 @@ def max_tokens_override(args):
     return value
 
 
-def _settings_suffix(args):
-    """``-tokens<N>`` and ``-dropout<P>`` for settings other than the defaults (both runs)."""
+def _tokens_suffix(args):
     tokens = max_tokens_override(args)
-    return ("" if tokens is None else f"-tokens{tokens}") + _dropout_suffix(args)
+    return "" if tokens is None else f"-tokens{tokens}"
+
+
+def _dropout_suffix(args):
+    """``-dropout<P>`` where both runs' dropout differs from the mode's and is the same,
+    else ``-bdropout<P>`` and ``-rdropout<P>`` for each run whose dropout differs."""
+    values = {run: dropout_override(args, run) for run in RUNS}
+    if values["baseline"] is not None and values["baseline"] == values["rdrop"]:
+        return f"-dropout{values['baseline']}"
+    return "".join(f"-{run[0]}dropout{v}" for run, v in values.items() if v is not None)
 
 
 def run_dir(args, run, seed):
     """Where ``run`` of ``seed`` trains: ``<work-dir>/baseline-seed<S>``, ``/rdrop-seed<S>``,
-    ``/rdrop-alpha<A>-seed<S>`` for another alpha; another batch size or dropout adds
-    ``-tokens<N>`` or ``-dropout<P>`` to both (``baseline-dropout<P>-seed<S>``)."""
+    ``/rdrop-alpha<A>-seed<S>`` for another alpha; another batch size adds ``-tokens<N>`` to
+    both, another dropout of a run ``-dropout<P>`` to that run (``baseline-dropout<P>-seed<S>``)."""
     alpha = _alpha_suffix(args) if run == "rdrop" else ""
-    return os.path.join(args.work_dir, f"{run}{_settings_suffix(args)}{alpha}-seed{seed}")
+    dropout = dropout_override(args, run)
+    dropout = "" if dropout is None else f"-dropout{dropout}"
+    return os.path.join(args.work_dir, f"{run}{_tokens_suffix(args)}{dropout}{alpha}-seed{seed}")
 
 
 # options that change the results but not a run's directory: (attribute, name in the results name)
@@ -56,14 +70,15 @@ NAMED_OVERRIDES = (("limit", "limit"), ("train_lines", "lines"), ("train_limit",
 
 def results_stem(args):
     """The results files' name: ``<mode>``, plus ``-<data name>`` for other data, and for every
-    setting other than the mode's: ``-tokens<N>``, ``-dropout<P>``, ``-limit<N>``/``-lines<N>``,
+    setting other than the mode's: ``-tokens<N>``, ``-dropout<P>`` (both runs; one run's:
+    ``-bdropout<P>``, ``-rdropout<P>``), ``-limit<N>``/``-lines<N>``,
     ``-beam<N>``, ``-epochs<N>``, ``-patience<N>``, ``-alpha<A>`` and ``-seeds<S>_<S>...``;
     no two settings share a name."""
     data = f"-{args.data_name}" if getattr(args, "data_name", None) else ""
     named = "".join(f"-{label}{getattr(args, attr)}" for attr, label in NAMED_OVERRIDES
                     if getattr(args, attr, None) is not None)
     seeds = "" if tuple(args.seeds) == tuple(args.default_seeds) else "-seeds" + "_".join(map(str, args.seeds))
-    return args.mode + data + _settings_suffix(args) + named + _alpha_suffix(args) + seeds
+    return args.mode + data + _tokens_suffix(args) + _dropout_suffix(args) + named + _alpha_suffix(args) + seeds
 
 
 def only_one_run(args):

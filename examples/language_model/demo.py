@@ -221,7 +221,7 @@ def train_command(args, setting, data_bin, save_dir, run, vocab_size=None, seed=
         "--no-epoch-checkpoints",
     ]  # fmt: skip
     cmd += train_run_flags(save_dir, seed)
-    dropout = dropout_override(args)
+    dropout = dropout_override(args, run, base=ARCH_DROPOUT)
     if dropout is not None:  # else the architecture's own
         cmd += ["--dropout", dropout]
     cmd += train_flags(args, dict(setting, train=train))

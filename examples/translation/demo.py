@@ -77,7 +77,7 @@ from examples.common.cli import (
 )
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
-from examples.common.naming import dropout_override, run_dir
+from examples.common.naming import run_dir, run_dropout
 from examples.common.report import TRAINING_MEAN_KEYS, TRAINING_ROWS
 from examples.common.stages import fairseq_command
 from examples.common.stats import paired_bleu_test
@@ -191,7 +191,7 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
     cmd = fairseq_command("train") + [data_bin, "--task", "translation", "--arch", "transformer"]
     cmd += flags(setting["model"])
     cmd += [
-        "--share-all-embeddings", "--dropout", dropout_override(args) or f"{args.default_dropout:g}",
+        "--share-all-embeddings", "--dropout", f"{run_dropout(args, run):g}",
         "--weight-decay", "0.0001", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
         "--lr-scheduler", "inverse_sqrt",
         "--label-smoothing", "0.1", "--report-accuracy",

@@ -235,3 +235,20 @@ def test_translation_modes_pick_checkpoints_by_their_own_validation_metric(tmp_p
         assert parsed.dropout == setting.get("rdrop_dropout", setting.get("dropout", demo.DROPOUT))
         assert parsed.dropout == args.default_dropout_of["rdrop"]
     assert demo.MODES["quick"]["select"] == "loss" and demo.MODES["quick"]["dropout"] == 0.1
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_more_rdrop_flags_train_rdrop_runs_of_their_own_beside_the_shared_baselines(name, tmp_path):
+    demo = load_demo(name)
+    base = ["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
+    default = demo.parse_args(base)
+    args = demo.parse_args(base + ["--rdrop-flags", "--rdrop-fraction 0.5 --rdrop-share-encoder"])
+    assert demo.run_dir(args, "baseline", 1) == demo.run_dir(default, "baseline", 1)
+    assert demo.run_dir(args, "rdrop", 1) == str(tmp_path / "w" / "rdrop-fraction0.5-share-encoder-seed1")
+    assert results_stem(args) == "medium-fraction0.5-share-encoder"
+    cmd = demo.train_command(args, demo.MODES["medium"], str(tmp_path / "d"), demo.run_dir(args, "rdrop", 1), "rdrop")
+    parsed = parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):])
+    assert parsed.rdrop_fraction == 0.5 and parsed.rdrop_share_encoder
+    for bad in ("--lr 1", "--rdrop-alpha 2", "0.5"):
+        with pytest.raises(SystemExit):
+            demo.parse_args(base + ["--rdrop-flags", bad])

@@ -44,7 +44,7 @@ from examples.classification import prepare as prep
 from examples.common.base import (
     DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
 )
-from examples.common.cli import check_demo_args, demo_parser, parse_demo_args, train_flags
+from examples.common.cli import check_demo_args, demo_parser, parse_demo_args, rdrop_run_flags, train_flags
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
@@ -171,7 +171,7 @@ def train_command(args, data, save_dir, run, seed):
         extra += ["--dropout", dropout]
     extra += train_flags(args, setting)
     if run == "rdrop":
-        extra += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
+        extra += rdrop_run_flags(args, RDROP_CRITERION)
     else:
         extra += ["--criterion", "sentence_prediction"]
     return _fairseq_train(data["cls_bin"], task_flags, setting, save_dir, seed, extra)

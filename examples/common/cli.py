@@ -5,6 +5,7 @@ directories, the mode's defaults) and the checks of their values.
 import argparse
 import os
 import re
+import shlex
 import sys
 
 from examples.common.base import RUNS, DemoError, flags, rel
@@ -18,6 +19,25 @@ def seed_list(text):
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"a seed is named twice: {text!r}")
     return seeds
+
+
+def rdrop_variant_flags(text):
+    """``"--rdrop-fraction 0.5"`` -> ``("--rdrop-fraction", "0.5")`` (argparse type of
+    ``--rdrop-flags``): R-Drop's own flags only, α aside (``--alpha`` sets it)."""
+    tokens = tuple(shlex.split(text))
+    for token in tokens:
+        if token.startswith("-") and not re.fullmatch(r"--rdrop-[a-z-]+", token.split("=")[0]):
+            raise argparse.ArgumentTypeError(f"--rdrop-flags takes R-Drop flags (--rdrop-...) only, got {token}")
+        if token.split("=")[0] == "--rdrop-alpha":
+            raise argparse.ArgumentTypeError("--rdrop-flags: set alpha with --alpha")
+    if tokens and not tokens[0].startswith("--"):
+        raise argparse.ArgumentTypeError(f"--rdrop-flags must start with a flag, got {tokens[0]}")
+    return tokens
+
+
+def rdrop_run_flags(args, criterion):
+    """fairseq-train's flags of an R-Drop run: the criterion, ``--alpha`` and ``--rdrop-flags``."""
+    return ["--criterion", criterion, "--rdrop-alpha", str(args.alpha), *args.rdrop_flags]
 
 
 def demo_parser(doc, modes, alpha, alpha_note, dropout):
@@ -50,6 +70,10 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
     p.add_argument("--rdrop-dropout", type=float, help="override R-Drop's dropout alone")
     p.set_defaults(mode_dropout=mode_dropout,
                    mode_chosen_by={m: s.get("chosen_by") for m, s in modes.items()})
+    p.add_argument("--rdrop-flags", type=rdrop_variant_flags, default=(), metavar="'FLAGS'",
+                   help="more R-Drop flags for the R-Drop runs alone, e.g. '--rdrop-fraction 0.5' or "
+                        "'--rdrop-every 2' (docs/criterions.md); they train in rdrop[-...]-<flags>-seed<S>/ "
+                        "beside the default runs, share the baselines, and go into the results name")
     p.add_argument("--seeds", type=seed_list, metavar="S[,S...]",
                    help="the seeds; each trains both runs (default: the mode's, "
                         + ", ".join(f"{m} {','.join(map(str, s['seeds']))}" for m, s in sorted(modes.items()))

@@ -216,6 +216,7 @@ def settings(args):
             "threads", "jobs")
     out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     out["dropout"] = {run: run_dropout(args, run) for run in RUNS}
+    out["rdrop_flags"] = list(getattr(args, "rdrop_flags", ()))
     out["data_name"] = args.data_name
     # the search rows the mode's settings were chosen from, where these are the mode's settings
     if results_stem(args) == args.mode:

@@ -15,6 +15,23 @@ def _alpha_suffix(args):
     return "" if args.alpha == args.default_alpha else f"-alpha{args.alpha:g}"
 
 
+def variant_name(tokens):
+    """The name of ``--rdrop-flags`` in run dirs and results files:
+    ``("--rdrop-fraction", "0.5", "--rdrop-share-encoder")`` -> ``"fraction0.5-share-encoder"``."""
+    parts = []
+    for token in tokens:
+        if token.startswith("--"):
+            parts.append(token[len("--rdrop-"):].replace("=", ""))
+        else:
+            parts[-1] += token
+    return "-".join(parts)
+
+
+def _variant_suffix(args):
+    flags = getattr(args, "rdrop_flags", ())
+    return f"-{variant_name(flags)}" if flags else ""
+
+
 def run_dropout(args, run):
     """The dropout ``run`` trains with: ``--baseline-dropout``/``--rdrop-dropout``, else
     ``--dropout``, else the mode's for that run (the criteria may have their own)."""
@@ -57,7 +74,7 @@ def run_dir(args, run, seed):
     """Where ``run`` of ``seed`` trains: ``<work-dir>/baseline-seed<S>``, ``/rdrop-seed<S>``,
     ``/rdrop-alpha<A>-seed<S>`` for another alpha; another batch size adds ``-tokens<N>`` to
     both, another dropout of a run ``-dropout<P>`` to that run (``baseline-dropout<P>-seed<S>``)."""
-    alpha = _alpha_suffix(args) if run == "rdrop" else ""
+    alpha = _alpha_suffix(args) + _variant_suffix(args) if run == "rdrop" else ""
     dropout = dropout_override(args, run)
     dropout = "" if dropout is None else f"-dropout{dropout}"
     return os.path.join(args.work_dir, f"{run}{_tokens_suffix(args)}{dropout}{alpha}-seed{seed}")
@@ -78,7 +95,8 @@ def results_stem(args):
     named = "".join(f"-{label}{getattr(args, attr)}" for attr, label in NAMED_OVERRIDES
                     if getattr(args, attr, None) is not None)
     seeds = "" if tuple(args.seeds) == tuple(args.default_seeds) else "-seeds" + "_".join(map(str, args.seeds))
-    return args.mode + data + _tokens_suffix(args) + _dropout_suffix(args) + named + _alpha_suffix(args) + seeds
+    return (args.mode + data + _tokens_suffix(args) + _dropout_suffix(args) + named + _alpha_suffix(args)
+            + _variant_suffix(args) + seeds)
 
 
 def only_one_run(args):

@@ -73,6 +73,7 @@ import sys
 
 from examples.common.base import USER_DIR, DemoError, check_fairseq, device_flags, flags, rel, say, train_run_flags
 from examples.common.cli import (
+    rdrop_run_flags,
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
 )
 from examples.common.driver import DemoTask, run_demo
@@ -204,7 +205,7 @@ def train_command(args, setting, data_bin, save_dir, run, seed=None):
                 "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
     cmd += train_flags(args, setting)
     if run == "rdrop":
-        cmd += ["--criterion", RDROP_CRITERION, "--rdrop-alpha", str(args.alpha)]
+        cmd += rdrop_run_flags(args, RDROP_CRITERION)
     else:
         cmd += ["--criterion", "label_smoothed_cross_entropy"]
     return cmd + device_flags()

@@ -1,11 +1,12 @@
-"""examples/translation/cost.py: each variant trained through the demo (its own results file,
-the baselines shared), and cost.json's figures from those files."""
+"""The translation sweeps (examples/translation/sweep.py, cost.py, ablations.py): each setting
+trained through the demo (its own results file, the baselines shared), and the summaries'
+figures from those files."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from examples.translation import cost
+from examples.translation import ablations, cost, sweep
 
 
 def results(seed_figures, path="r.json"):
@@ -22,10 +23,13 @@ def results(seed_figures, path="r.json"):
 
 
 def test_variants_share_the_baseline_and_name_their_results_after_their_flags(tmp_path):
-    args = SimpleNamespace(mode="quick", threads=1, seeds="1,2")
-    assert cost.results_path(args, ()).endswith("results/quick.json")  # the mode's seeds: make demo's file
-    assert cost.results_path(args, ("--rdrop-every", "2")).endswith("-every2.json")
-    assert cost.demo_argv(args, ("--rdrop-fraction", "0.5"))[-1] == "--rdrop-flags=--rdrop-fraction 0.5"
+    args = SimpleNamespace(mode="quick", threads=1, seeds="1,2", results_dir=sweep.RESULTS_DIR)
+    assert sweep.results_path(args, ()).endswith("results/quick.json")  # the mode's seeds: make demo's file
+    every2 = dict(cost.VARIANTS)["every2"]
+    assert every2 == ("--rdrop-flags=--rdrop-every 2",)
+    assert sweep.results_path(args, every2).endswith("results/quick-every2.json")
+    assert sweep.results_path(args, dict(ablations.SETTINGS)["alpha5"]).endswith("results/quick-alpha5.json")
+    assert sweep.results_path(args, dict(ablations.SETTINGS)["dropout0.2"]).endswith("quick-rdropout0.2.json")
 
 
 def test_gain_share_and_time_ratio_are_over_full_rdrop_and_the_baseline(tmp_path):
@@ -41,5 +45,18 @@ def test_gain_share_and_time_ratio_are_over_full_rdrop_and_the_baseline(tmp_path
     assert every2["time_ratio"] == pytest.approx(1.6) and every2["per_seed"]["2"]["time_ratio"] == 1.7
     assert every2["seconds_per_update_ratio"] == pytest.approx(1.6)
     assert summary["baseline"]["seconds_mean"] == 100
-    cost.plot(summary, str(tmp_path / "cost.png"))
+    sweep.save_figure(cost.plot(summary), str(tmp_path / "cost.png"))
     assert (tmp_path / "cost.png").stat().st_size > 0
+
+
+def test_ablation_groups_name_their_settings_and_every_setting_changes_one_thing():
+    assert set(ablations.GROUP_NAMES) == {"alpha", "dropout", "passes", "divergence"}
+    assert len(ablations.SETTINGS) >= 10 and all(len(opts) in (1, 2) for _, opts in ablations.SETTINGS)
+    args = SimpleNamespace(mode="quick", threads=1, argv=[])
+    found = {name: (opts, results({"1": (6.0, 7.0 + i / 10, 100, 250)}))
+             for i, (name, opts) in enumerate(ablations.SETTINGS[:3])}
+    content = sweep.summary(args, "examples.translation.ablations", "settings", found, ablations.SETTINGS)
+    assert [s["name"] for s in content["settings"]] == [name for name, _ in ablations.SETTINGS[:3]]
+    assert content["settings"][2]["mean_delta_bleu"] == pytest.approx(1.2)
+    assert content["settings"][0]["train_seconds_mean"] == 250
+    assert content["run_settings"] == {"alpha": 2.0}

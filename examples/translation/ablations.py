@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""The R-Drop paper's analyses on our data, with seeds: alpha, dropout, the number of copies m
+and the divergence, each against the tuned baseline.
+
+Every setting changes one thing of the mode's R-Drop run (the baseline, at its own tuned
+settings, is shared by all): ``--alpha``, R-Drop's ``--rdrop-dropout``, ``--rdrop-passes`` or
+``--rdrop-divergence``.  Each is trained through the translation demo (a sweep:
+examples/translation/sweep.py; resumable, every setting's demo results file written as the
+demo writes it).  Per setting: test BLEU and chrF mean ± std, the delta against the baseline
+with sacrebleu's paired bootstrap p per seed, epochs and training seconds.  Written to
+``results/ablations.json`` (a ``settings`` list) and ``results/ablations.png`` (the BLEU gain
+per setting, every seed a point).  The every-k analysis is the cost sweep's
+(examples/translation/cost.py).
+
+Usage::
+
+    python -m examples.translation.ablations --only alpha        # one group: alpha, dropout, passes, divergence
+    python -m examples.translation.ablations --summary           # only rebuild ablations.json
+"""
+
+import sys
+
+from examples.translation import sweep
+
+GROUPS = {
+    "alpha": [("alpha0.5", ("--alpha", "0.5")), ("alpha1", ("--alpha", "1")), ("alpha2", ("--alpha", "2")),
+              ("alpha5", ("--alpha", "5"))],
+    "dropout": [("dropout0.1", ("--rdrop-dropout", "0.1")), ("dropout0.2", ("--rdrop-dropout", "0.2")),
+                ("dropout0.3", ("--rdrop-dropout", "0.3"))],
+    "passes": [("m3", ("--rdrop-flags=--rdrop-passes 3",))],
+    "divergence": [("js", ("--rdrop-flags=--rdrop-divergence js",)),
+                   ("kl-detached", ("--rdrop-flags=--rdrop-divergence kl-detached",))],
+}
+SETTINGS = tuple(setting for group in GROUPS.values() for setting in group)
+GROUP_NAMES = {group: [name for name, _ in settings] for group, settings in GROUPS.items()}
+
+
+def plot(content):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = content["settings"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(settings) + 2), 4.5))
+    ax.axhline(0, color="grey", lw=0.8)
+    for i, s in enumerate(settings):
+        deltas = [r["delta_bleu"] for r in s["per_seed"].values()]
+        ax.plot([i] * len(deltas), deltas, "o", color="tab:red", alpha=0.5)
+        ax.plot([i], [s["mean_delta_bleu"]], "D", color="tab:red", ms=8)
+    ax.set_xticks(range(len(settings)), [s["name"] for s in settings], rotation=30, ha="right")
+    ax.set(ylabel="test BLEU gain over the tuned baseline", title=f"R-Drop ablations ({content['mode']} mode; "
+           "points: seeds, diamonds: means)")
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def main(argv=None):
+    names = [name for name, _ in SETTINGS] + list(GROUPS)
+    args = sweep.parser(__doc__, names).parse_args(argv)
+    args.argv = argv
+    code = 0 if args.summary else sweep.run(args, SETTINGS, GROUP_NAMES)
+    found = sweep.found_results(args, SETTINGS)
+    if code or not found:
+        print("error: " + ("a run failed" if code else "no setting's results file yet"), file=sys.stderr)
+        return code or 2
+    content = sweep.summary(args, "examples.translation.ablations", "settings", found, SETTINGS)
+    path = sweep.write(args, "ablations", content, plot)
+    for s in content["settings"]:
+        print(f"{s['name']:<14} delta BLEU {s['mean_delta_bleu']:+.2f}  p {s['p_values']}  "
+              f"train {s['train_seconds_mean']:.0f}s")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -71,19 +71,39 @@ def train(argv=None) -> None:
         for reason in plan.reasons:
             log.info(reason)
     if plan.local_ranks:
-        port = plan.local_port or launch.free_port()
-        init = f"tcp://127.0.0.1:{port}"
-        argvs = [launch.rank_argv(plan.argv, r, init) for r in range(plan.local_ranks)]
-        logging.getLogger("rdrop_seq.launch").info(
-            "starting %d rank processes, rendezvous %s", plan.local_ranks, init
-        )
-        sys.exit(launch.run_local_ranks(argvs))
+        sys.exit(_run_local_ranks(plan))
     if plan.bf16_not_tpu:
         try:
             compat.keep_bf16_off_tpu()
         except Exception as err:
             sys.exit(f"rdrop-train: {INSTALL_HINT} (importing fairseq failed: {err!r})")
     _run_fairseq_cli("rdrop-train", "fairseq_cli.train", plan.argv)
+
+
+# a free port is found, released, then bound by rank 0: another process may take it in between
+PORT_TRIES = 3
+
+
+def _run_local_ranks(plan) -> int:
+    """Start ``plan.local_ranks`` rank processes around a rendezvous on this machine; where the
+    port was this process's pick and was taken before rank 0 bound it, again on another."""
+    import logging
+    import threading
+
+    from rdrop_seq import launch
+
+    log = logging.getLogger("rdrop_seq.launch")
+    for attempt in range(1, PORT_TRIES + 1):
+        port = plan.local_port or launch.free_port()
+        init = f"tcp://127.0.0.1:{port}"
+        argvs = [launch.rank_argv(plan.argv, r, init) for r in range(plan.local_ranks)]
+        log.info("starting %d rank processes, rendezvous %s", plan.local_ranks, init)
+        taken = threading.Event()
+        code = launch.run_local_ranks(argvs, port_taken=taken)
+        if code == 0 or not taken.is_set() or plan.local_port or attempt == PORT_TRIES:
+            return code
+        log.warning("rendezvous port %d was taken by another process: starting again on another", port)
+    return code
 
 
 def generate(argv=None) -> None:

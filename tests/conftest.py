@@ -28,6 +28,19 @@ def run_tool(tool, *args, cwd, env=None):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def on_a_free_port(start, tries=3):
+    """``start(port)`` -> ``(exit code, output)`` on a port found free; where another process
+    took the port before the command bound it (it reports EADDRINUSE), again on another."""
+    from rdrop_seq.launch import free_port
+    from rdrop_seq.launch.supervisor import PORT_IN_USE
+
+    for _ in range(tries):
+        code, out = start(free_port())
+        if code == 0 or not any(m.decode() in out for m in PORT_IN_USE):
+            break
+    return code, out
+
+
 def run(tool, *args, cwd, env=None):
     """:func:`run_tool` that fails the test with the tool's output if it fails."""
     code, out = run_tool(tool, *args, cwd=cwd, env=env)

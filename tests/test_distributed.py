@@ -22,8 +22,7 @@ import torch
 
 import rdrop_seq  # noqa: F401  (checkpoint loading on torch >= 2.6, registrations)
 from fairseq import utils as fairseq_utils
-from rdrop_seq.launch import free_port
-from tests.conftest import BIN, run
+from tests.conftest import BIN, on_a_free_port, run, run_tool
 
 B = 8  # sentences per batch and rank
 UPDATES = 3
@@ -61,12 +60,14 @@ def two_ranks_by_world_size(cwd, save_dir, dropout):
 
 def two_ranks_by_torchrun(cwd, save_dir, dropout):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return run(
+    code, out = on_a_free_port(lambda port: run_tool(
         "torchrun", "--nnodes", 1, "--nproc-per-node", 2, "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--no-python",
+        "--rdzv-endpoint", f"127.0.0.1:{port}", "--no-python",
         os.path.join(BIN, "rdrop-train"), *TRAIN, *dropout, "--save-dir", save_dir,
         cwd=cwd, env=env,
-    )
+    ))
+    assert code == 0, f"torchrun failed:\n{out[-6000:]}"
+    return out
 
 
 def train_inner(log):

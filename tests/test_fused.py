@@ -513,16 +513,18 @@ def _step_peak_bytes(which, **shape):
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 @pytest.mark.parametrize("vocab, n", [(8000, 2048), (32000, 1024)])
 def test_fused_step_holds_at_most_one_chunk_budget_of_buffers(vocab, n):
-    """Measured: what a fused training step holds beyond the gradients it returns is the
-    automatic chunk's buffers, about the chunk budget (neither more, nor needlessly less
-    while the batch is larger), and a small explicit chunk holds little."""
+    """Measured: what a fused training step holds beyond the gradients it returns is at most
+    the automatic chunk's buffers, about the chunk budget, and a small explicit chunk holds
+    little.  That the automatic chunk uses the budget (not needlessly less) is the chunk
+    policy's, asserted on the sizes the code chooses, not on the allocator's resident set."""
     hdim = 256
     grads = 4 * (2 * n * hdim + vocab * hdim)  # float32 gradients of the hidden states and the weight
     budget = chunking.CHUNK_BUDGET_BYTES
     assert 4 * 2 * n * vocab > 1.5 * budget  # one logits tensor would not fit in the budget
     buffers = _step_peak_bytes("fused", n=n, hdim=hdim, vocab=vocab) - grads
     assert buffers <= 1.25 * budget
-    assert buffers >= 0.75 * budget
+    per_position = chunking._bytes_per_position(vocab, 2, True, False)
+    assert auto_chunk_size(vocab, hdim, 2) * per_position >= 0.75 * budget
     small = _step_peak_bytes("fused", n=n, hdim=hdim, vocab=vocab, chunk_size=8) - grads
     assert small < 0.25 * buffers
 

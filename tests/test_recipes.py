@@ -25,6 +25,7 @@ from examples.translation import clean_corpus
 from examples.translation import score_generate as sg
 from examples.translation import sgm
 from examples.translation import wmt14_corpora
+from tests.conftest import on_a_free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")
@@ -421,23 +422,26 @@ def test_wmt14_smoke_refuses_to_overwrite_and_train_refuses_existing_checkpoints
 def test_two_nodes_train_with_the_multi_node_command(wmt14_en_de_smoke, tmp_path):
     """NNODES=2: the command each node runs, here both "nodes" on this machine, one rank each."""
     work = wmt14_en_de_smoke[0]
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", SMOKE="1", NNODES="2",
-               NPROC_PER_NODE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               DATA_BIN=str(work / "data-bin" / "wmt14_en_de"), SAVE_DIR=str(tmp_path / "ckpt"))
     script = os.path.join(TRANSLATION, "train-wmt14.sh")
-    procs = [subprocess.Popen(["bash", script, "en-de", "rdrop", "--max-epoch", "1"], cwd=tmp_path,
-                              env=dict(env, NODE_RANK=str(rank)), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-5000:]
+    used = []
+
+    def both_nodes(port):
+        used.append(port)
+        env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", SMOKE="1", NNODES="2",
+                   NPROC_PER_NODE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   DATA_BIN=str(work / "data-bin" / "wmt14_en_de"), SAVE_DIR=str(tmp_path / "ckpt"))
+        procs = [subprocess.Popen(["bash", script, "en-de", "rdrop", "--max-epoch", "1"], cwd=tmp_path,
+                                  env=dict(env, NODE_RANK=str(rank)), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+        both_nodes.outs = outs
+        return max(p.returncode for p in procs), "\n".join(outs)
+
+    code, out = on_a_free_port(both_nodes)
+    assert code == 0, out[-5000:]
+    outs = both_nodes.outs
     assert "2 training process(es) x --update-freq 8" in outs[0]
-    assert f"--nnodes 2 --node-rank 1 --master-addr 127.0.0.1 --master-port {port}" in outs[1]
+    assert f"--nnodes 2 --node-rank 1 --master-addr 127.0.0.1 --master-port {used[-1]}" in outs[1]
     assert "initialized host" in outs[0] and "rdrop_kl" in outs[0]
     assert (tmp_path / "ckpt" / "checkpoint1.pt").exists()
 

@@ -69,11 +69,17 @@ class _TextEncoder:
         sys.stdout.flush()
 
 
-def _pump(stream, prefix: bytes, lock: threading.Lock, out) -> None:
+# what a rank prints when the rendezvous port it was given is taken (torch's TCPStore)
+PORT_IN_USE = (b"EADDRINUSE", b"Address already in use", b"address already in use")
+
+
+def _pump(stream, prefix: bytes, lock: threading.Lock, out, port_taken=None) -> None:
     for line in iter(stream.readline, b""):
         with lock:
             out.write(prefix + line)
             out.flush()
+        if port_taken is not None and any(marker in line for marker in PORT_IN_USE):
+            port_taken.set()
     stream.close()
 
 
@@ -104,6 +110,7 @@ def run_local_ranks(
     env: Optional[Mapping[str, str]] = None,
     poll_s: float = 0.2,
     grace_s: float = 10.0,
+    port_taken: Optional[threading.Event] = None,
 ) -> int:
     """Start one ``rdrop-train`` process per rank, stream their output, fail fast.
 
@@ -112,7 +119,8 @@ def run_local_ranks(
     as one fails the others are terminated (SIGTERM, then SIGKILL after
     ``grace_s``) and its exit status is returned (128 + N for signal N).
     ``command``: what runs a rank, its arguments appended (default: this
-    Python running :func:`rdrop_seq.cli.train`).
+    Python running :func:`rdrop_seq.cli.train`).  ``port_taken`` is set when a rank
+    reports that the rendezvous port was taken (another process bound it first).
     """
     command = list(command) if command is not None else [sys.executable, "-c", CHILD_CODE]
     child_env = _rank_env(env, len(rank_argvs))
@@ -131,7 +139,7 @@ def run_local_ranks(
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env)
             procs.append(p)
             prefix = b"" if r == 0 else f"[rank {r}] ".encode()
-            t = threading.Thread(target=_pump, args=(p.stdout, prefix, lock, out), daemon=True)
+            t = threading.Thread(target=_pump, args=(p.stdout, prefix, lock, out, port_taken), daemon=True)
             t.start()
             pumps.append(t)
         while True:

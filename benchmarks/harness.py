@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from examples.common.provenance import git_commit
 from examples.common.stages import atomic_write
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,7 +212,7 @@ def write_results(kind: str, device: str, payload: dict, table: str) -> str:
     out_dir = os.path.join(REPO, "benchmarks", "results")
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{kind}-{device.split(':')[0]}-{date}")
-    payload = dict(payload, date=date, device=device,
+    payload = dict(payload, date=date, device=device, commit=git_commit(),
                    machine=machine_description(device, payload.get("threads")),
                    command=shlex.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]))
     with atomic_write(stem + ".json") as f:

@@ -6,7 +6,8 @@ chosen with this script, on validation alone: it trains the run that a demo
 would train, with the named settings changed, and never decodes or scores the
 test set.  Each call appends one line to ``examples/<task>/results/search.jsonl``:
 the settings, the run, its best validation score and the epoch of it, whether
-it stopped early, its epochs, updates and wall time.
+it stopped early, its epochs, updates and wall time, its validation curve, and
+the commit, date and machine that produced it.
 
 Usage::
 
@@ -26,6 +27,7 @@ import sys
 import time
 
 from examples.common.fairseq_log import checkpoint_epoch, parse_train_log
+from examples.common.provenance import git_commit, machine_info, utc_now
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -101,6 +103,7 @@ def main(argv=None):
         return 0
     if a.run is None:
         raise SystemExit("--run is needed to train")
+    commit = git_commit()  # the code this call runs, as it starts
     demo = load_demo(a.task)
     setting = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo.MODES[a.base_mode].items()}
     data = setting["data"]
@@ -168,8 +171,9 @@ def main(argv=None):
         "stopped_by_hand": a.record_stopped, "updates": info["updates"],
         "seconds": info["seconds"], "wall_this_call": round(time.time() - t0, 1),
         "best_valid_ppl": best.get("ppl"),
-        "curve": [{k: e.get(k) for k in ("epoch", "loss", "bleu", "ppl", "accuracy", "train_loss") if k in e}
-                  for e in epochs],
+        "curve": [{k: e.get(k) for k in ("epoch", "seconds", "loss", "bleu", "ppl", "accuracy", "train_loss")
+                   if k in e} for e in epochs],
+        "commit": commit, "date": utc_now(), "machine": machine_info(a.threads, 1),
     }
     out = os.path.join(task_dir, "results", "search.jsonl")
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -1,6 +1,8 @@
 """R-Drop loss math on log-probabilities, in plain PyTorch (no fairseq import): the
-objective's terms, their one result type :class:`RDropLoss`, and the one place alpha
-weighs the copies' divergence (:func:`with_divergence`).  The divergences themselves
+objective's terms, their one result type :class:`RDropLoss`, and where alpha weighs the
+copies' divergence on the unfused paths (:func:`with_divergence`; the fused losses weigh
+it inside their chunk loop, :mod:`rdrop_seq.fused.kernel`: the value in ``finish``, the
+gradient as ``beta = alpha / (m - 1)`` in ``chunk_core``).  The divergences themselves
 are :mod:`rdrop_seq.divergences`'.
 
 Conventions, used by every criterion of this package:

@@ -77,9 +77,8 @@ class RDropAdaptiveLossConfig(AdaptiveLossConfig, RDropLMConfig, FusedLossConfig
             "distributions plus the target cluster's conditional distributions "
             "(cheap: no extra scoring), 'full' = of the full-vocabulary "
             "distributions (exact; scores every tail cluster at every position, "
-            "chunk by chunk: on CPU 1.5-1.7x (30k and 268k words) to 2x (10k) the time of stock "
-            "adaptive_loss on the doubled batch, where 'head' takes 0.7-0.95x; with "
-            "--rdrop-no-fused it holds [copies x tokens, vocab] log-probabilities)"
+            "chunk by chunk; what each mode costs against stock adaptive_loss: docs/performance.md; "
+            "with --rdrop-no-fused it holds [copies x tokens, vocab] log-probabilities)"
         },
     )
 

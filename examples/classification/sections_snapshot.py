@@ -8,7 +8,7 @@ import os
 
 from examples.common import corpus_snapshot
 from examples.common.corpus_snapshot import SPLITS, debian_source, rebuild_command, splits_to_rows
-from examples.common.debian_apt import now_utc
+from examples.common.provenance import utc_now
 from examples.common.stages import atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,7 +48,7 @@ def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PRO
         "built by examples/classification/debian_sections.py",
         "source": debian_source(release, index_files, info["index_sha256"], architecture=True),
         "rebuild": rebuild_command("examples.classification.debian_sections", release),
-        "built": now_utc(),
+        "built": utc_now(),
         "terms": "Debian package descriptions (from the packages' maintainers) and sections, as published "
         "in the Debian archive's index files; see the Debian archive for their terms",
         "params": info["params"],

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 
-from examples.common.stages import fairseq_command
+from examples.common.stages import fairseq_command, speaker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
@@ -19,8 +19,7 @@ class DemoError(Exception):
     """Something the user has to fix, or a failed tool; the message says which."""
 
 
-def say(msg):
-    print(f"[demo] {msg}", flush=True)
+say = speaker("demo")
 
 
 def rel(path):

@@ -21,13 +21,12 @@ import os
 import sys
 
 from examples.common.debian_apt import DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAULT_SUITE, CorpusError
-from examples.common.stages import atomic_write, sha256_file, show_path, write_json
+from examples.common.stages import atomic_write, sha256_file, show_path, speaker, write_json
 
 SPLITS = ("train", "valid", "test")
 
 
-def say(msg):
-    print(f"[corpus] {msg}", flush=True)
+say = speaker("corpus")
 
 
 # ---------------------------------------------------------------------------

@@ -17,7 +17,6 @@ compressed index files, as apt may store them).
 """
 
 import bz2
-import datetime
 import gzip
 import lzma
 import os
@@ -25,6 +24,7 @@ import re
 import shutil
 import subprocess
 
+from examples.common.provenance import utc_now
 from examples.common.stages import atomic_write, sha256_file
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -38,8 +38,6 @@ class CorpusError(Exception):
     """Bad input to a corpus builder (the message names the file)."""
 
 
-def now_utc():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +225,7 @@ def fetch_indexes(
             found = [n for n in os.listdir(lists) if "Translation" in n or "Packages" in n]
             raise CorpusError(f"apt-get update did not produce index file {p} (found: {found or 'none'})")
     release = read_release(os.path.join(lists, f"{_suite_prefix(mirror, suite)}/InRelease".replace("/", "_")))
-    release.update(mirror=mirror, component=component, fetched=now_utc())
+    release.update(mirror=mirror, component=component, fetched=utc_now())
     if packages:
         release["architecture"] = architecture
     listed = release.pop("sha256", {})

@@ -1,4 +1,4 @@
-"""One driver for both demos: prepare the data, train and evaluate both runs of every seed
+"""One driver for the three demos: prepare the data, train and evaluate both runs of every seed
 (several at once, one process each), compare them over seeds and write the results.
 
 A demo is a :class:`DemoTask`: what is particular to its task (data, training
@@ -10,6 +10,7 @@ process of its own (``--jobs`` at once; each is the same demo invoked with
 finds finished runs done), then the table, the plot and the results file.
 """
 
+import concurrent.futures
 import dataclasses
 import os
 import subprocess
@@ -83,38 +84,32 @@ def run_jobs(task, args, jobs):
     """Train and evaluate ``jobs`` in processes of their own, ``args.jobs`` at once.
 
     Each process's output goes to ``<work-dir>/logs/<run dir name>.log``.  Raises
-    DemoError naming every job that failed, once all have ended.
+    DemoError naming every job that failed, once all have ended (Ctrl-C reaches the
+    processes too: each records where it stopped, and they are waited for).
     """
     log_dir = os.path.join(args.work_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
-    waiting, running, failed = list(jobs), {}, []
+
+    def one(job):
+        run, seed = job
+        log_path = os.path.join(log_dir, os.path.basename(run_dir(args, run, seed)) + ".log")
+        cmd = [sys.executable, "-m", task.module] + child_argv(args.argv, run, seed, args.threads)
+        say(f"{run} seed {seed}: started ({args.threads} thread{'s' if args.threads > 1 else ''}; "
+            f"log: {rel(log_path)})")
+        t0 = time.time()
+        with open(log_path, "a", encoding="utf-8") as log:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(args.threads)).returncode
+        if code == 0:
+            say(f"{run} seed {seed}: done ({time.time() - t0:.0f}s)")
+            return None
+        say(f"{run} seed {seed}: FAILED, see {rel(log_path)}")
+        return f"{run} seed {seed} (exit code {code}; see {rel(log_path)})"
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs)
     try:
-        while waiting or running:
-            while waiting and len(running) < args.jobs:
-                run, seed = waiting.pop(0)
-                log_path = os.path.join(log_dir, os.path.basename(run_dir(args, run, seed)) + ".log")
-                log = open(log_path, "a", encoding="utf-8")
-                cmd = [sys.executable, "-m", task.module] + child_argv(args.argv, run, seed, args.threads)
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(args.threads))
-                running[proc] = (run, seed, log, log_path, time.time())
-                say(f"{run} seed {seed}: started ({args.threads} thread{'s' if args.threads > 1 else ''}; "
-                    f"log: {rel(log_path)})")
-            for proc in list(running):
-                if proc.poll() is None:
-                    continue
-                run, seed, log, log_path, t0 = running.pop(proc)
-                log.close()
-                if proc.returncode == 0:
-                    say(f"{run} seed {seed}: done ({time.time() - t0:.0f}s)")
-                else:
-                    failed.append(f"{run} seed {seed} (exit code {proc.returncode}; see {rel(log_path)})")
-                    say(f"{run} seed {seed}: FAILED, see {rel(log_path)}")
-            time.sleep(1)
-    except BaseException:
-        for proc, (_, _, log, _, _) in running.items():  # Ctrl-C reached them too: let them record it
-            proc.wait()
-            log.close()
-        raise
+        failed = [f for f in pool.map(one, jobs) if f]
+    finally:  # on Ctrl-C: wait for the running processes, start none of the waiting ones
+        pool.shutdown(wait=True, cancel_futures=True)
     if failed:
         raise DemoError("these runs failed: " + "; ".join(failed))
 

@@ -17,8 +17,16 @@ import tempfile
 import time
 
 
-def say(msg):
-    print(f"[prepare] {msg}", flush=True)
+def speaker(prefix):
+    """A ``say(msg)`` that prints ``[prefix] msg`` at once: how every stage and demo reports."""
+
+    def say(msg):
+        print(f"[{prefix}] {msg}", flush=True)
+
+    return say
+
+
+say = speaker("prepare")
 
 
 def show_path(path):

@@ -20,7 +20,8 @@ import statistics
 
 import numpy as np
 
-RUNS = ("baseline", "rdrop")
+from examples.common.base import RUNS
+
 BLEU_TEST = "sacrebleu paired bootstrap resampling (paired-bs)"
 MCNEMAR_TEST = "McNemar's exact test (two-sided binomial test on the discordant examples, scipy.stats.binomtest)"
 LM_TEST = ("paired block bootstrap of the per-token log-prob difference "

@@ -9,7 +9,7 @@ import os
 from examples.common import corpus_snapshot
 # SPLITS, corpus_digest, say and splits_to_rows also serve this corpus's callers from here
 from examples.common.corpus_snapshot import SPLITS, corpus_digest, debian_source, rebuild_command, say, splits_to_rows
-from examples.common.debian_apt import now_utc
+from examples.common.provenance import utc_now
 from examples.common.stages import atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,7 +43,7 @@ def update_snapshot(corpus_tsv, info, release, snapshot=SNAPSHOT, provenance=PRO
         "(apt index files Translation-de and Translation-en), built by examples/translation/debian_corpus.py",
         "source": debian_source(release, ["i18n/Translation-de", "i18n/Translation-en"], info["index_sha256"]),
         "rebuild": rebuild_command("examples.translation.debian_corpus", release),
-        "built": now_utc(),
+        "built": utc_now(),
         "terms": "Debian package descriptions (from the packages' maintainers) and their German translations "
         "(from the Debian Description Translation Project, DDTP), as published in the Debian archive's i18n "
         "index files; see the Debian archive and the DDTP for their terms",

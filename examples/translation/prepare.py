@@ -29,7 +29,7 @@ import subprocess
 import sys
 
 from examples.common.stages import (
-    atomic_write, dir_stage, fairseq_command, read_json, sha256_file, show_path, stage_key, train_sentencepiece,
+    atomic_write, dir_stage, fairseq_command, read_json, say, sha256_file, show_path, stage_key, train_sentencepiece,
 )
 from examples.translation import debian_corpus as dc
 from examples.translation import debian_snapshot
@@ -39,10 +39,6 @@ SRC, TGT = "de", "en"
 
 class PrepareError(Exception):
     """Bad input to the preparation (the message names the file)."""
-
-
-def say(msg):
-    print(f"[prepare] {msg}", flush=True)
 
 
 def count_lines(path):

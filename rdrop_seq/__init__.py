@@ -1,7 +1,7 @@
 """rdrop-seq: R-Drop (Liang et al., 2021) for fairseq.
 
 This package is itself fairseq's ``--user-dir``: importing it registers the
-criterions and model architectures.  ``python -m rdrop_seq --user-dir``
+criterions, model architectures and tasks.  ``python -m rdrop_seq --user-dir``
 prints its path.
 """
 
@@ -16,3 +16,4 @@ bleu_of_empty_output()
 
 from rdrop_seq import criterions  # noqa: E402,F401  (registers the criterions)
 from rdrop_seq import models  # noqa: E402,F401  (registers the architectures)
+from rdrop_seq import tasks  # noqa: E402,F401  (registers the tasks)

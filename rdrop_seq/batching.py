@@ -141,7 +141,8 @@ def sample_rows(sample: Dict[str, Any], rows: torch.Tensor, pad: int) -> Dict[st
             return {k: take(v) for k, v in value.items()}
         return value
 
-    sub = {key: take(value) for key, value in sample.items()}
+    # a semi-supervised batch's unlabeled sentences are a batch of their own, left out
+    sub = {key: take(value) for key, value in sample.items() if key != "unlabeled"}
     target, lengths = sub["target"], sub["net_input"].get("src_lengths")
     if target.dim() > 1:
         ntokens = int(target.ne(pad).sum())

@@ -5,6 +5,12 @@ import math
 from dataclasses import dataclass
 
 
+def ramp(updates: int, warmup: int) -> float:
+    """The share of a weight reached ``updates`` updates into a linear warm-up of ``warmup``
+    updates (1 from the start where ``warmup`` is 0)."""
+    return 1.0 if warmup == 0 else min(1.0, max(0, updates) / warmup)
+
+
 @dataclass(frozen=True)
 class RDropSchedule:
     """R-Drop settings shared by every criterion of this package.
@@ -62,6 +68,9 @@ class RDropSchedule:
 
     def alpha_at(self, num_updates: int) -> float:
         """Weight of the KL term at this update (0-based index)."""
-        if self.warmup == 0:
-            return self.alpha
-        return self.alpha * min(1.0, max(0, num_updates - self.start) / self.warmup)
+        return self.alpha * ramp(num_updates - self.start, self.warmup)
+
+    def ramp_at(self, num_updates: int, warmup: int) -> float:
+        """The share reached at this update of a weight warmed up over ``warmup`` updates from
+        the start (the semi-supervised weight's ramp-up)."""
+        return ramp(num_updates - self.start, warmup)

@@ -89,6 +89,32 @@ def reference_partial_rdrop_loss(copies_of, target, epsilon, alpha, pad):
     return loss, nll, kl
 
 
+def reference_unlabeled_divergence(logits, passes, divergence="sym-kl", confidence=0.0, temperature=1.0):
+    """Semi-supervised R-Drop's unlabeled term from the definition, in float64.
+
+    logits: [passes * U, C] (copy-major).  A sentence counts when the top class of the mean of
+    its copies' distributions has probability > ``confidence`` (every one where it is 0); it
+    contributes the pair mean of D(P_i, P_j), where with a ``temperature`` T != 1
+    D = 1/2 (KL(Q_j||P_i) + KL(Q_i||P_j)), Q = P^(1/T) renormalised (no gradient), else
+    :func:`reference_pair_divergence`.  Returns (the sum over counted sentences, their number).
+    """
+    copies = torch.softmax(logits.to(torch.float64).view(passes, -1, logits.size(-1)), dim=-1)
+    logp = [torch.log(p) for p in copies]
+    keep = torch.ones(copies.size(1), dtype=torch.bool)
+    if confidence > 0:
+        keep = copies.detach().mean(0).max(-1).values > confidence
+    pairs = list(itertools.combinations(range(passes), 2))
+    total = torch.zeros((), dtype=torch.float64)
+    for i, j in pairs:
+        if temperature != 1.0:
+            q = [torch.softmax(lp.detach() / temperature, dim=-1) for lp in (logp[i], logp[j])]
+            per = 0.5 * (kl_rows(q[1], torch.log(q[1]), logp[i]) + kl_rows(q[0], torch.log(q[0]), logp[j]))
+        else:
+            per = reference_pair_divergence(logp[i], logp[j], divergence)
+        total = total + (per * keep).sum()
+    return total / len(pairs), int(keep.sum())
+
+
 def reference_regression_loss(outputs, target, alpha, passes):
     """R-Drop for regression from the definition, in float64, sentence by sentence.
 

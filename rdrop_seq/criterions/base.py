@@ -205,6 +205,8 @@ class RDropCriterionBase:
         for rows, m, a in zip(split_rows(batch, chosen), (1, passes), (0.0, alpha)):
             if rows is not None:
                 sub = sample_rows(sample, rows, self.padding_idx)
+                if m > 1 and "unlabeled" in sample:  # unlabeled sentences all run the copies
+                    sub["unlabeled"] = sample["unlabeled"]
                 results.append(self.rdrop_forward(model, self.copies(model, sub, m), sub, m, a))
         return sum_results(results)
 

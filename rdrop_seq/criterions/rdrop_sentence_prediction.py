@@ -23,13 +23,24 @@ difference of the copies): its classification objective is this one with
 
 One forward over ``[x; x]`` (the sample is left untouched); R-Drop only while
 training, on the updates ``--rdrop-every`` selects; validation and the other
-updates run the stock criterion's own code, with the stock logging (accuracy, and MCC, F1, Pearson/Spearman
-where asked) plus ``rdrop_kl`` (the pair-mean divergence per sentence, base 2)
-in training.
+updates run the stock criterion's own code, with the stock logging (accuracy, and
+MCC, F1, Pearson/Spearman where asked) plus ``rdrop_kl`` (the pair-mean divergence
+per sentence, base 2) in training.
+
+Semi-supervised R-Drop: where the batch carries unlabeled sentences (the task
+``sentence_prediction_unlabeled``), each adds only its copies' divergence, weighed by
+``--rdrop-unlabeled-alpha`` (ramped up over ``--rdrop-unlabeled-warmup`` updates)::
+
+    labeled objective above + alpha_u * sum_{unlabeled u kept} mean_{i<j} D(P_i(u), P_j(u))
+
+with UDA's confidence mask and sharpening (:mod:`rdrop_seq.consistency`).  No label of
+an unlabeled sentence is read (it has none); ``sample_size`` and the accuracy stay over
+the labeled sentences; ``unlabeled_kl`` (per kept sentence, base 2) and
+``unlabeled_kept`` (the share the mask keeps, %) are logged apart.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +53,8 @@ from fairseq.criterions.sentence_prediction import (
 )
 from fairseq.logging import metrics
 
+from rdrop_seq.batching import StackedCopies
+from rdrop_seq.consistency import check_unlabeled_settings, unlabeled_disagreement, unlabeled_divergence
 from rdrop_seq.criterions.base import RDropCriterionBase
 from rdrop_seq.criterions.config import RDropConfig, family_default
 from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_regression_loss
@@ -58,7 +71,30 @@ from rdrop_seq.losses import rdrop_cross_entropy_loss, rdrop_regression_loss
     "0.5 x batch size here. 0 trains on the copies with the task loss only",
 )
 class RDropSentencePredictionConfig(SentencePredictionConfig, RDropConfig):
-    pass
+    rdrop_unlabeled_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "semi-supervised R-Drop: weight of the pair-mean divergence of the unlabeled "
+            "sentences' copies (the task sentence_prediction_unlabeled mixes them into every "
+            "training batch); per sentence, like --rdrop-alpha; 0 = unlabeled sentences unused"
+        },
+    )
+    rdrop_unlabeled_warmup: int = field(
+        default=0,
+        metadata={"help": "the unlabeled weight grows linearly from 0 over this many updates, "
+                  "counted from --rdrop-start-update"},
+    )
+    unlabeled_confidence: float = field(
+        default=0.0,
+        metadata={"help": "only unlabeled sentences whose prediction (the mean of the copies' "
+                  "class distributions, no gradient) gives its top class a probability above "
+                  "this count (UDA's confidence mask; 0 = every sentence)"},
+    )
+    unlabeled_temperature: float = field(
+        default=1.0,
+        metadata={"help": "with --rdrop-divergence kl-detached: the fixed side of each KL is the "
+                  "other copy's distribution at this temperature (< 1 sharpens, UDA's sharpening)"},
+    )
 
 
 @register_criterion("rdrop_sentence_prediction", dataclass=RDropSentencePredictionConfig)
@@ -66,6 +102,14 @@ class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCri
     def __init__(self, cfg: RDropSentencePredictionConfig, task):
         SentencePredictionCriterion.__init__(self, cfg, task)
         self.init_rdrop(cfg)
+        if cfg.rdrop_unlabeled_alpha < 0 or cfg.rdrop_unlabeled_warmup < 0:
+            raise ValueError("--rdrop-unlabeled-alpha and --rdrop-unlabeled-warmup must be >= 0, got "
+                             f"{cfg.rdrop_unlabeled_alpha} and {cfg.rdrop_unlabeled_warmup}")
+        check_unlabeled_settings(self.divergence, cfg.unlabeled_confidence, cfg.unlabeled_temperature,
+                                 self.regression_target)
+        self.unlabeled = dict(alpha=float(cfg.rdrop_unlabeled_alpha), warmup=int(cfg.rdrop_unlabeled_warmup),
+                              confidence=float(cfg.unlabeled_confidence),
+                              temperature=float(cfg.unlabeled_temperature))
         if self.regression_target and self.divergence != "sym-kl":
             raise ValueError(
                 f"--rdrop-divergence={self.divergence} compares class distributions; with "
@@ -124,6 +168,9 @@ class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCri
                 lprobs, targets, alpha, passes, divergence=self.divergence
             )
         loss = terms.loss + self._head_regularisers(model)
+        unlabeled = self._unlabeled_terms(model, sample, passes)
+        if unlabeled is not None:
+            loss = loss + unlabeled["weight"] * unlabeled["unlabeled_kl"]
 
         logging_output = {
             "loss": loss.data,
@@ -140,9 +187,31 @@ class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCri
         if not self.regression_target:
             preds = logits.argmax(dim=1)
             logging_output["ncorrect"] = (preds == targets.repeat(passes)).sum()
+        if unlabeled is not None:
+            logging_output.update({k: v for k, v in unlabeled.items() if k != "weight"})
         if self.keep_pred_and_targ and not model.training:
             logging_output.update(self._predictions(logits, targets))
         return loss, batch_size, logging_output
+
+    def _unlabeled_terms(self, model, sample, passes):
+        """Semi-supervised R-Drop: the unlabeled sentences of the batch (``sample["unlabeled"]``,
+        no labels), run as ``passes`` copies; their pair-mean divergence summed over the
+        sentences the confidence mask keeps (:mod:`rdrop_seq.consistency`), its weight at this
+        update, and their counts.  None where there are none or their weight is 0."""
+        batch = sample.get("unlabeled")
+        weight = self.unlabeled["alpha"] * self.schedule.ramp_at(self.num_updates(), self.unlabeled["warmup"])
+        if batch is None or passes < 2 or weight == 0:
+            return None
+        net_input = batch["net_input"]
+        copies = StackedCopies(model, net_input, passes, net_input["src_tokens"].size(0))
+        logits, _ = copies.run(model, features_only=True, classification_head_name=self.classification_head_name)
+        if self.regression_target:
+            total, kept = unlabeled_disagreement(logits.view(-1), passes)
+        else:
+            total, kept = unlabeled_divergence(logits, passes, self.divergence, self.unlabeled["confidence"],
+                                               self.unlabeled["temperature"])
+        return {"weight": weight, "unlabeled_kl": total, "unlabeled_kept": kept.data,
+                "unlabeled_nsentences": net_input["src_tokens"].size(0)}
 
     @staticmethod
     def _head_regularisers(model):
@@ -198,3 +267,9 @@ class RDropSentencePredictionCriterion(RDropCriterionBase, SentencePredictionCri
         if rdrop_nsentences > 0:
             kl = utils.item(sum(log.get("rdrop_kl", 0) for log in logging_outputs))
             metrics.log_scalar("rdrop_kl", kl / rdrop_nsentences / math.log(2), rdrop_nsentences, round=4)
+        unlabeled = utils.item(sum(log.get("unlabeled_nsentences", 0) for log in logging_outputs))
+        if unlabeled > 0:  # semi-supervised: per kept unlabeled sentence, and the share kept (%)
+            kept = utils.item(sum(log.get("unlabeled_kept", 0) for log in logging_outputs))
+            kl = utils.item(sum(log.get("unlabeled_kl", 0) for log in logging_outputs))
+            metrics.log_scalar("unlabeled_kl", kl / max(kept, 1) / math.log(2), max(kept, 1), round=4)
+            metrics.log_scalar("unlabeled_kept", 100.0 * kept / unlabeled, unlabeled, round=1)

@@ -172,6 +172,23 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def step_with_outputs(criterion, model, sample, seed):
+    """:func:`criterion_step`, and the first output of every model call inside it (their
+    gradients kept): ``(step, [outputs])``."""
+    outputs = []
+
+    def hook(_module, _inp, out):
+        out[0].retain_grad()
+        outputs.append(out[0])
+
+    handle = model.register_forward_hook(hook)
+    try:
+        step = criterion_step(criterion, model, sample, seed)
+    finally:
+        handle.remove()
+    return step, outputs
+
+
 def criterion_step(criterion, model, sample, seed):
     """``(loss, sample_size, logging_output, gradients)`` of one call of ``criterion`` with
     dropout drawn from ``seed``; the backward only while the model is training."""

@@ -11,7 +11,7 @@ from rdrop_seq.batching import duplicated_rows
 from rdrop_seq.schedule import RDropSchedule
 from tests.fairseq_helpers import (
     FLOAT32_TOLERANCES, check_step_against_reference, criterion_step, doubled, sentence_batch,
-    sentence_task, tiny_lstm, tiny_roberta, tiny_transformer, translation_batch,
+    sentence_task, step_with_outputs, tiny_lstm, tiny_roberta, tiny_transformer, translation_batch,
     translation_criterion, translation_task,
 )
 from tests.lm_helpers import adaptive_criterion, ce_criterion, lm_model, lm_task, random_lm_batch
@@ -90,18 +90,7 @@ def test_partial_duplication_matches_the_reference_inside_the_model(setup, passe
     assert 0 < chosen.numel() < batch, "the seed must pick some sentences, not all"
     crit = translation_criterion(task, rdrop_passes=passes, rdrop_alpha=3.0, rdrop_no_fused=no_fused,
                                  rdrop_fraction=fraction)
-    outputs = []
-
-    def hook(_module, _inp, out):
-        out[0].retain_grad()
-        outputs.append(out[0])
-
-    handle = model.register_forward_hook(hook)
-    try:
-        loss, size, log, _ = criterion_step(crit, model, sample, seed=SEED)
-    finally:
-        handle.remove()
-    once, copied = outputs  # the sentences run once, then the chosen ones' copies (copy-major)
+    (loss, size, log, _), (once, copied) = step_with_outputs(crit, model, sample, seed=SEED)  # the sentences run once, then the chosen ones' copies (copy-major)
     k = chosen.numel()
     assert once.size(0) == batch - k and copied.size(0) == passes * k
 

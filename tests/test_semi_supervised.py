@@ -10,7 +10,9 @@ import torch
 import rdrop_seq  # noqa: F401  (registers the criterions and tasks)
 from rdrop_seq.consistency import unlabeled_disagreement, unlabeled_divergence
 from rdrop_seq.divergences import DIVERGENCES
-from tests.fairseq_helpers import criterion_step, sentence_batch, sentence_task, tiny_roberta
+from tests.fairseq_helpers import (
+    criterion_step, sentence_batch, sentence_task, step_with_outputs, tiny_roberta,
+)
 from tests.reference import reference_rdrop_loss, reference_unlabeled_divergence
 from tests.test_sentence_prediction import make_criterion
 
@@ -74,18 +76,7 @@ def test_mixed_objective_matches_the_reference_inside_the_model(passes, flags):
     model = tiny_roberta(task).train()
     sample = semi_supervised_sample(task)
     crit = make_criterion(task, rdrop_alpha=1.2, rdrop_passes=passes, **flags)
-    outputs = []
-
-    def hook(_module, _inp, out):
-        out[0].retain_grad()
-        outputs.append(out[0])
-
-    handle = model.register_forward_hook(hook)
-    try:
-        loss, size, log, _ = criterion_step(crit, model, sample, seed=3)
-    finally:
-        handle.remove()
-    labeled, unlabeled = outputs
+    (loss, size, log, _), (labeled, unlabeled) = step_with_outputs(crit, model, sample, seed=3)
     assert labeled.size(0) == passes * 6 and unlabeled.size(0) == passes * 5
     leaves = [t.detach().double().requires_grad_() for t in (labeled, unlabeled)]
     divergence = flags.get("rdrop_divergence", "sym-kl")

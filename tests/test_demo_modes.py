@@ -25,6 +25,12 @@ def parse_with_fairseq(cmd):
     return options.parse_args_and_arch(parser, input_args=cmd)
 
 
+def parsed_run_command(demo, args, tmp_path, run="rdrop"):
+    """The medium mode's training command of ``run`` (seed 1), as fairseq parses it."""
+    cmd = demo.train_command(args, demo.MODES["medium"], str(tmp_path / "d"), demo.run_dir(args, run, 1), run)
+    return parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):])
+
+
 def mode_cases():
     for name in DEMOS:
         for mode in load_demo(name).MODES:
@@ -128,24 +134,6 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
         demo.check_demo_args(demo.parse_args(base + ["--rdrop-dropout", "-0.1"]))
 
 
-@pytest.mark.parametrize("name", list(DEMOS))
-def test_each_criterion_can_train_at_its_own_dropout(name, tmp_path):
-    """--rdrop-dropout changes R-Drop's runs alone (the baselines are shared), --baseline-dropout
-    the baseline's alone; each into run dirs and a results name of its own."""
-    demo = load_demo(name)
-    base = ["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
-    default = demo.parse_args(base)
-    args = demo.parse_args(base + ["--rdrop-dropout", "0.25"])
-    assert demo.run_dir(args, "baseline", 1) == demo.run_dir(default, "baseline", 1)
-    assert demo.run_dir(args, "rdrop", 1) == str(tmp_path / "w" / "rdrop-dropout0.25-seed1")
-    assert results_stem(args) == "medium-rdropout0.25"
-    cmd = demo.train_command(args, demo.MODES["medium"], str(tmp_path / "d"), demo.run_dir(args, "rdrop", 1), "rdrop")
-    assert parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):]).dropout == 0.25
-    both = demo.parse_args(base + ["--baseline-dropout", "0.15", "--rdrop-dropout", "0.25"])
-    assert demo.run_dir(both, "baseline", 1) == str(tmp_path / "w" / "baseline-dropout0.15-seed1")
-    assert results_stem(both) == "medium-bdropout0.15-rdropout0.25"
-
-
 def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):
     demo = load_demo("language_model")
     base = ["--mode", "full", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
@@ -237,18 +225,35 @@ def test_translation_modes_pick_checkpoints_by_their_own_validation_metric(tmp_p
     assert demo.MODES["quick"]["select"] == "loss" and demo.MODES["quick"]["dropout"] == 0.1
 
 
+@pytest.mark.parametrize("setting, run_name, stem, parsed_has", [
+    (["--rdrop-dropout", "0.25"], "rdrop-dropout0.25", "medium-rdropout0.25", {"dropout": 0.25}),
+    (["--rdrop-flags", "--rdrop-fraction 0.5 --rdrop-share-encoder"], "rdrop-fraction0.5-share-encoder",
+     "medium-fraction0.5-share-encoder", {"rdrop_fraction": 0.5, "rdrop_share_encoder": True}),
+], ids=["rdrop-dropout", "rdrop-flags"])
 @pytest.mark.parametrize("name", list(DEMOS))
-def test_more_rdrop_flags_train_rdrop_runs_of_their_own_beside_the_shared_baselines(name, tmp_path):
+def test_another_rdrop_setting_trains_rdrop_runs_of_its_own_beside_the_shared_baselines(
+        name, setting, run_name, stem, parsed_has, tmp_path):
+    """R-Drop at its own dropout (--rdrop-dropout) or with more R-Drop flags (--rdrop-flags):
+    its R-Drop runs and results file are its own, the baselines the mode's."""
     demo = load_demo(name)
     base = ["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
     default = demo.parse_args(base)
-    args = demo.parse_args(base + ["--rdrop-flags", "--rdrop-fraction 0.5 --rdrop-share-encoder"])
+    args = demo.parse_args(base + setting)
     assert demo.run_dir(args, "baseline", 1) == demo.run_dir(default, "baseline", 1)
-    assert demo.run_dir(args, "rdrop", 1) == str(tmp_path / "w" / "rdrop-fraction0.5-share-encoder-seed1")
-    assert results_stem(args) == "medium-fraction0.5-share-encoder"
-    cmd = demo.train_command(args, demo.MODES["medium"], str(tmp_path / "d"), demo.run_dir(args, "rdrop", 1), "rdrop")
-    parsed = parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):])
-    assert parsed.rdrop_fraction == 0.5 and parsed.rdrop_share_encoder
+    assert demo.run_dir(args, "rdrop", 1) == str(tmp_path / "w" / f"{run_name}-seed1")
+    assert results_stem(args) == stem
+    parsed = parsed_run_command(demo, args, tmp_path)
+    assert {key: getattr(parsed, key) for key in parsed_has} == parsed_has
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_the_baseline_can_train_at_its_own_dropout_and_bad_rdrop_flags_are_refused(name, tmp_path):
+    demo = load_demo(name)
+    base = ["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
+    both = demo.parse_args(base + ["--baseline-dropout", "0.15", "--rdrop-dropout", "0.25"])
+    assert demo.run_dir(both, "baseline", 1) == str(tmp_path / "w" / "baseline-dropout0.15-seed1")
+    assert results_stem(both) == "medium-bdropout0.15-rdropout0.25"
+    assert parsed_run_command(demo, both, tmp_path, run="baseline").dropout == 0.15
     for bad in ("--lr 1", "--rdrop-alpha 2", "0.5"):
         with pytest.raises(SystemExit):
             demo.parse_args(base + ["--rdrop-flags", bad])

@@ -173,10 +173,11 @@ def test_lm_max_tokens_scales_the_schedule_and_names_its_runs(tmp_path):
 # every option that changes what a results file holds, with a value other than the default
 NAMED = {
     "translation": [["--alpha", "1"], ["--dropout", "0.2"], ["--max-epoch", "9"], ["--patience", "2"],
-                    ["--limit", "500"], ["--beam", "4"], ["--seeds", "1,2,3,4"], ["--text-dir", "x/corpus"]],
+                    ["--limit", "500"], ["--beam", "4"], ["--seeds", "1,2,3,4"], ["--text-dir", "x/corpus"],
+                    ["--rdrop-dropout", "0.15"], ["--rdrop-flags=--rdrop-every 2"]],
     "language_model": [["--alpha", "0.5"], ["--dropout", "0.1"], ["--max-epoch", "9"], ["--patience", "2"],
                        ["--train-lines", "500"], ["--max-tokens", "4096"], ["--seeds", "3"],
-                       ["--text-dir", "x/corpus"]],
+                       ["--text-dir", "x/corpus"], ["--rdrop-dropout", "0.15"], ["--rdrop-flags=--rdrop-every 2"]],
 }
 
 

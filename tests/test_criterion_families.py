@@ -191,3 +191,18 @@ def test_bfloat16_model_gives_finite_loss_close_to_float32(name):
         dim=0,
     )
     assert cos > 0.9
+
+
+@pytest.mark.parametrize("report", [True, False])
+def test_the_fused_loss_counts_accuracy_only_where_it_is_reported(report, monkeypatch):
+    """No argmax per chunk for a criterion that does not log accuracy."""
+    from rdrop_seq.criterions import softmax_terms
+
+    seen = []
+    real = softmax_terms.fused_linear_rdrop_loss
+    monkeypatch.setattr(softmax_terms, "fused_linear_rdrop_loss",
+                        lambda *a, **kw: seen.append(kw["report_accuracy"]) or real(*a, **kw))
+    task = translation_task()
+    model = tiny_transformer(task).train()
+    _, _, log = translation_criterion(task, report_accuracy=report)(model, translation_batch(task, seed=2))
+    assert seen == [report] and ("n_correct" in log) == report

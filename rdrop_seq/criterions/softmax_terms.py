@@ -49,7 +49,7 @@ class SoftmaxRDropCriterion(RDropCriterionBase):
         projection = fusable_output_projection(model) if fused else None
         # what both fused paths take besides their input
         spec = dict(epsilon=self.eps, alpha=alpha, passes=passes, ignore_index=self.padding_idx,
-                    chunk_size=self.chunk_size)
+                    chunk_size=self.chunk_size, report_accuracy=bool(self.report_accuracy))
         if projection is not None:
             features, _ = copies.run(model, features_only=True)
             out = fused_linear_rdrop_loss(

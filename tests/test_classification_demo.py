@@ -55,6 +55,7 @@ def test_tiny_classification_demo_pretrains_once_fine_tunes_both_runs_and_compar
     assert "pretrain: masked-LM pre-training on 2000 descriptions" in r.stdout
     assert "training 4 runs, 2 at once" in r.stdout and "test accuracy" in r.stdout
 
+    assert_unlabeled_split(tmp_path / "work" / "data", train_limit=200)
     res = json.loads((tmp_path / "res" / "tiny.json").read_text())
     assert {"seeds", "per_seed", "baseline", "rdrop", "delta_accuracy", "p_values", "significance",
             "stopped_early", "commit", "command", "date", "machine", "pretrain", "data"} <= set(res)
@@ -90,3 +91,21 @@ def test_tiny_classification_demo_pretrains_once_fine_tunes_both_runs_and_compar
     assert again.returncode == 0, again.stderr[-3000:]
     assert "pretrain: done already" in again.stdout and "starting" not in again.stdout
     assert json.loads((tmp_path / "res" / "tiny.json").read_text())["per_seed"] == res["per_seed"]
+
+
+
+def assert_unlabeled_split(data_dir, train_limit):
+    """Semi-supervised R-Drop's data: cls/input0/unlabeled holds every training description the
+    labelled slice leaves out, with the slice's dictionary, and no label file of it exists."""
+    from examples.classification import debian_sections as ds
+
+    text = data_dir / "text"
+    unlabeled = (text / "unlabeled.input0").read_text(encoding="utf-8").splitlines()
+    labelled = (text / "train.input0").read_text(encoding="utf-8").splitlines()
+    every = [t for _, _, t in ds.read_tsv(ds.SNAPSHOT)["train"]]
+    assert len(labelled) == train_limit and len(unlabeled) == len(every) - train_limit
+    assert sorted(unlabeled + labelled) == sorted(every) and not set(labelled) & set(unlabeled)
+    cls = data_dir / "bin" / "cls"
+    assert (cls / "input0" / "unlabeled.bin").exists() and (cls / "input0" / "unlabeled.idx").exists()
+    assert not list((cls / "label").glob("unlabeled.*"))
+    assert sorted(p.name for p in (data_dir / "bin").iterdir() if not p.name.startswith(".")) == ["cls", "mlm"]

@@ -12,15 +12,18 @@ done for the same inputs:
                  / ``.label`` -- the first ``--train-limit`` / ``--valid-limit`` /
                  ``--test-limit`` examples of each split in the order of their
                  texts' sha256 (a fixed random order), or all of them;
+                 ``unlabeled.input0``, the training descriptions past the
+                 labelled slice, without their sections (semi-supervised R-Drop);
                  ``labels.txt``, every kept section with its training count;
 2. ``spm``       a unigram sentencepiece model trained on ``pretrain.txt`` (the
                  training split only);
 3. ``encode``    everything encoded into sentencepiece pieces;
 4. ``binarize``  ``fairseq-preprocess --only-source``: ``mlm-bin/`` (all training
                  descriptions, valid slice) with its dictionary, and
-                 ``cls-bin/input0`` (same dictionary) and ``cls-bin/label``
-                 (every section, so a slice never misses a class), the layout of
-                 fairseq's ``sentence_prediction`` task.
+                 ``cls-bin/input0`` (same dictionary; ``unlabeled`` too, which has
+                 no label files) and ``cls-bin/label`` (every section, so a slice
+                 never misses a class), the layout of fairseq's ``sentence_prediction``
+                 task and of ``sentence_prediction_unlabeled``'s ``--unlabeled-subset``.
 
 Example::
 
@@ -32,6 +35,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,7 +45,8 @@ from examples.common.stages import dir_stage, fairseq_command, say, sha256_file,
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 SPLITS = ds.SPLITS
-VERSION = 1  # bump when a stage's output format changes
+VERSION = 2  # bump when a stage's output format changes (2: the unlabeled split)
+UNLABELED = "unlabeled"  # the split of training descriptions without their sections
 
 
 class PrepareError(Exception):
@@ -59,7 +64,8 @@ def files_digest(directory, names):
     return h.hexdigest()
 
 
-TEXT_NAMES = ["pretrain.txt"] + [f"{s}.{kind}" for s in SPLITS for kind in ("input0", "label")]
+TEXT_NAMES = (["pretrain.txt", f"{UNLABELED}.input0"]
+              + [f"{s}.{kind}" for s in SPLITS for kind in ("input0", "label")])
 
 
 def stage_text(work_dir, snapshot=ds.SNAPSHOT, train_limit=None, valid_limit=None, test_limit=None,
@@ -90,6 +96,11 @@ def stage_text(work_dir, snapshot=ds.SNAPSHOT, train_limit=None, valid_limit=Non
             with open(os.path.join(tmp, f"{split}.label"), "w", encoding="utf-8") as f:
                 f.writelines(label + "\n" for label, _, _ in rows)
             counts[split] = len(rows)
+            if split == "train":  # the rest of the training descriptions, their sections left out
+                rest = sorted(splits[split], key=lambda row: _sha(row[2]))[len(rows):]
+                with open(os.path.join(tmp, f"{UNLABELED}.input0"), "w", encoding="utf-8") as f:
+                    f.writelines(text + "\n" for _, _, text in rest)
+                counts[UNLABELED] = len(rest)
         with open(os.path.join(tmp, "pretrain.txt"), "w", encoding="utf-8") as f:
             f.writelines(text + "\n" for _, _, text in splits["train"][:pretrain_limit])
         train_counts = {label: 0 for label in labels}
@@ -114,7 +125,7 @@ def stage_spm(work_dir, text_dir, vocab_size=8000, threads=2):
 
 
 def stage_encode(work_dir, text_dir, spm_dir):
-    names = ["pretrain.txt"] + [f"{s}.input0" for s in SPLITS]
+    names = ["pretrain.txt", f"{UNLABELED}.input0"] + [f"{s}.input0" for s in SPLITS]
     key = stage_key(stage="encode", text=files_digest(text_dir, names),
                     spm=sha256_file(os.path.join(spm_dir, "spm.model")))
     out = os.path.join(work_dir, "tok")
@@ -142,7 +153,8 @@ def _preprocess(args, what):
 
 def stage_binarize(work_dir, text_dir, tok_dir, workers=2):
     """``bin/mlm`` (pre-training) and ``bin/cls/{input0,label}`` (sentence prediction)."""
-    key = stage_key(stage="binarize", tok=files_digest(tok_dir, ["pretrain.txt"] + [f"{s}.input0" for s in SPLITS]),
+    key = stage_key(stage="binarize", tok=files_digest(tok_dir, ["pretrain.txt", f"{UNLABELED}.input0"]
+                                                       + [f"{s}.input0" for s in SPLITS]),
                     labels=files_digest(text_dir, ["labels.txt"] + [f"{s}.label" for s in SPLITS]))
     out = os.path.join(work_dir, "bin")
 
@@ -155,6 +167,13 @@ def stage_binarize(work_dir, text_dir, tok_dir, workers=2):
         _preprocess([a for kv in prefixes.items() for a in kv]
                     + ["--srcdict", os.path.join(mlm, "dict.txt"), "--destdir", os.path.join(tmp, "cls", "input0"),
                        "--workers", str(workers)], "sentences")
+        unlabeled = os.path.join(tmp, UNLABELED)
+        _preprocess(["--trainpref", os.path.join(tok_dir, f"{UNLABELED}.input0"), "--srcdict",
+                     os.path.join(mlm, "dict.txt"), "--destdir", unlabeled, "--workers", str(workers)],
+                    "unlabeled sentences")
+        for ext in ("bin", "idx"):  # fairseq-preprocess names its splits train/valid/test only
+            os.replace(os.path.join(unlabeled, f"train.{ext}"), os.path.join(tmp, "cls", "input0", f"{UNLABELED}.{ext}"))
+        shutil.rmtree(unlabeled)
         labels = {f"--{s}pref": os.path.join(text_dir, f"{s}.label") for s in SPLITS}
         _preprocess([a for kv in labels.items() for a in kv]
                     + ["--srcdict", os.path.join(text_dir, "labels.txt"), "--destdir", os.path.join(tmp, "cls", "label"),
@@ -184,6 +203,7 @@ def prepare(work_dir, train_limit=None, valid_limit=None, test_limit=None, pretr
     return {
         "mlm_bin": os.path.join(bins, "mlm"),
         "cls_bin": os.path.join(bins, "cls"),
+        "unlabeled_subset": UNLABELED,
         "text_dir": text,
         "spm_model": os.path.join(spm_dir, "spm.model"),
         "counts": info["counts"],

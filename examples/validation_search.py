@@ -15,6 +15,7 @@ Usage::
     python -m examples.validation_search lm --run rdrop --limit 3000 --alpha 1
     python -m examples.validation_search cls --run rdrop --limit 2000 --alpha 1
     python -m examples.validation_search lm --table      # the search so far, as in RESULTS.md
+    python -m examples.validation_search translation --table --date 2026-12-06   # one day's rows
 
 A run stopped by hand for its cost is recorded as far as its log goes with the
 same settings and ``--record-stopped``.
@@ -48,11 +49,14 @@ def load_demo(task):
     return importlib.import_module(f"examples.{TASK_DIRS[task]}.demo")
 
 
-def print_table(task):
-    """The task's search so far (``search.jsonl``) as a Markdown table, one row per run."""
+def print_table(task, date=None):
+    """The task's search so far (``search.jsonl``) as a Markdown table, one row per run; with
+    ``date`` (``YYYY-MM-DD``) only the rows recorded that day."""
     path = os.path.join(HERE, TASK_DIRS[task], "results", "search.jsonl")
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
+    if date:
+        records = [r for r in records if str(r.get("date", "")).startswith(date)]
     shown = ("base_mode", "limit", "valid_limit", "vocab", "layers", "dim", "dropout", "alpha", "lr", "warmup", "patience",
              "seed")
     print("| run | " + " | ".join(shown) + " | best valid (what stops the run) | at epoch "
@@ -75,6 +79,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("task", choices=sorted(TASK_DIRS))
     p.add_argument("--table", action="store_true", help="only print the task's search so far as a Markdown table")
+    p.add_argument("--date", help="with --table: only the rows recorded on this day (YYYY-MM-DD)")
     p.add_argument("--base-mode", default="quick", help="the demo mode whose settings are changed")
     p.add_argument("--run", choices=("baseline", "rdrop"))
     p.add_argument("--limit", type=int, help="training pairs / sentences / labelled sentences")
@@ -99,7 +104,7 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     if a.table:
-        print_table(a.task)
+        print_table(a.task, a.date)
         return 0
     if a.run is None:
         raise SystemExit("--run is needed to train")
@@ -129,7 +134,7 @@ def main(argv=None):
         setting["train"]["lr"] = a.lr
     if a.warmup:
         setting["train"]["warmup-updates"] = a.warmup
-    settings = {k: v for k, v in vars(a).items() if k not in ("task", "threads", "record_stopped", "table")}
+    settings = {k: v for k, v in vars(a).items() if k not in ("task", "threads", "record_stopped", "table", "date")}
     tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if v is not None and k != "run")
     task_dir = os.path.join(HERE, TASK_DIRS[a.task])
     work = os.path.join(task_dir, "work", "search")

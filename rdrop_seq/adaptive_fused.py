@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch import Tensor, nn
 
 from rdrop_seq.chunking import auto_chunk_size
@@ -237,6 +238,7 @@ class _AdaptiveFullRDrop(torch.autograd.Function):
         return loss, nll, kl
 
     @staticmethod
+    @once_differentiable  # the gradient was computed in the forward: no graph to differentiate again
     def backward(ctx, grad_loss, *unused):
         grads = consume_stored_grads(ctx, "adaptive R-Drop loss")
         return (None,) + tuple(scale_stored_grads(grads, ctx.dtypes, grad_loss))

@@ -540,3 +540,14 @@ def test_fused_peak_memory_far_below_unfused():
     # fused: not even one of them (the default chunks keep ~64 MB of buffers)
     assert fused < 0.75 * logits_bytes
     assert fused < 0.2 * unfused
+
+
+def test_the_fused_losses_refuse_a_second_derivative_instead_of_giving_a_wrong_one():
+    """Their gradients are computed in the forward: a double backward has no graph to follow."""
+    hidden, weight, bias, target = _problem(2, seed=5, dtype=torch.float32)
+    hidden.requires_grad_()
+    out = fused_linear_rdrop_loss(hidden, weight, target, bias=bias, epsilon=0.1, alpha=1.0, passes=2,
+                                  ignore_index=PAD)
+    (grad,) = torch.autograd.grad(out.loss, hidden, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice|does not require grad"):
+        torch.autograd.grad(grad.sum(), hidden)

@@ -3,6 +3,7 @@
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch import Tensor
 
 from rdrop_seq.chunking import logits_chunk_size
@@ -75,6 +76,7 @@ class _ChunkedRDrop(torch.autograd.Function):
         return loss, nll, kl, n_correct
 
     @staticmethod
+    @once_differentiable  # the gradient was computed in the forward: no graph to differentiate again
     def backward(ctx, grad_loss, *unused):
         grads = consume_stored_grads(ctx, "chunked R-Drop loss")
         (grad,) = scale_stored_grads(grads, [ctx.dtype], grad_loss, stored_scale=ctx.scale)

@@ -3,6 +3,7 @@
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch import Tensor
 
 from rdrop_seq.chunking import auto_chunk_size
@@ -159,6 +160,7 @@ class _FusedLinearRDrop(torch.autograd.Function):
         return loss, nll, kl, n_correct
 
     @staticmethod
+    @once_differentiable  # the gradient was computed in the forward: no graph to differentiate again
     def backward(ctx, grad_loss, *unused):
         out = scale_stored_grads(consume_stored_grads(ctx, "fused R-Drop loss"), ctx.dtypes, grad_loss)
         return out[0], out[1], out[2], None

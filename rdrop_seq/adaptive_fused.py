@@ -206,11 +206,12 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
             g_h[:, c0 + i : c0 + i + 1] = s_i
             g_ts.append(tl.exp_().mul_(s_i.neg()).add_(g_i))  # G_i - softmax(t_i) S_i
         outs = [h] + ts
-        grads_out = [(gg * _grad_scale(o.dtype)).to(o.dtype) for gg, o in zip([g_h] + g_ts, outs)]
+        # one scale for every output: an input's gradient sums the outputs' contributions
+        scale = max(_grad_scale(o.dtype) for o in outs)
+        grads_out = [(gg * scale).to(o.dtype) for gg, o in zip([g_h] + g_ts, outs)]
         inputs = ([xc] if need_x else []) + wanted
         got = torch.autograd.grad(outs, inputs, grads_out, allow_unused=True)
         # back to unscaled gradients in the accumulation dtype (None: the input got none)
-        scale = _grad_scale(h.dtype)
         got = iter(None if g is None else g.to(acc) if scale == 1.0 else g.to(acc).div_(scale) for g in got)
         if need_x:
             grad_x.index_copy_(0, rows, next(got))

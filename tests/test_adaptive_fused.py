@@ -228,3 +228,30 @@ def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="one entry per cluster"):
         adaptive_head_rdrop_loss(torch.randn(6, 8), [None], target, [None, None], alpha=1.0, passes=2,
                                  ignore_index=PAD)
+
+
+class _ToFloat32(nn.Module):
+    def forward(self, x):
+        return x.float()
+
+
+def test_full_mode_outputs_of_mixed_dtypes_get_their_gradients_at_one_scale():
+    """A float16 head beside a tail whose output is float32 (a module ending in a cast, as
+    some layers do under autocast): the gradients that reach the shared input sum both outputs'
+    contributions, so every output's gradient is scaled alike and unscaled once."""
+    passes = 2
+    _, _, target = random_adaptive_batch(passes, 15, CUTOFF, PAD, seed=9)
+    sm = Softmax(seed=6).float()
+    x = torch.randn(passes * target.numel(), 8, generator=torch.Generator().manual_seed(2))
+    ref = copy.deepcopy(sm)
+    x32 = x.clone().requires_grad_()
+    adaptive_full_rdrop_loss(x32, ref.head, ref.tail, CUTOFF, target, alpha=1.0, passes=passes,
+                             ignore_index=PAD).loss.backward()
+    mixed = copy.deepcopy(sm).half()
+    mixed.tail[0].append(_ToFloat32())
+    x16 = x.half().requires_grad_()
+    out = adaptive_full_rdrop_loss(x16, mixed.head, mixed.tail, CUTOFF, target, alpha=1.0, passes=passes,
+                                   ignore_index=PAD, chunk_size=4)
+    out.loss.backward()
+    assert x16.grad.dtype == torch.float16
+    torch.testing.assert_close(x16.grad.float(), x32.grad, rtol=5e-2, atol=5e-3)

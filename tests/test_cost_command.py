@@ -38,7 +38,8 @@ def test_gain_share_and_time_ratio_are_over_full_rdrop_and_the_baseline(tmp_path
         "full": ((), results({"1": (6.0, 8.0, 100, 300), "2": (6.0, 8.0, 100, 300)})),
         "every2": (("--rdrop-every", "2"), results({"1": (6.0, 7.5, 100, 150), "2": (6.0, 7.7, 100, 170)})),
     }
-    summary = cost.summarise(args, found)
+    summary = sweep.summary(args, "examples.translation.cost", "variants", found, cost.VARIANTS)
+    cost.shares(summary)
     full, every2 = summary["variants"]
     assert (full["mean_delta_bleu"], full["gain_share"], full["time_ratio"]) == (2.0, 1.0, 3.0)
     assert every2["mean_delta_bleu"] == pytest.approx(1.6) and every2["gain_share"] == pytest.approx(0.8)

@@ -55,22 +55,12 @@ def plot(content):
     return fig
 
 
+def line(s):
+    return f"{s['name']:<14} delta BLEU {s['mean_delta_bleu']:+.2f}  p {s['p_values']}  train {s['train_seconds_mean']:.0f}s"
+
+
 def main(argv=None):
-    names = [name for name, _ in SETTINGS] + list(GROUPS)
-    args = sweep.parser(__doc__, names).parse_args(argv)
-    args.argv = argv
-    code = 0 if args.summary else sweep.run(args, SETTINGS, GROUP_NAMES)
-    found = sweep.found_results(args, SETTINGS)
-    if code or not found:
-        print("error: " + ("a run failed" if code else "no setting's results file yet"), file=sys.stderr)
-        return code or 2
-    content = sweep.summary(args, "examples.translation.ablations", "settings", found, SETTINGS)
-    path = sweep.write(args, "ablations", content, plot)
-    for s in content["settings"]:
-        print(f"{s['name']:<14} delta BLEU {s['mean_delta_bleu']:+.2f}  p {s['p_values']}  "
-              f"train {s['train_seconds_mean']:.0f}s")
-    print(f"wrote {path}")
-    return 0
+    return sweep.main(argv, __doc__, "ablations", "settings", SETTINGS, plot, line, groups=GROUP_NAMES)
 
 
 if __name__ == "__main__":

@@ -45,17 +45,15 @@ VARIANTS = (
 )
 
 
-def summarise(args, found):
-    """cost.json's content: the sweep's summary plus each variant's share of full R-Drop's gain
-    and its seconds per update against the baseline's."""
-    content = sweep.summary(args, "examples.translation.cost", "variants", found, VARIANTS)
+def shares(content):
+    """Each variant's share of full R-Drop's mean gain and its seconds per update against the
+    baseline's (cost.json's fields beyond the sweep's)."""
     full = next((v for v in content["variants"] if v["name"] == "full"), None)
     for v in content["variants"]:
         v["gain_share"] = (round(v["mean_delta_bleu"] / full["mean_delta_bleu"], 3)
                            if full and full["mean_delta_bleu"] else None)
         per_update = sweep.mean(s["seconds_per_update"] for s in v["per_seed"].values())
         v["seconds_per_update_ratio"] = round(per_update / content["baseline"]["seconds_per_update_mean"], 3)
-    return content
 
 
 def plot(content):
@@ -79,22 +77,14 @@ def plot(content):
     return fig
 
 
+def line(v):
+    share = "-" if v["gain_share"] is None else f"{v['gain_share']:.2f}"
+    return (f"{v['name']:<28} delta BLEU {v['mean_delta_bleu']:+.2f}  gain share {share}  "
+            f"time x{v['time_ratio']:.2f}  s/update x{v['seconds_per_update_ratio']:.2f}  p {v['p_values']}")
+
+
 def main(argv=None):
-    args = sweep.parser(__doc__, [name for name, _ in VARIANTS]).parse_args(argv)
-    args.argv = argv
-    code = 0 if args.summary else sweep.run(args, VARIANTS)
-    found = sweep.found_results(args, VARIANTS)
-    if code or not found:
-        print("error: " + ("a run failed" if code else "no variant's results file yet"), file=sys.stderr)
-        return code or 2
-    content = summarise(args, found)
-    path = sweep.write(args, "cost", content, plot)
-    for v in content["variants"]:
-        share = "-" if v["gain_share"] is None else f"{v['gain_share']:.2f}"
-        print(f"{v['name']:<28} delta BLEU {v['mean_delta_bleu']:+.2f}  gain share {share}  "
-              f"time x{v['time_ratio']:.2f}  s/update x{v['seconds_per_update_ratio']:.2f}  p {v['p_values']}")
-    print(f"wrote {path}")
-    return 0
+    return sweep.main(argv, __doc__, "cost", "variants", VARIANTS, plot, line, finish=shares)
 
 
 if __name__ == "__main__":

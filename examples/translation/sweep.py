@@ -140,6 +140,28 @@ def summary(args, module, key, found, settings):
             "date": utc_now(), "machine": machine_info(args.threads, None)}
 
 
+def main(argv, doc, name, key, settings, plot, line, finish=None, groups=None):
+    """A sweep's command: train the settings (``--only``: some; ``--summary``: none), then
+    write ``<name>.json`` (the settings' records under ``key``, completed by ``finish(content)``
+    where given) and its plot, and print one ``line(record)`` per setting."""
+    choices = [n for n, _ in settings] + list(groups or {})
+    args = parser(doc, choices).parse_args(argv)
+    args.argv = argv
+    code = 0 if args.summary else run(args, settings, groups)
+    found = found_results(args, settings)
+    if code or not found:
+        print("error: " + ("a run failed" if code else "no setting's results file yet"), file=sys.stderr)
+        return code or 2
+    content = summary(args, f"examples.translation.{name}", key, found, settings)
+    if finish is not None:
+        finish(content)
+    path = write(args, name, content, plot)
+    for record in content[key]:
+        print(line(record))
+    print(f"wrote {path}")
+    return 0
+
+
 def write(args, name, content, plot):
     """``<results dir>/<name>.json`` and ``<name>.png`` (``plot(content)`` returns its figure)."""
     json_path = os.path.join(args.results_dir, f"{name}.json")

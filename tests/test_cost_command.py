@@ -52,7 +52,7 @@ def test_gain_share_and_time_ratio_are_over_full_rdrop_and_the_baseline(tmp_path
 
 def test_ablation_groups_name_their_settings_and_every_setting_changes_one_thing():
     assert set(ablations.GROUP_NAMES) == {"alpha", "dropout", "passes", "divergence"}
-    assert len(ablations.SETTINGS) >= 10 and all(len(opts) in (1, 2) for _, opts in ablations.SETTINGS)
+    assert len(ablations.SETTINGS) >= 12 and all(len(opts) in (1, 2) for _, opts in ablations.SETTINGS)
     args = SimpleNamespace(mode="quick", threads=1, argv=[])
     found = {name: (opts, results({"1": (6.0, 7.0 + i / 10, 100, 250)}))
              for i, (name, opts) in enumerate(ablations.SETTINGS[:3])}

@@ -4,7 +4,7 @@ and the divergence, each against the tuned baseline.
 
 Every setting changes one thing of the mode's R-Drop run (the baseline, at its own tuned
 settings, is shared by all): ``--alpha``, R-Drop's ``--rdrop-dropout``, ``--rdrop-passes`` or
-``--rdrop-divergence``.  Each is trained through the translation demo (a sweep:
+``--rdrop-divergence``: 12 settings.  Each is trained through the translation demo (a sweep:
 examples/translation/sweep.py; resumable, every setting's demo results file written as the
 demo writes it).  Per setting: test BLEU and chrF mean ± std, the delta against the baseline
 with sacrebleu's paired bootstrap p per seed, epochs and training seconds.  Written to
@@ -24,9 +24,9 @@ from examples.translation import sweep
 
 GROUPS = {
     "alpha": [("alpha0.5", ("--alpha", "0.5")), ("alpha1", ("--alpha", "1")), ("alpha2", ("--alpha", "2")),
-              ("alpha5", ("--alpha", "5"))],
+              ("alpha5", ("--alpha", "5")), ("alpha10", ("--alpha", "10"))],
     "dropout": [("dropout0.1", ("--rdrop-dropout", "0.1")), ("dropout0.2", ("--rdrop-dropout", "0.2")),
-                ("dropout0.3", ("--rdrop-dropout", "0.3"))],
+                ("dropout0.3", ("--rdrop-dropout", "0.3")), ("dropout0.4", ("--rdrop-dropout", "0.4"))],
     "passes": [("m3", ("--rdrop-flags=--rdrop-passes 3",))],
     "divergence": [("js", ("--rdrop-flags=--rdrop-divergence js",)),
                    ("kl-detached", ("--rdrop-flags=--rdrop-divergence kl-detached",))],

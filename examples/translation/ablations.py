@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The R-Drop paper's analyses on our data, with seeds: alpha, dropout, the number of copies m
-and the divergence, each against the tuned baseline.
+and the divergence, each against the mode's baseline.
 
-Every setting changes one thing of the mode's R-Drop run (the baseline, at its own tuned
-settings, is shared by all): ``--alpha``, R-Drop's ``--rdrop-dropout``, ``--rdrop-passes`` or
+Every setting changes one thing of the mode's R-Drop run (the baseline, at the mode's own
+settings, is shared by all; run it once the mode trains each criterion at its validation-best
+settings, examples/translation/RESULTS.md): ``--alpha``, R-Drop's ``--rdrop-dropout``, ``--rdrop-passes`` or
 ``--rdrop-divergence``: 12 settings.  Each is trained through the translation demo (a sweep:
 examples/translation/sweep.py; resumable, every setting's demo results file written as the
 demo writes it).  Per setting: test BLEU and chrF mean ± std, the delta against the baseline

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdrop_seq.divergences import check_divergence, compute_dtype, copy_pairs, pair_divergence
+from rdrop_seq.divergences import (
+    check_divergence, compute_dtype, copy_pairs, pair_divergence, squared_disagreement,
+)
 
 
 def check_unlabeled_settings(divergence: str, confidence: float, temperature: float, regression: bool) -> None:
@@ -81,7 +83,4 @@ def unlabeled_divergence(
 def unlabeled_disagreement(outputs: Tensor, passes: int) -> Tuple[Tensor, Tensor]:
     """Regression: ``(sum over sentences of the pair-mean squared difference of the copies'
     outputs, sentences)``; ``outputs``: ``[m*U]`` copy-major."""
-    copies = outputs.reshape(passes, -1).to(compute_dtype(outputs.dtype))
-    pairs = copy_pairs(passes)
-    total = sum(((copies[i] - copies[j]) ** 2).sum() for i, j in pairs) / len(pairs)
-    return total, torch.tensor(copies.size(1), device=copies.device)
+    return squared_disagreement(outputs, passes), torch.tensor(outputs.numel() // passes, device=outputs.device)

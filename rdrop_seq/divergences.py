@@ -61,6 +61,15 @@ def copy_pairs(passes: int):
     return [(i, j) for i in range(passes) for j in range(i + 1, passes)]
 
 
+def squared_disagreement(outputs: Tensor, passes: int) -> Tensor:
+    """Regression's comparison of the copies: the sum over items of the pair-mean squared
+    difference ``mean_{i<j} (y_i - y_j)^2`` of ``[m*N]`` outputs, copy-major, in
+    :func:`compute_dtype`."""
+    copies = outputs.reshape(passes, -1).to(compute_dtype(outputs.dtype))
+    pairs = copy_pairs(passes)
+    return sum(((copies[i] - copies[j]) ** 2).sum() for i, j in pairs) / len(pairs)
+
+
 def pair_divergence(
     lprobs: Tensor,
     passes: int,

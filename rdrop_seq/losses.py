@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdrop_seq.divergences import compute_dtype, copy_pairs, pair_divergence
+from rdrop_seq.divergences import compute_dtype, pair_divergence, squared_disagreement
 
 
 def label_smoothed_nll_loss(
@@ -197,9 +197,6 @@ def rdrop_regression_loss(
     squared_error = F.mse_loss(
         outputs, target.reshape(-1).to(outputs.dtype).repeat(passes), reduction="sum"
     )
-    copies = outputs.view(passes, -1)
-    pairs = copy_pairs(passes)
     return with_divergence(
-        squared_error, squared_error, alpha, passes,
-        lambda: sum(((copies[i] - copies[j]) ** 2).sum() for i, j in pairs) / len(pairs),
+        squared_error, squared_error, alpha, passes, lambda: squared_disagreement(outputs, passes)
     )

@@ -52,9 +52,10 @@ class SentencePredictionUnlabeledTask(SentencePredictionTask):
         name = self.cfg.unlabeled_subset
         if name is None or split != self.cfg.train_subset:
             return labeled
-        if self._label_files(name):
+        label_files = self._label_files(name)
+        if label_files:
             raise ValueError(
-                f"--unlabeled-subset {name}: the split has label files ({', '.join(self._label_files(name))}); "
+                f"--unlabeled-subset {name}: the split has label files ({', '.join(label_files)}); "
                 "binarize the unlabeled sentences without labels (input0 only)")
         unlabeled = super().load_dataset(name, combine=combine)
         del self.datasets[name]

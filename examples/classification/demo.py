@@ -294,7 +294,7 @@ TASK = DemoTask.of_module(
     curves=(("accuracy", "validation accuracy", "accuracy (%)"), ("loss", "validation loss", "loss (base 2)")),
     status_metrics=("accuracy", "loss"),  # what --status shows per epoch
     mean_keys=("test_accuracy", "test_macro_f1", "best_valid_accuracy") + TRAINING_MEAN_KEYS,
-    selection=lambda args: ("accuracy", True),  # validation accuracy picks the checkpoint
+    selection=lambda args: "accuracy",  # validation accuracy picks the checkpoint
     errors=(prep.PrepareError,),
 )
 

@@ -20,6 +20,7 @@ from typing import Callable, Tuple
 
 from examples.common.base import RUNS, DemoError, child_env, rel, say
 from examples.common.equal_time import equal_time
+from examples.common.fairseq_log import HIGHER_IS_BETTER
 from examples.common.naming import only_one_run, results_stem, run_dir, run_dropout, runs_to_do
 from examples.common.provenance import command_line, git_commit, machine_info, utc_now
 from examples.common.report import plot_seed_curves, seed_table, write_results
@@ -43,7 +44,7 @@ class DemoTask:
     curves: Tuple  # (metric, panel title, y label) of the plot
     status_metrics: Tuple  # what --status shows per epoch
     mean_keys: Tuple  # the per-seed figures averaged over seeds
-    selection: Callable  # args -> (the validation metric that picks the checkpoint, whether higher is better)
+    selection: Callable  # args -> the validation metric that picks the checkpoint
     errors: Tuple = ()  # the task's own exceptions that mean "the user has to fix something"
 
     @classmethod
@@ -140,10 +141,11 @@ def run_demo(task, argv=None):
         return 0
 
     per_seed = {seed: per_seed[seed] for seed in args.seeds}
-    metric, higher = task.selection(args)
+    metric = task.selection(args)
     for runs in per_seed.values():
         for run in RUNS:
-            runs[run].update(equal_time(runs["baseline"]["curve"], runs[run]["curve"], metric, higher))
+            runs[run].update(equal_time(runs["baseline"]["curve"], runs[run]["curve"], metric,
+                                        metric in HIGHER_IS_BETTER))
     comparisons = {seed: task.compare(args, data, seed, runs) for seed, runs in per_seed.items()}
     p_values = {}
     for seed, c in comparisons.items():

@@ -330,7 +330,7 @@ TASK = DemoTask.of_module(
     curves=(("loss", "validation loss", "loss (base 2)"), ("ppl", "validation perplexity", "perplexity")),
     status_metrics=("ppl", "train_ppl"),  # what --status shows per epoch
     mean_keys=("test_ppl", "test_loss", "best_valid_ppl", "best_valid_loss") + TRAINING_MEAN_KEYS,
-    selection=lambda args: ("loss", False),  # validation loss picks the checkpoint
+    selection=lambda args: "loss",  # validation loss picks the checkpoint
     errors=(prep.PrepareError,),
 )
 

@@ -331,7 +331,7 @@ TASK = DemoTask.of_module(
     curves=(("loss", "validation loss", "label-smoothed loss (base 2)"), ("bleu", "validation BLEU", "BLEU")),
     status_metrics=("bleu", "loss"),  # what --status shows per epoch
     mean_keys=("test_bleu", "test_chrf", "best_valid") + TRAINING_MEAN_KEYS,
-    selection=lambda args: (selected_by(MODES[args.mode]), selected_by(MODES[args.mode]) == "bleu"),
+    selection=lambda args: selected_by(MODES[args.mode]),
     errors=(prep.PrepareError, dc.CorpusError),
 )
 

@@ -91,8 +91,8 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=float)
     p.add_argument("--lr")
     p.add_argument("--warmup", type=int, help="warm-up updates")
-    p.add_argument("--max-epoch", type=int, default=60)
-    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--max-epoch", type=int, help="default: the base mode's")
+    p.add_argument("--patience", type=int, help="default: the base mode's")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--record-stopped", action="store_true",
@@ -112,6 +112,8 @@ def main(argv=None):
     demo = load_demo(a.task)
     setting = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo.MODES[a.base_mode].items()}
     data = setting["data"]
+    a.max_epoch = a.max_epoch or setting["train"]["max-epoch"]
+    a.patience = a.patience or setting["train"].get("patience", 5)
     for option, key in DATA_KEYS[a.task].items():
         if getattr(a, option):
             data[key] = getattr(a, option)

@@ -50,9 +50,10 @@ def test_every_mode_gives_commands_fairseq_accepts(name, mode, tmp_path):
         parsed[run] = parse_with_fairseq(cmd[i:])
     base, rdrop = parsed["baseline"], parsed["rdrop"]
     assert rdrop.criterion.startswith("rdrop_") and not base.criterion.startswith("rdrop_")
-    # the two runs differ in the criterion only
-    for key in ("arch", "lr", "max_epoch", "patience", "seed", "dropout", "max_tokens", "warmup_updates"):
+    # the two runs differ in the criterion and, where the mode tuned each on its own, the dropout
+    for key in ("arch", "lr", "max_epoch", "patience", "seed", "max_tokens", "warmup_updates"):
         assert getattr(base, key) == getattr(rdrop, key), key
+    assert (base.dropout, rdrop.dropout) == (args.default_dropout_of["baseline"], args.default_dropout_of["rdrop"])
     train = setting["train"]
     assert base.max_epoch == train["max-epoch"]
     assert base.patience == train.get("patience", -1)
@@ -223,7 +224,14 @@ def test_translation_modes_pick_checkpoints_by_their_own_validation_metric(tmp_p
         assert parsed.eval_bleu == (metric == "bleu") and parsed.maximize_best_checkpoint_metric == (metric == "bleu")
         assert parsed.dropout == setting.get("rdrop_dropout", setting.get("dropout", demo.DROPOUT))
         assert parsed.dropout == args.default_dropout_of["rdrop"]
-    assert demo.MODES["quick"]["select"] == "loss" and demo.MODES["quick"]["dropout"] == 0.1
+    quick = demo.MODES["quick"]
+    assert quick["select"] == "loss"
+    # each criterion trains at the settings its search row chose, and the mode names those rows
+    chosen = quick["chosen_by"]
+    assert quick["dropout"] == chosen["baseline"]["dropout"]
+    assert quick["rdrop_dropout"] == chosen["rdrop"]["dropout"] and quick["alpha"] == chosen["rdrop"]["alpha"]
+    args = demo.parse_args(["--mode", "quick", "--work-dir", str(tmp_path / "w")])
+    assert args.default_dropout_of == {"baseline": chosen["baseline"]["dropout"], "rdrop": chosen["rdrop"]["dropout"]}
 
 
 @pytest.mark.parametrize("setting, run_name, stem, parsed_has", [

@@ -1,4 +1,4 @@
-"""Every mode of both demos builds training commands that fairseq's own parser accepts.
+"""Every mode of the three demos builds training commands that fairseq's own parser accepts.
 
 CI runs only the tiny modes end to end; this catches a misspelt flag or a bad
 value in the long modes (quick, medium, full) before a user spends hours on them.
@@ -11,7 +11,9 @@ import pytest
 
 from examples.common.naming import results_stem
 
-DEMOS = ("translation", "language_model")  # the packages of examples/ whose demo.py is tested here
+# the demos whose training commands take (args, setting, data-bin, ...); the classification demo's
+# take the prepared data (its pre-trained checkpoint) and are tested on their own below
+DEMOS = ("translation", "language_model")
 
 
 def load_demo(name):
@@ -59,6 +61,29 @@ def test_every_mode_gives_commands_fairseq_accepts(name, mode, tmp_path):
     assert base.patience == train.get("patience", -1)
     if mode != "tiny":
         # every run that reports a result stops on early stopping, within a budget it should not reach
+        assert base.patience > 0 and base.max_epoch >= 5 * base.patience
+
+
+@pytest.mark.parametrize("mode", list(load_demo("classification").MODES))
+def test_every_classification_mode_gives_fine_tuning_commands_fairseq_accepts(mode, tmp_path):
+    demo = load_demo("classification")
+    args = demo.parse_args(["--mode", mode, "--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")])
+    data = {"cls_bin": str(tmp_path / "cls"), "classes": 7, "pretrain": {"checkpoint": str(tmp_path / "pre.pt")}}
+    parsed = {}
+    for run in ("baseline", "rdrop"):
+        cmd = demo.train_command(args, data, str(tmp_path / run), run, 3)
+        parsed[run] = parse_with_fairseq(cmd[cmd.index(data["cls_bin"]):])
+    base, rdrop = parsed["baseline"], parsed["rdrop"]
+    assert (base.criterion, rdrop.criterion) == ("sentence_prediction", demo.RDROP_CRITERION)
+    assert rdrop.rdrop_alpha == args.default_alpha
+    for key in ("arch", "lr", "max_epoch", "patience", "seed", "batch_size", "num_classes", "finetune_from_model",
+                "best_checkpoint_metric", "maximize_best_checkpoint_metric"):
+        assert getattr(base, key) == getattr(rdrop, key), key
+    assert (base.seed, base.num_classes, base.finetune_from_model) == (3, 7, data["pretrain"]["checkpoint"])
+    assert base.best_checkpoint_metric == "accuracy" and base.maximize_best_checkpoint_metric
+    train = demo.MODES[mode]["train"]
+    assert base.max_epoch == train["max-epoch"] and base.patience == train.get("patience", -1)
+    if mode != "tiny":
         assert base.patience > 0 and base.max_epoch >= 5 * base.patience
 
 

@@ -301,3 +301,24 @@ def test_data_key_reads_what_training_reads(tmp_path):
     assert training.data_key(str(d)) == key
     (d / "train.bin").write_text("z")
     assert training.data_key(str(d)) != key
+
+
+def test_an_earlier_results_file_is_kept_under_the_date_of_its_own_run(tmp_path):
+    """A fresh clone gives every file the clone's time: the earlier results keep their run's date,
+    the figure beside them the same name."""
+    from examples.common.report import write_results
+
+    (tmp_path / "quick.json").write_text(json.dumps({"date": "2026-12-03T10:04:05Z", "mode": "quick"}))
+    (tmp_path / "quick.png").write_bytes(b"old figure")
+    write_results(str(tmp_path), "quick", {"date": "2026-12-06T12:00:00Z"},
+                  lambda path: open(path, "wb").write(b"new figure"))
+    assert json.loads((tmp_path / "quick.20261203-100405.json").read_text())["mode"] == "quick"
+    assert (tmp_path / "quick.20261203-100405.png").read_bytes() == b"old figure"
+    assert json.loads((tmp_path / "quick.json").read_text())["date"] == "2026-12-06T12:00:00Z"
+    # a second rerun on the same results date keeps both earlier pairs
+    write_results(str(tmp_path), "quick", {"date": "2026-12-06T12:00:00Z"},
+                  lambda path: open(path, "wb").write(b"newer figure"))
+    assert (tmp_path / "quick.20261206-120000.png").read_bytes() == b"new figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "quick.20261203-100405.json", "quick.20261203-100405.png", "quick.20261206-120000.json",
+        "quick.20261206-120000.png", "quick.json", "quick.png"]

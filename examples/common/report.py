@@ -6,6 +6,7 @@ each seed's delta and p-value pair that seed's baseline with its R-Drop run.
 """
 
 import datetime
+import json
 import logging
 import os
 
@@ -147,11 +148,21 @@ def _plot_seed_curves(per_seed, path, panels, title, alpha):
     plt.close(fig)
 
 
-def keep_previous(path):
-    """Rename an existing results file to ``name.<its date>.ext`` (never delete it)."""
+def results_date(json_path):
+    """``YYYYmmdd-HHMMSS`` of the results file's own ``date`` (when its run ended), else of its
+    modification time (a fresh clone's files all carry the clone's)."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            date = datetime.datetime.strptime(json.load(f)["date"], "%Y-%m-%dT%H:%M:%SZ")
+    except (OSError, ValueError, KeyError, TypeError):
+        date = datetime.datetime.fromtimestamp(os.path.getmtime(json_path))
+    return date.strftime("%Y%m%d-%H%M%S")
+
+
+def keep_previous(path, stamp):
+    """Rename an existing results file to ``name.<stamp>.ext`` (never delete it)."""
     if not os.path.exists(path):
         return
-    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
     base, ext = os.path.splitext(path)
     target = f"{base}.{stamp}{ext}"
     n = 1
@@ -163,12 +174,16 @@ def keep_previous(path):
 
 
 def write_results(results_dir, stem, results, plot):
-    """``<stem>.json`` and ``<stem>.png`` (via ``plot(path)``), keeping earlier ones."""
+    """``<stem>.json`` and ``<stem>.png`` (via ``plot(path)``), keeping earlier ones under the
+    date of the results they hold."""
     os.makedirs(results_dir, exist_ok=True)
     json_path = os.path.join(results_dir, f"{stem}.json")
     png_path = os.path.join(results_dir, f"{stem}.png")
-    keep_previous(json_path)
-    keep_previous(png_path)
+    if os.path.exists(json_path) or os.path.exists(png_path):
+        # both earlier files keep the earlier results' date, so they stay a pair
+        stamp = results_date(json_path if os.path.exists(json_path) else png_path)
+        keep_previous(json_path, stamp)
+        keep_previous(png_path, stamp)
     plot(png_path)
     write_json(json_path, results)
     return json_path, png_path

@@ -28,8 +28,12 @@ def test_variants_share_the_baseline_and_name_their_results_after_their_flags(tm
     every2 = dict(cost.VARIANTS)["every2"]
     assert every2 == ("--rdrop-flags=--rdrop-every 2",)
     assert sweep.results_path(args, every2).endswith("results/quick-every2.json")
-    assert sweep.results_path(args, dict(ablations.SETTINGS)["alpha5"]).endswith("results/quick-alpha5.json")
-    assert sweep.results_path(args, dict(ablations.SETTINGS)["dropout0.2"]).endswith("quick-rdropout0.2.json")
+    settings = dict(ablations.SETTINGS)
+    assert sweep.results_path(args, settings["alpha2"]).endswith("results/quick-alpha2.json")
+    assert sweep.results_path(args, settings["dropout0.3"]).endswith("quick-rdropout0.3.json")
+    # a setting that is the mode's own R-Drop (alpha 5, dropout 0.2 in quick) is make demo's run
+    assert sweep.results_path(args, settings["alpha5"]).endswith("results/quick.json")
+    assert sweep.results_path(args, settings["dropout0.2"]).endswith("results/quick.json")
 
 
 def test_gain_share_and_time_ratio_are_over_full_rdrop_and_the_baseline(tmp_path):
@@ -61,3 +65,17 @@ def test_ablation_groups_name_their_settings_and_every_setting_changes_one_thing
     assert content["settings"][2]["mean_delta_bleu"] == pytest.approx(1.2)
     assert content["settings"][0]["train_seconds_mean"] == 250
     assert content["run_settings"] == {"alpha": 2.0}
+
+
+def test_the_recommended_variant_is_read_on_validation_among_the_affordable_ones():
+    variants = [
+        {"name": "full", "time_ratio": 2.9, "best_valid_mean": 5.8},  # best, but not affordable
+        {"name": "fraction0.5", "time_ratio": 1.6, "best_valid_mean": 5.9},
+        {"name": "every2", "time_ratio": 1.5, "best_valid_mean": 6.0},  # at the limit: affordable
+        {"name": "fraction0.25", "time_ratio": 1.2, "best_valid_mean": 6.1},
+        {"name": "unknown", "time_ratio": 1.0, "best_valid_mean": None},
+    ]
+    assert cost.choose(variants, "loss")["name"] == "every2"
+    assert cost.choose(variants, "bleu")["name"] == "fraction0.25"  # a score: the higher the better
+    assert "1.5x" in cost.choose(variants, "loss")["rule"]
+    assert cost.choose([variants[0]], "loss")["name"] is None  # nothing affordable: nothing recommended

@@ -13,8 +13,10 @@ baseline's), ``seconds_per_update_ratio``.  Written to ``results/cost.json`` and
 ``results/cost.png`` (test-BLEU gain against training time, every seed a point, the means
 marked, the baseline at (1, 0)).
 
-The variants' settings are the grid itself; which one to recommend is read on validation
-(``valid_at_baseline_time``, ``seconds_to_baseline_best``), never on the test set.
+The variants' settings are the grid itself; which one to recommend is read on validation,
+never on the test set: ``chosen_on_validation`` names, among the variants whose mean training
+time is at most :data:`AFFORDABLE` times the baseline's, the one with the best mean
+validation score (the mode's metric: the loss in quick and medium).
 
 Usage::
 
@@ -25,7 +27,10 @@ Usage::
 
 import sys
 
-from examples.translation import sweep
+from examples.common.fairseq_log import HIGHER_IS_BETTER
+from examples.translation import demo, sweep
+
+AFFORDABLE = 1.5  # "at an affordable cost": at most this multiple of the baseline's training time
 
 
 def variant(name, *flags):
@@ -54,6 +59,20 @@ def shares(content):
                            if full and full["mean_delta_bleu"] else None)
         per_update = sweep.mean(s["seconds_per_update"] for s in v["per_seed"].values())
         v["seconds_per_update_ratio"] = round(per_update / content["baseline"]["seconds_per_update_mean"], 3)
+    content["chosen_on_validation"] = choose(content["variants"], demo.selected_by(demo.MODES[content["mode"]]))
+    for v in content["variants"]:
+        v["chosen_on_validation"] = v["name"] == content["chosen_on_validation"]["name"]
+
+
+def choose(variants, metric):
+    """The variant to recommend, read on validation alone: among those whose mean training time
+    is at most AFFORDABLE times the baseline's, the best mean validation ``metric`` (the one
+    that picks the checkpoints), with the rule that chose it."""
+    affordable = [v for v in variants if v["time_ratio"] <= AFFORDABLE and v["best_valid_mean"] is not None]
+    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    best = min(affordable, key=lambda v: sign * v["best_valid_mean"], default=None)
+    return {"name": best and best["name"],
+            "rule": f"training time <= {AFFORDABLE}x the baseline's, then the best mean validation {metric}"}
 
 
 def plot(content):
@@ -78,9 +97,10 @@ def plot(content):
 
 
 def line(v):
-    share = "-" if v["gain_share"] is None else f"{v['gain_share']:.2f}"
+    share = "-" if v["gain_share"] is None else f"{v['gain_share']:.3f}"
     return (f"{v['name']:<28} delta BLEU {v['mean_delta_bleu']:+.2f}  gain share {share}  "
-            f"time x{v['time_ratio']:.2f}  s/update x{v['seconds_per_update_ratio']:.2f}  p {v['p_values']}")
+            f"time x{v['time_ratio']:.2f}  s/update x{v['seconds_per_update_ratio']:.2f}  p {v['p_values']}"
+            + ("  <- chosen on validation" if v["chosen_on_validation"] else ""))
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ Every setting changes one thing of the mode's R-Drop run (the baseline, at the m
 settings, is shared by all; run it once the mode trains each criterion at its validation-best
 settings, examples/translation/RESULTS.md): ``--alpha``, R-Drop's ``--rdrop-dropout``, ``--rdrop-passes`` or
 ``--rdrop-divergence``: 12 settings.  Each is trained through the translation demo (a sweep:
-examples/translation/sweep.py; resumable, every setting's demo results file written as the
+examples/sweep.py; resumable, every setting's demo results file written as the
 demo writes it).  Per setting: test BLEU and chrF mean ± std, the delta against the baseline
 with sacrebleu's paired bootstrap p per seed, epochs and training seconds.  Written to
 ``results/ablations.json`` (a ``settings`` list) and ``results/ablations.png`` (the BLEU gain
@@ -21,7 +21,8 @@ Usage::
 
 import sys
 
-from examples.translation import sweep
+from examples import sweep
+from examples.translation.cost import TARGET
 
 GROUPS = {
     "alpha": [("alpha0.5", ("--alpha", "0.5")), ("alpha1", ("--alpha", "1")), ("alpha2", ("--alpha", "2")),
@@ -56,12 +57,12 @@ def plot(content):
     return fig
 
 
-def line(s):
+def line(content, s):
     return f"{s['name']:<14} delta BLEU {s['mean_delta_bleu']:+.2f}  p {s['p_values']}  train {s['train_seconds_mean']:.0f}s"
 
 
 def main(argv=None):
-    return sweep.main(argv, __doc__, "ablations", "settings", SETTINGS, plot, line, groups=GROUP_NAMES)
+    return sweep.main(TARGET, argv, __doc__, "ablations", "settings", SETTINGS, plot, line, groups=GROUP_NAMES)
 
 
 if __name__ == "__main__":

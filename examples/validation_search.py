@@ -14,6 +14,7 @@ Usage::
     python -m examples.validation_search translation --run baseline --limit 2000 --dropout 0.1
     python -m examples.validation_search lm --run rdrop --limit 3000 --alpha 1
     python -m examples.validation_search cls --run rdrop --limit 2000 --alpha 1
+    python -m examples.validation_search cls --run semi --alpha 1 --semi-flags '--unlabeled-ratio 2' 
     python -m examples.validation_search lm --table      # the search so far, as in RESULTS.md
     python -m examples.validation_search translation --table --date 2026-12-06   # one day's rows
 
@@ -59,6 +60,8 @@ def print_table(task, date=None):
         records = [r for r in records if str(r.get("date", "")).startswith(date)]
     shown = ("base_mode", "limit", "valid_limit", "vocab", "layers", "dim", "dropout", "alpha", "lr", "warmup", "patience",
              "seed")
+    if any(r["settings"].get("semi_flags") for r in records):  # the semi-supervised runs' own flags
+        shown += ("semi_flags",)
     print("| run | " + " | ".join(shown) + " | best valid (what stops the run) | at epoch "
           "| lowest valid loss (epoch) | epochs | how it ended | train s |")
     print("|" + "---|" * (len(shown) + 7))
@@ -81,7 +84,10 @@ def parse_args(argv=None):
     p.add_argument("--table", action="store_true", help="only print the task's search so far as a Markdown table")
     p.add_argument("--date", help="with --table: only the rows recorded on this day (YYYY-MM-DD)")
     p.add_argument("--base-mode", default="quick", help="the demo mode whose settings are changed")
-    p.add_argument("--run", choices=("baseline", "rdrop"))
+    p.add_argument("--run", choices=("baseline", "rdrop", "semi"), help="semi: the classification demo's "
+                   "semi-supervised R-Drop run (cls only)")
+    p.add_argument("--semi-flags", help="cls, --run semi: the flags added to the mode's semi-supervised ones "
+                   "(the demo's --semi-flags)")
     p.add_argument("--limit", type=int, help="training pairs / sentences / labelled sentences")
     p.add_argument("--valid-limit", type=int)
     p.add_argument("--vocab", type=int, help="sentencepiece vocabulary (translation, cls)")
@@ -108,6 +114,8 @@ def main(argv=None):
         return 0
     if a.run is None:
         raise SystemExit("--run is needed to train")
+    if (a.run == "semi" or a.semi_flags) and a.task != "cls":
+        raise SystemExit("--run semi and --semi-flags are the classification demo's (cls)")
     commit = git_commit()  # the code this call runs, as it starts
     demo = load_demo(a.task)
     setting = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo.MODES[a.base_mode].items()}
@@ -137,7 +145,7 @@ def main(argv=None):
     if a.warmup:
         setting["train"]["warmup-updates"] = a.warmup
     settings = {k: v for k, v in vars(a).items() if k not in ("task", "threads", "record_stopped", "table", "date")}
-    tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if v is not None and k != "run")
+    tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()) if v is not None and k != "run").replace(" ", "")
     task_dir = os.path.join(HERE, TASK_DIRS[a.task])
     work = os.path.join(task_dir, "work", "search")
     data_dir = os.path.join(work, "data-" + "-".join(f"{k}{v}" for k, v in sorted(data.items())))
@@ -147,6 +155,8 @@ def main(argv=None):
         argv_demo += ["--dropout", str(a.dropout)]
     if a.alpha is not None:
         argv_demo += ["--alpha", str(a.alpha)]
+    if a.semi_flags:
+        argv_demo += ["--semi-flags=" + a.semi_flags]
     args = demo.parse_args(argv_demo + ["--work-dir", work])
     save_dir = os.path.join(work, f"{a.run}-{tag}")
     t0 = time.time()

@@ -1,5 +1,5 @@
-"""The sentence-classification demo (masked-LM pre-training, then sentence_prediction vs
-rdrop_sentence_prediction on Debian sections), tiny mode, end to end."""
+"""The sentence-classification demo (masked-LM pre-training, then sentence_prediction,
+rdrop_sentence_prediction and semi-supervised R-Drop on Debian sections), tiny mode, end to end."""
 
 import functools
 import json
@@ -35,13 +35,20 @@ def test_every_mode_gives_pretraining_and_fine_tuning_commands_fairseq_accepts(m
     pre = parsed(demo.pretrain_command(args, str(tmp_path / "mlm"), str(tmp_path / "pre")), str(tmp_path / "mlm"))
     assert pre.task == "masked_lm" and pre.max_update == demo.MODES[mode]["pretrain"]["max-update"]
     data = {"cls_bin": str(tmp_path / "cls"), "classes": 35, "pretrain": {"checkpoint": str(tmp_path / "pre.pt")}}
+    data["unlabeled_subset"] = "unlabeled"
     runs = {run: parsed(demo.train_command(args, data, str(tmp_path / run), run, 1), data["cls_bin"])
-            for run in ("baseline", "rdrop")}
-    base, rdrop = runs["baseline"], runs["rdrop"]
+            for run in ("baseline", "rdrop", "semi")}
+    base, rdrop, semi = runs["baseline"], runs["rdrop"], runs["semi"]
     assert base.criterion == "sentence_prediction" and rdrop.criterion == "rdrop_sentence_prediction"
     for key in ("arch", "lr", "max_epoch", "patience", "seed", "dropout", "batch_size", "max_positions",
                 "finetune_from_model", "num_classes", "encoder_layers", "encoder_embed_dim"):
-        assert getattr(base, key) == getattr(rdrop, key), key
+        assert getattr(base, key) == getattr(rdrop, key) == getattr(semi, key), key
+    # the semi-supervised run is R-Drop's, with the unlabeled split mixed in and weighed
+    assert semi.criterion == rdrop.criterion and semi.rdrop_alpha == rdrop.rdrop_alpha
+    assert rdrop.task == "sentence_prediction" and rdrop.rdrop_unlabeled_alpha == 0
+    assert semi.task == "sentence_prediction_unlabeled" and semi.unlabeled_subset == "unlabeled"
+    assert semi.unlabeled_ratio == demo.MODES[mode]["semi"]["unlabeled-ratio"]
+    assert semi.rdrop_unlabeled_alpha == demo.MODES[mode]["semi"]["rdrop-unlabeled-alpha"] > 0
     assert base.encoder_embed_dim == pre.encoder_embed_dim and base.max_positions == pre.tokens_per_sample
     assert base.best_checkpoint_metric == "accuracy" and base.maximize_best_checkpoint_metric
     if mode != "tiny":
@@ -53,7 +60,7 @@ def test_tiny_classification_demo_pretrains_once_fine_tunes_both_runs_and_compar
     r = run_demo(*args, "--jobs", "2")
     assert r.returncode == 0, f"demo failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     assert "pretrain: masked-LM pre-training on 2000 descriptions" in r.stdout
-    assert "training 4 runs, 2 at once" in r.stdout and "test accuracy" in r.stdout
+    assert "training 6 runs, 2 at once" in r.stdout and "test accuracy" in r.stdout
 
     assert_unlabeled_split(tmp_path / "work" / "data", train_limit=200)
     res = json.loads((tmp_path / "res" / "tiny.json").read_text())
@@ -63,10 +70,12 @@ def test_tiny_classification_demo_pretrains_once_fine_tunes_both_runs_and_compar
     assert "McNemar" in res["significance"]["test"]
     assert "--task masked_lm" in res["pretrain"]["command"]
     for stat in ("test_accuracy_mean", "test_accuracy_std", "test_macro_f1_mean", "best_valid_accuracy_mean"):
-        assert stat in res["baseline"] and stat in res["rdrop"]
+        assert stat in res["baseline"] and stat in res["rdrop"] and stat in res["semi"]
+    assert set(res["other_comparisons"]) == {"semi_vs_baseline", "semi_vs_rdrop"}
+    assert res["unlabeled"]["sentences"] == res["data"]["counts"]["unlabeled"] > 0
     pretrained = os.path.join(tmp_path / "work", "pretrain", "checkpoint_last.pt")
     for seed, runs in res["per_seed"].items():
-        for run in ("baseline", "rdrop"):
+        for run in ("baseline", "rdrop", "semi"):
             rec = runs[run]
             assert rec["epochs"] == 2 and rec["updates"] > 0 and rec["stopped_early"] is False
             # the test figures are the predictions file's, one line per test sentence
@@ -82,9 +91,20 @@ def test_tiny_classification_demo_pretrains_once_fine_tunes_both_runs_and_compar
             assert f"--finetune-from-model {pretrained}" in rec["train_command"]
         assert "--criterion sentence_prediction" in runs["baseline"]["train_command"]
         assert "--criterion rdrop_sentence_prediction --rdrop-alpha 1.0" in runs["rdrop"]["train_command"]
+        assert "--task sentence_prediction_unlabeled --unlabeled-subset unlabeled" in runs["semi"]["train_command"]
+        assert "--rdrop-unlabeled-alpha 1.0" in runs["semi"]["train_command"]
         discordant = runs["comparison"]["discordant"]
         assert sum(discordant[k] for k in ("baseline_only", "system_only", "both", "neither")) == 100
         assert 0 < res["p_values"]["test_accuracy"][seed] <= 1
+        # McNemar's test of the semi-supervised run against each of the others, on its own predictions
+        for name, other in (("semi_vs_baseline", "baseline"), ("semi_vs_rdrop", "rdrop")):
+            test = runs["other_comparisons"][name]
+            assert 0 < test["p_values"]["test_accuracy"] <= 1
+            assert res["other_comparisons"][name]["p_values"]["test_accuracy"][seed] == test["p_values"]["test_accuracy"]
+            delta = runs["semi"]["test_accuracy"] - runs[other]["test_accuracy"]
+            assert test["discordant"]["system_only"] - test["discordant"]["baseline_only"] == round(delta)
+            assert res["other_comparisons"][name]["deltas"]["test_accuracy"]["per_seed"][seed] == pytest.approx(
+                delta, abs=1e-4)
 
     # a rerun finds everything done: nothing is pre-trained or trained again
     again = run_demo(*args, "--jobs", "1")

@@ -216,7 +216,8 @@ def _status_args(tmp_path):
     import argparse
 
     return argparse.Namespace(mode="medium", work_dir=str(tmp_path / "work"), alpha=1.0, default_alpha=1.0,
-                              dropout=None, default_dropout_of={"baseline": 0.3, "rdrop": 0.3}, seeds=(7,))
+                              dropout=None, default_dropout_of={"baseline": 0.3, "rdrop": 0.3}, seeds=(7,),
+                              runs=("baseline", "rdrop"))
 
 
 def test_status_reads_every_state_and_changes_nothing(fake, monkeypatch):
@@ -322,3 +323,59 @@ def test_an_earlier_results_file_is_kept_under_the_date_of_its_own_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "quick.20261203-100405.json", "quick.20261203-100405.png", "quick.20261206-120000.json",
         "quick.20261206-120000.png", "quick.json", "quick.png"]
+
+
+def test_status_shows_every_run_of_a_demo_with_a_third_run(tmp_path, capsys):
+    args = _status_args(tmp_path)
+    args.runs = ("baseline", "rdrop", "semi")
+    args.default_dropout_of["semi"] = 0.3
+    for run, values in (("baseline", (9.0, 7.0)), ("rdrop", (9.5, 6.5)), ("semi", (9.2, 6.0))):
+        os.makedirs(naming.run_dir(args, run, 7))
+        with open(os.path.join(naming.run_dir(args, run, 7), "train.log"), "w") as f:
+            for epoch, v in enumerate(values, 1):
+                f.write(json.dumps({"epoch": epoch, "valid_loss": v}) + "\n")
+    status.print_status(args, ("loss",))
+    out = capsys.readouterr().out
+    assert "\nsemi " in out and "best valid loss 6.00 at epoch 2" in out and "semi-sup." in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["1"], ["2"])}
+    assert rows["2"] == ["7.00", "6.50", "6.00", "-0.50"]  # each run, then R-Drop against the baseline
+
+
+def test_a_third_run_is_named_like_rdrop_with_its_own_flags_after_them(tmp_path):
+    from examples.classification import demo
+
+    def parsed(*argv):
+        return demo.parse_args(["--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r"), *argv])
+
+    args = parsed()
+    assert args.runs == ("baseline", "rdrop", "semi") and naming.results_stem(args) == "quick"
+    assert os.path.basename(naming.run_dir(args, "semi", 1)) == "semi-seed1"
+    args = parsed("--alpha", "2", "--rdrop-dropout", "0.2", "--semi-flags", "--unlabeled-ratio 2")
+    assert os.path.basename(naming.run_dir(args, "rdrop", 1)) == "rdrop-dropout0.2-alpha2-seed1"
+    assert os.path.basename(naming.run_dir(args, "semi", 1)) == "semi-dropout0.2-alpha2-unlabeled-ratio2-seed1"
+    assert naming.results_stem(args) == "quick-rdropout0.2-alpha2-unlabeled-ratio2"
+    with pytest.raises(SystemExit):  # only the unlabeled objective's flags
+        parsed("--semi-flags", "--lr 1")
+
+
+def test_the_table_gives_a_third_run_its_column_and_each_pair_its_delta_and_p():
+    from examples.common.report import seed_table
+
+    per_seed = {s: {"baseline": {"acc": 40.0 + s}, "rdrop": {"acc": 41.0 + s}, "semi": {"acc": 43.5 + s}}
+                for s in (1, 2)}
+    pairs = (("baseline", "rdrop"), ("baseline", "semi"), ("rdrop", "semi"))
+    p_values = {"rdrop_vs_baseline": {"acc": {1: 0.5, 2: 0.25}}, "semi_vs_baseline": {"acc": {1: 0.01, 2: 0.02}},
+                "semi_vs_rdrop": {"acc": {1: 0.03}}}
+    lines = seed_table(per_seed, [("accuracy", "acc", "{:.2f}")], p_values, ("baseline", "rdrop", "semi"), pairs)
+    assert lines[0].split() == ["baseline", "R-Drop", "semi-sup.", "R-Drop-base", "p", "semi-s-base", "p",
+                                "semi-s-R-Dr", "p"]
+    assert lines[3].split() == ["seed", "1", "41.00", "42.00", "44.50", "+1.00", "0.5000", "+3.50", "0.0100",
+                                "+2.50", "0.0300"]
+    assert lines[4].split()[-2:] == ["0.0200", "+2.50"]  # no p where none was given
+    assert lines[5].split() == ["mean", "±", "std", "41.50", "±", "0.71", "42.50", "±", "0.71", "45.00", "±", "0.71",
+                                "+1.00", "+3.50", "+2.50"]
+    # two runs: the table as it always was
+    two = seed_table({1: {"baseline": {"acc": 1.0}, "rdrop": {"acc": 2.0}}}, [("accuracy", "acc", "{:.2f}")],
+                     {"rdrop_vs_baseline": {"acc": {1: 0.5}}})
+    assert two[0] == f"{'':22}{'baseline':>20}{'R-Drop':>20}{'delta':>10}{'p':>9}"
+    assert two[3] == f"  seed {1:<16}{'1.00':>20}{'2.00':>20}{'+1.00':>10}{'0.5000':>9}"

@@ -8,13 +8,17 @@ snapshot in ``data/``, built from Debian's apt index files by
 
 1. a small RoBERTa-style encoder (fairseq ``roberta``) is pre-trained with
    fairseq's ``masked_lm`` task on every training description, once;
-2. from that checkpoint it is fine-tuned twice per seed on a labelled slice,
-   with the same settings and seed: stock ``sentence_prediction`` (the
-   baseline) and ``rdrop_sentence_prediction`` (R-Drop), each stopped early on
-   validation accuracy;
+2. from that checkpoint it is fine-tuned three times per seed on a labelled
+   slice, with the same settings and seed: stock ``sentence_prediction`` (the
+   baseline), ``rdrop_sentence_prediction`` (R-Drop) and semi-supervised R-Drop
+   (``semi``: the same criterion with ``--rdrop-unlabeled-alpha``, the task
+   ``sentence_prediction_unlabeled`` mixing the remaining training descriptions,
+   without their sections, into every batch), each stopped early on validation
+   accuracy;
 3. each run's best checkpoint (by validation accuracy) predicts the test set;
    the demo reports test accuracy and macro-F1 per seed and over seeds, and
-   McNemar's exact test between the two runs' test predictions of each seed.
+   McNemar's exact test of each seed's test predictions: R-Drop against the
+   baseline, semi-supervised R-Drop against both.
 
 Modes:
 
@@ -32,6 +36,8 @@ Examples::
     python -m examples.classification.demo                    # quick mode
     python -m examples.classification.demo --mode tiny
     python -m examples.classification.demo --alpha 2          # another alpha: rdrop-alpha2-seed<S>/
+    python -m examples.classification.demo --semi-flags '--unlabeled-ratio 2'   # semi-unlabeled-ratio2-seed<S>/
+    python -m examples.classification.demo --run semi --seeds 1                   # one run of one seed
     python -m examples.classification.demo --status           # where the runs stand
 """
 
@@ -44,7 +50,7 @@ from examples.classification import prepare as prep
 from examples.common.base import (
     DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
 )
-from examples.common.cli import check_demo_args, demo_parser, parse_demo_args, rdrop_run_flags, train_flags
+from examples.common.cli import check_demo_args, demo_parser, flag_list, parse_demo_args, rdrop_run_flags, train_flags
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
@@ -57,6 +63,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 
 RDROP_CRITERION = "rdrop_sentence_prediction"
+SEMI_TASK = "sentence_prediction_unlabeled"  # the task of the semi-supervised run
+# the runs per seed and the pairs tested: R-Drop against the baseline, the semi-supervised run
+# against both
+RUNS = ("baseline", "rdrop", "semi")
+COMPARISONS = (("baseline", "rdrop"), ("baseline", "semi"), ("rdrop", "semi"))
 HEAD = "sentence_classification_head"
 ARCH = "roberta"
 ARCH_DROPOUT = 0.1  # the dropout ARCH sets; --dropout overrides it in fine-tuning
@@ -66,7 +77,9 @@ SMALL_MODEL = {
     "encoder-layers": 2, "encoder-embed-dim": 128, "encoder-ffn-embed-dim": 512, "encoder-attention-heads": 4,
 }
 # Per-mode settings: "data" goes to prepare.prepare(); "model" is shared by pre-training and
-# fine-tuning; "pretrain" and "train" are the two stages' own fairseq-train flags.
+# fine-tuning; "pretrain" and "train" are the two stages' own fairseq-train flags; "semi" the
+# semi-supervised run's flags beyond R-Drop's (the unlabeled sentences per labelled one, their
+# divergence's weight; --semi-flags adds to them).
 MODES = {
     "tiny": {
         "data": {"train_limit": 200, "valid_limit": 100, "test_limit": 100, "pretrain_limit": 2000,
@@ -75,6 +88,7 @@ MODES = {
                   "encoder-attention-heads": 2},
         "pretrain": {"lr": "1e-3", "warmup-updates": 5, "max-update": 10, "max-tokens": 2048},
         "train": {"lr": "1e-3", "warmup-updates": 5, "max-epoch": 2, "batch-size": 16},
+        "semi": {"unlabeled-ratio": 1, "rdrop-unlabeled-alpha": 1.0},
         "positions": 32,
         "seeds": (1, 2),
     },
@@ -84,6 +98,7 @@ MODES = {
         "model": SMALL_MODEL,
         "pretrain": {"lr": "1e-3", "warmup-updates": 60, "max-update": 600, "max-tokens": 4096},
         "train": {"lr": "3e-4", "warmup-updates": 60, "max-epoch": 40, "patience": 3, "batch-size": 32},
+        "semi": {"unlabeled-ratio": 1, "rdrop-unlabeled-alpha": 1.0},
         "positions": 64,
         "seeds": (1, 2, 3),
     },
@@ -93,6 +108,7 @@ MODES = {
         "model": {},  # the architecture's own size
         "pretrain": {"lr": "5e-4", "warmup-updates": 1000, "max-update": 20000, "max-tokens": 8192},
         "train": {"lr": "1e-4", "warmup-updates": 500, "max-epoch": 20, "patience": 3, "batch-size": 32},
+        "semi": {"unlabeled-ratio": 1, "rdrop-unlabeled-alpha": 1.0},
         "positions": 128,
         "seeds": (1, 2, 3),
     },
@@ -156,11 +172,18 @@ def pretrain(args, data, threads):
     return dict(read_json(os.path.join(out, ".stage.json")), checkpoint=ckpt, checkpoint_sha256=sha256_file(ckpt))
 
 
+def semi_flags(args):
+    """The semi-supervised run's flags beyond R-Drop's: the mode's, then ``--semi-flags``."""
+    return flags(MODES[args.mode]["semi"]) + list(args.semi_flags)
+
+
 def train_command(args, data, save_dir, run, seed):
     setting = MODES[args.mode]
     positions = setting["positions"]
-    task_flags = [
-        "--task", "sentence_prediction", "--num-classes", str(data["classes"]), "--max-positions", str(positions),
+    task = ["--task", SEMI_TASK, "--unlabeled-subset", data["unlabeled_subset"]] if run == "semi" else [
+        "--task", "sentence_prediction"]
+    task_flags = task + [
+        "--num-classes", str(data["classes"]), "--max-positions", str(positions),
         "--shorten-method", "truncate", "--init-token", "0", "--separator-token", "2",
         "--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric",
     ]  # fmt: skip
@@ -170,10 +193,12 @@ def train_command(args, data, save_dir, run, seed):
     if dropout is not None:
         extra += ["--dropout", dropout]
     extra += train_flags(args, setting)
-    if run == "rdrop":
-        extra += rdrop_run_flags(args, RDROP_CRITERION)
-    else:
+    if run == "baseline":
         extra += ["--criterion", "sentence_prediction"]
+    else:
+        extra += rdrop_run_flags(args, RDROP_CRITERION)
+    if run == "semi":
+        extra += semi_flags(args)
     return _fairseq_train(data["cls_bin"], task_flags, setting, save_dir, seed, extra)
 
 
@@ -211,7 +236,7 @@ def scores(predicted, gold):
 
 
 # ---------------------------------------------------------------------------
-# one run of one seed, and the comparison of a seed's two runs
+# one run of one seed, and the comparison of two runs of a seed
 
 
 def run_one(args, data, run, seed):
@@ -228,12 +253,13 @@ def run_one(args, data, run, seed):
 
 
 def compare(args, data, seed, runs):
-    """McNemar's exact test between the two runs' test predictions."""
-    correct = {}
-    for run, record in runs.items():
+    """McNemar's exact test between two runs' test predictions: the second run of ``runs``
+    against the first."""
+    correct = []
+    for record in runs.values():
         with open(os.path.join(REPO_ROOT, record["predictions"]), encoding="utf-8") as f:
-            correct[run] = [p == g for p, g in (line.split() for line in f)]
-    test = mcnemar_test(correct["baseline"], correct["rdrop"])
+            correct.append([p == g for p, g in (line.split() for line in f)])
+    test = mcnemar_test(*correct)
     return {
         "p_values": {"test_accuracy": test["p_value"]},
         "significance": {"test": test["test"], "resamples": test["resamples"]},
@@ -249,8 +275,17 @@ TABLE_ROWS = (
 
 
 def parse_args(argv=None):
-    p = demo_parser(__doc__, MODES, DEFAULT_ALPHA, "rdrop_sentence_prediction's default", ARCH_DROPOUT)
+    p = demo_parser(__doc__, MODES, DEFAULT_ALPHA, "rdrop_sentence_prediction's default", ARCH_DROPOUT,
+                    runs=RUNS, comparisons=COMPARISONS)
     p.add_argument("--train-limit", type=int, help="override the mode's number of labelled training sentences")
+    p.add_argument("--semi-flags", type=flag_list("--semi-flags", r"--(rdrop-)?unlabeled-[a-z-]+",
+                                                  "the unlabeled objective's flags (--unlabeled-..., "
+                                                  "--rdrop-unlabeled-...)", refused=("--unlabeled-subset",)),
+                   default=(), metavar="'FLAGS'",
+                   help="more flags for the semi-supervised runs, after the mode's ("
+                        + "; ".join(f"{m}: {' '.join(flags(s['semi']))}" for m, s in sorted(MODES.items()))
+                        + "), e.g. '--unlabeled-ratio 2 --unlabeled-confidence 0.5' (docs/criterions.md); they "
+                        "train in semi-<flags>-seed<S>/ and go into the results name")
     return parse_demo_args(p, argv, HERE)
 
 
@@ -272,9 +307,14 @@ def prepare_data(args):
 
 def task_results(args, data, per_seed):
     deltas = [res["rdrop"]["test_accuracy"] - res["baseline"]["test_accuracy"] for res in per_seed.values()]
+    semi = [res["semi"]["test_accuracy"] - res["baseline"]["test_accuracy"] for res in per_seed.values()]
     results = {
         "delta_accuracy": round(sum(deltas) / len(deltas), 2),
         "delta_accuracy_per_seed": {str(s): round(d, 2) for s, d in zip(per_seed, deltas)},
+        "delta_accuracy_semi": round(sum(semi) / len(semi), 2),
+        "delta_accuracy_semi_per_seed": {str(s): round(d, 2) for s, d in zip(per_seed, semi)},
+        "semi_flags": semi_flags(args),
+        "unlabeled": {"subset": data["unlabeled_subset"], "sentences": data["counts"].get(data["unlabeled_subset"])},
         "arch": ARCH,
         "model": MODES[args.mode]["model"] or "the architecture's own",
         "pretrain": {k: data["pretrain"].get(k) for k in ("command", "threads", "seconds", "valid_loss",
@@ -282,7 +322,8 @@ def task_results(args, data, per_seed):
         "data": {"counts": data["counts"], "classes": data["classes"], "pretrain_lines": data["pretrain_lines"],
                  "source": "examples/classification/data/debian-sections.tsv.xz (see its PROVENANCE.json)"},
     }
-    say(f"test accuracy change by R-Drop, mean over seeds: {results['delta_accuracy']:+.2f} points")
+    say(f"test accuracy change by R-Drop, mean over seeds: {results['delta_accuracy']:+.2f} points; "
+        f"by semi-supervised R-Drop: {results['delta_accuracy_semi']:+.2f} points")
     return results
 
 

@@ -1,5 +1,5 @@
-"""What every demo module uses: the repository's paths, the two runs, the demos' error and
-messages, fairseq flags and commands as shown, the environment of a training process, the run
+"""What every demo module uses: the repository's paths, the runs and their comparisons, the
+demos' error and messages, fairseq flags and commands as shown, the environment of a training process, the run
 of an evaluation tool and the checks made before anything runs.
 """
 
@@ -12,7 +12,17 @@ from examples.common.stages import fairseq_command, speaker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
+# a demo's runs (each trained per seed) and the pairs it compares (``(a, b)``: b against a),
+# unless its parser names more (demo_parser's ``runs``, ``comparisons``)
 RUNS = ("baseline", "rdrop")
+COMPARISONS = (("baseline", "rdrop"),)
+# how tables, plots and messages name a run
+RUN_LABELS = {"baseline": "baseline", "rdrop": "R-Drop", "semi": "semi-sup."}
+
+
+def pair_name(pair):
+    """A comparison's key in results files: ``("baseline", "semi")`` -> ``"semi_vs_baseline"``."""
+    return f"{pair[1]}_vs_{pair[0]}"
 
 
 class DemoError(Exception):

@@ -8,7 +8,7 @@ import re
 import shlex
 import sys
 
-from examples.common.base import RUNS, DemoError, flags, rel
+from examples.common.base import COMPARISONS, RUN_LABELS, RUNS, DemoError, flags, rel
 
 def seed_list(text):
     """``"1,2,3"`` -> ``(1, 2, 3)`` (argparse type of ``--seeds``)."""
@@ -21,18 +21,27 @@ def seed_list(text):
     return seeds
 
 
-def rdrop_variant_flags(text):
-    """``"--rdrop-fraction 0.5"`` -> ``("--rdrop-fraction", "0.5")`` (argparse type of
-    ``--rdrop-flags``): R-Drop's own flags only, α aside (``--alpha`` sets it)."""
-    tokens = tuple(shlex.split(text))
-    for token in tokens:
-        if token.startswith("-") and not re.fullmatch(r"--rdrop-[a-z-]+", token.split("=")[0]):
-            raise argparse.ArgumentTypeError(f"--rdrop-flags takes R-Drop flags (--rdrop-...) only, got {token}")
-        if token.split("=")[0] == "--rdrop-alpha":
-            raise argparse.ArgumentTypeError("--rdrop-flags: set alpha with --alpha")
-    if tokens and not tokens[0].startswith("--"):
-        raise argparse.ArgumentTypeError(f"--rdrop-flags must start with a flag, got {tokens[0]}")
-    return tokens
+def flag_list(option, pattern, what, refused=("--rdrop-alpha",)):
+    """An argparse type of ``option`` (``--rdrop-flags``): ``"--rdrop-fraction 0.5"`` ->
+    ``("--rdrop-fraction", "0.5")``, each flag matching ``pattern`` (``what`` names them), none
+    of ``refused`` (α is set with ``--alpha``)."""
+
+    def parse(text):
+        tokens = tuple(shlex.split(text))
+        for token in tokens:
+            name = token.split("=")[0]
+            if token.startswith("-") and not re.fullmatch(pattern, name):
+                raise argparse.ArgumentTypeError(f"{option} takes {what} only, got {token}")
+            if name in refused:
+                raise argparse.ArgumentTypeError(f"{option}: set alpha with --alpha")
+        if tokens and not tokens[0].startswith("--"):
+            raise argparse.ArgumentTypeError(f"{option} must start with a flag, got {tokens[0]}")
+        return tokens
+
+    return parse
+
+
+rdrop_variant_flags = flag_list("--rdrop-flags", r"--rdrop-[a-z-]+", "R-Drop flags (--rdrop-...)")
 
 
 def rdrop_run_flags(args, criterion):
@@ -40,8 +49,9 @@ def rdrop_run_flags(args, criterion):
     return ["--criterion", criterion, "--rdrop-alpha", str(args.alpha), *args.rdrop_flags]
 
 
-def demo_parser(doc, modes, alpha, alpha_note, dropout):
-    """The options both demos take; a demo adds its own before :func:`parse_demo_args`."""
+def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=COMPARISONS):
+    """The options every demo takes; a demo adds its own before :func:`parse_demo_args`.
+    ``runs``: the demo's runs, the baseline first; ``comparisons``: the pairs it tests."""
     p = argparse.ArgumentParser(
         allow_abbrev=False,  # the demo passes its argv on to one process per run
         description=doc.split("\n\n")[0],
@@ -58,16 +68,21 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
                         "so an alpha sweep keeps every run and shares the baselines")
     p.set_defaults(mode_alpha=mode_alpha)
     # each criterion at its own dropout: a mode's "dropout" is the baseline's (and R-Drop's unless
-    # it sets "rdrop_dropout"), both chosen on validation (RESULTS.md of each demo)
-    mode_dropout = {m: {"baseline": s.get("dropout", dropout), "rdrop": s.get("rdrop_dropout", s.get("dropout", dropout))}
-                    for m, s in modes.items()}
+    # it sets "rdrop_dropout", and another run's R-Drop's unless it sets "<run>_dropout"), chosen on
+    # validation (RESULTS.md of each demo)
+    mode_dropout = {}
+    for m, s in modes.items():
+        rdrop = s.get("rdrop_dropout", s.get("dropout", dropout))
+        mode_dropout[m] = {"baseline": s.get("dropout", dropout), "rdrop": rdrop,
+                           **{run: s.get(f"{run}_dropout", rdrop) for run in runs[2:]}}
     shown = ", ".join(f"{m} {d['baseline']:g}/{d['rdrop']:g}" for m, d in sorted(mode_dropout.items()))
     p.add_argument("--dropout", type=float,
                    help=f"override the dropout of both runs (default: the mode's, baseline/R-Drop: {shown}); "
                         "another value trains the runs in baseline-dropout<P>/ and rdrop-dropout<P>[-alpha<A>]/ "
                         "and writes <mode>-dropout<P>[-alpha<A>].json, beside the default runs")
     p.add_argument("--baseline-dropout", type=float, help="override the baseline's dropout alone")
-    p.add_argument("--rdrop-dropout", type=float, help="override R-Drop's dropout alone")
+    p.add_argument("--rdrop-dropout", type=float, help="override R-Drop's dropout alone"
+                   + ("" if len(runs) == 2 else f" (and that of the {', '.join(RUN_LABELS[r] for r in runs[2:])} run)"))
     p.set_defaults(mode_dropout=mode_dropout,
                    mode_chosen_by={m: s.get("chosen_by") for m, s in modes.items()})
     p.add_argument("--rdrop-flags", type=rdrop_variant_flags, default=(), metavar="'FLAGS'",
@@ -75,7 +90,7 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
                         "'--rdrop-every 2' (docs/criterions.md); they train in rdrop[-...]-<flags>-seed<S>/ "
                         "beside the default runs, share the baselines, and go into the results name")
     p.add_argument("--seeds", type=seed_list, metavar="S[,S...]",
-                   help="the seeds; each trains both runs (default: the mode's, "
+                   help="the seeds; each trains every run (default: the mode's, "
                         + ", ".join(f"{m} {','.join(map(str, s['seeds']))}" for m, s in sorted(modes.items()))
                         + "); other seeds than the mode's go into the results name")
     p.set_defaults(mode_seeds={m: tuple(s["seeds"]) for m, s in modes.items()})
@@ -87,7 +102,8 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout):
                         "trains and evaluates one run of one seed, and the demo then compares them")
     p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
     p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
-    p.add_argument("--run", choices=RUNS, dest="only_run",
+    p.set_defaults(runs=tuple(runs), comparisons=tuple(comparisons))
+    p.add_argument("--run", choices=runs, dest="only_run",
                    help="train and evaluate only this run (of each seed), and write no results file; a later "
                         "invocation without --run finds it done and writes the results")
     p.add_argument("--status", action="store_true",

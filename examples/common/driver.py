@@ -1,5 +1,10 @@
-"""One driver for the three demos: prepare the data, train and evaluate both runs of every seed
+"""One driver for the three demos: prepare the data, train and evaluate every run of every seed
 (several at once, one process each), compare them over seeds and write the results.
+
+A demo's runs are the baseline and R-Drop, and any further ones its parser names
+(``demo_parser(runs=..., comparisons=...)``: the classification demo's ``semi``); each
+compared pair ``(a, b)`` is tested per seed with the task's ``compare``.  The first pair is
+the results file's ``deltas`` and ``p_values``; the others are ``other_comparisons``.
 
 A demo is a :class:`DemoTask`: what is particular to its task (data, training
 command, evaluation, significance test, the rows of its table).  The driver
@@ -18,13 +23,13 @@ import sys
 import time
 from typing import Callable, Tuple
 
-from examples.common.base import RUNS, DemoError, child_env, rel, say
+from examples.common.base import DemoError, child_env, pair_name, rel, say
 from examples.common.equal_time import equal_time
 from examples.common.fairseq_log import HIGHER_IS_BETTER
 from examples.common.naming import only_one_run, results_stem, run_dir, run_dropout, runs_to_do
 from examples.common.provenance import command_line, git_commit, machine_info, utc_now
 from examples.common.report import plot_seed_curves, seed_table, write_results
-from examples.common.stats import summarise_seeds
+from examples.common.stats import seed_deltas, summarise_seeds
 from examples.common.status import print_status
 
 
@@ -37,7 +42,7 @@ class DemoTask:
     check_setup: Callable  # args -> None; raises DemoError (or one of ``errors``)
     prepare: Callable  # args -> data (a dict), in this process, before any run starts
     run_one: Callable  # (args, data, run, seed) -> the run's per-seed record
-    compare: Callable  # (args, data, seed, {run: record}) -> {"p_values": {key: p}, "significance": {...}}
+    compare: Callable  # (args, data, seed, {a: record, b: record}) -> {"p_values": {key: p}, "significance": {...}}
     results: Callable  # (args, data, per_seed) -> the task's own fields of the results file
     title: Callable  # args -> the plot's title
     table_rows: Callable  # args -> (label, key, format) of the printed table
@@ -77,8 +82,10 @@ def child_argv(argv, run, seed, threads):
 
 
 def job_order(args):
-    """The (run, seed) pairs to train, R-Drop's first: they take longest, so they start first."""
-    return [(run, seed) for run in sorted(runs_to_do(args), key=lambda r: r != "rdrop") for seed in args.seeds]
+    """The (run, seed) pairs to train, the demo's last run first: R-Drop's (and a semi-supervised
+    run's) take longest, so they start first."""
+    order = sorted(runs_to_do(args), key=args.runs.index, reverse=True)
+    return [(run, seed) for run in order for seed in args.seeds]
 
 
 def run_jobs(task, args, jobs):
@@ -142,37 +149,56 @@ def run_demo(task, argv=None):
 
     per_seed = {seed: per_seed[seed] for seed in args.seeds}
     metric = task.selection(args)
-    for runs in per_seed.values():
-        for run in RUNS:
-            runs[run].update(equal_time(runs["baseline"]["curve"], runs[run]["curve"], metric,
-                                        metric in HIGHER_IS_BETTER))
-    comparisons = {seed: task.compare(args, data, seed, runs) for seed, runs in per_seed.items()}
+    for by_run in per_seed.values():
+        for run in args.runs:
+            by_run[run].update(equal_time(by_run["baseline"]["curve"], by_run[run]["curve"], metric,
+                                          metric in HIGHER_IS_BETTER))
+    pairs = args.comparisons
+    # per seed, per compared pair (a, b): the task's test of b against a
+    comparisons = {seed: {pair_name(pair): task.compare(args, data, seed, {run: by_run[run] for run in pair})
+                          for pair in pairs} for seed, by_run in per_seed.items()}
     p_values = {}
-    for seed, c in comparisons.items():
-        for key, p in c["p_values"].items():
-            p_values.setdefault(key, {})[seed] = p
+    for seed, by_pair in comparisons.items():
+        for name, c in by_pair.items():
+            for key, p in c["p_values"].items():
+                p_values.setdefault(name, {}).setdefault(key, {})[seed] = p
     print()
-    print("\n".join(seed_table(per_seed, task.table_rows(args), p_values)), flush=True)
-    significance = next(iter(comparisons.values()))["significance"]
+    print("\n".join(seed_table(per_seed, task.table_rows(args), p_values, args.runs, pairs)), flush=True)
+    first = pair_name(pairs[0])
+    significance = comparisons[args.seeds[0]][first]["significance"]
     resamples = significance.get("resamples")
     say(f"p: {significance['test']}" + (f", {resamples} resamples" if resamples else "") + ", per seed")
 
-    summary = summarise_seeds(per_seed, task.mean_keys)
+    summary = summarise_seeds(per_seed, task.mean_keys, args.runs)
     keys = {seed: str(seed) for seed in per_seed}
+
+    def comparison_fields(pair, deltas):
+        name = pair_name(pair)
+        return {
+            "deltas": {key: {"mean": _round(d["mean"]), "std": _round(d["std"]),
+                             "per_seed": {keys[s]: _round(v) for s, v in d["per_seed"].items()}}
+                       for key, d in deltas.items()},
+            "p_values": {key: {keys[s]: p for s, p in by_seed.items()} for key, by_seed in p_values[name].items()},
+        }
+
     results = {
         "mode": args.mode,
         "seeds": list(args.seeds),
         "settings": settings(args),
-        "baseline": _rounded(summary["baseline"]),
-        "rdrop": dict(_rounded(summary["rdrop"]), alpha=args.alpha),
-        "deltas": {key: {"mean": _round(d["mean"]), "std": _round(d["std"]),
-                         "per_seed": {keys[s]: _round(v) for s, v in d["per_seed"].items()}}
-                   for key, d in summary["deltas"].items()},
-        "p_values": {key: {keys[s]: p for s, p in by_seed.items()} for key, by_seed in p_values.items()},
+        **{run: _rounded(summary[run]) if run == "baseline" else dict(_rounded(summary[run]), alpha=args.alpha)
+           for run in args.runs},
+        **comparison_fields(pairs[0], seed_deltas(per_seed, task.mean_keys, *pairs[0])),
         "significance": significance,
-        "stopped_early": {keys[s]: {run: res[run]["stopped_early"] for run in RUNS} for s, res in per_seed.items()},
-        "per_seed": {keys[s]: dict(res, comparison=comparisons[s]) for s, res in per_seed.items()},
+        "stopped_early": {keys[s]: {run: res[run]["stopped_early"] for run in args.runs}
+                          for s, res in per_seed.items()},
+        "per_seed": {keys[s]: dict(res, comparison=comparisons[s][first]) for s, res in per_seed.items()},
     }
+    if len(pairs) > 1:  # the further pairs' tests, per seed and over seeds
+        for s, res in per_seed.items():
+            results["per_seed"][keys[s]]["other_comparisons"] = {n: c for n, c in comparisons[s].items() if n != first}
+        results["other_comparisons"] = {pair_name(pair): comparison_fields(pair, seed_deltas(per_seed, task.mean_keys,
+                                                                                             *pair))
+                                        for pair in pairs[1:]}
     results.update(task.results(args, data, per_seed))
     results.update({
         "commit": commit,
@@ -181,28 +207,31 @@ def run_demo(task, argv=None):
         "total_seconds": round(time.time() - t_start, 1),
         "machine": machine_info(args.threads, args.jobs),
     })
-    results["equal_time"] = equal_time_summary(per_seed, metric, keys)
+    results["equal_time"] = equal_time_summary(per_seed, metric, keys, args.runs)
     titles, labels = ({c[0]: c[i] for c in task.curves} for i in (1, 2))
     panels = task.curves + ((metric, titles.get(metric, f"validation {metric}") + " against training time",
                              labels.get(metric, metric), "seconds"),)
     json_path, png_path = write_results(
         args.results_dir, results_stem(args), results,
-        lambda path: plot_seed_curves(per_seed, path, panels, task.title(args), args.alpha),
+        lambda path: plot_seed_curves(per_seed, path, panels, task.title(args), args.alpha, args.runs),
     )
     say(f"results: {rel(json_path)}, curves: {rel(png_path)} (total {time.time() - t_start:.0f}s)")
     return 0
 
 
-def equal_time_summary(per_seed, metric, keys):
+def equal_time_summary(per_seed, metric, keys, runs):
     """The results file's ``equal_time``: the metric, and per seed the baseline's training
-    seconds, its best, and R-Drop's two equal-time figures (examples/common/equal_time.py)."""
+    seconds, its best, and R-Drop's two equal-time figures (examples/common/equal_time.py);
+    a further run's under its name."""
     out = {"metric": f"valid_{metric}", "per_seed": {}}
-    for seed, runs in per_seed.items():
+    figures = ("valid_at_baseline_time", "seconds_to_baseline_best")
+    for seed, by_run in per_seed.items():
+        baseline = by_run["baseline"]
         out["per_seed"][keys[seed]] = {
-            "baseline_seconds": runs["baseline"]["curve"][-1].get("seconds") if runs["baseline"]["curve"] else None,
-            "baseline_best": runs["baseline"]["valid_at_baseline_time"],
-            "valid_at_baseline_time": runs["rdrop"]["valid_at_baseline_time"],
-            "seconds_to_baseline_best": runs["rdrop"]["seconds_to_baseline_best"],
+            "baseline_seconds": baseline["curve"][-1].get("seconds") if baseline["curve"] else None,
+            "baseline_best": baseline["valid_at_baseline_time"],
+            **{k: by_run["rdrop"][k] for k in figures},
+            **{run: {k: by_run[run][k] for k in figures} for run in runs[2:]},
         }
     return out
 
@@ -212,7 +241,9 @@ def settings(args):
     keys = ("alpha", "max_epoch", "patience", "max_tokens", "limit", "train_lines", "train_limit", "beam",
             "threads", "jobs")
     out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
-    out["dropout"] = {run: run_dropout(args, run) for run in RUNS}
+    out["dropout"] = {run: run_dropout(args, run) for run in args.runs}
+    for run in args.runs[2:]:  # a further run's own flags (--semi-flags) and the mode's for it
+        out[f"{run}_flags"] = list(getattr(args, f"{run}_flags", ()))
     out["rdrop_flags"] = list(getattr(args, "rdrop_flags", ()))
     out["data_name"] = args.data_name
     # the search rows the mode's settings were chosen from, where these are the mode's settings

@@ -4,11 +4,11 @@ mode's goes into the names, so runs and results of other settings sit beside the
 
 import os
 
-from examples.common.base import RUNS, say
+from examples.common.base import say
 
 def runs_to_do(args):
-    """The runs this invocation trains: both, or the one named by ``--run``."""
-    return RUNS if args.only_run is None else (args.only_run,)
+    """The runs this invocation trains: all the demo's, or the one named by ``--run``."""
+    return args.runs if args.only_run is None else (args.only_run,)
 
 
 def _alpha_suffix(args):
@@ -16,12 +16,14 @@ def _alpha_suffix(args):
 
 
 def variant_name(tokens):
-    """The name of ``--rdrop-flags`` in run dirs and results files:
-    ``("--rdrop-fraction", "0.5", "--rdrop-share-encoder")`` -> ``"fraction0.5-share-encoder"``."""
+    """The name of ``--rdrop-flags`` (or a run's own flags) in run dirs and results files:
+    ``("--rdrop-fraction", "0.5", "--rdrop-share-encoder")`` -> ``"fraction0.5-share-encoder"``,
+    ``("--unlabeled-ratio", "2")`` -> ``"unlabeled-ratio2"``."""
     parts = []
     for token in tokens:
         if token.startswith("--"):
-            parts.append(token[len("--rdrop-"):].replace("=", ""))
+            name = token[2:].replace("=", "")
+            parts.append(name[len("rdrop-"):] if name.startswith("rdrop-") else name)
         else:
             parts[-1] += token
     return "-".join(parts)
@@ -32,10 +34,23 @@ def _variant_suffix(args):
     return f"-{variant_name(flags)}" if flags else ""
 
 
+def _own_flags_suffix(args, run):
+    """A further run's own flags (``--<run>-flags``, e.g. ``--semi-flags``) in names."""
+    flags = getattr(args, f"{run}_flags", ()) if run not in ("baseline", "rdrop") else ()
+    return f"-{variant_name(flags)}" if flags else ""
+
+
+def _run_suffix(args, run):
+    """What of a run's settings its directory's name holds beyond the dropout: every R-Drop run's
+    α and ``--rdrop-flags``, then the run's own flags."""
+    return "" if run == "baseline" else _alpha_suffix(args) + _variant_suffix(args) + _own_flags_suffix(args, run)
+
+
 def run_dropout(args, run):
-    """The dropout ``run`` trains with: ``--baseline-dropout``/``--rdrop-dropout``, else
-    ``--dropout``, else the mode's for that run (the criteria may have their own)."""
-    own = getattr(args, f"{run}_dropout", None)
+    """The dropout ``run`` trains with: ``--baseline-dropout``/``--rdrop-dropout`` (R-Drop's also
+    for a demo's further R-Drop runs), else ``--dropout``, else the mode's for that run (the
+    criteria may have their own)."""
+    own = getattr(args, f"{'baseline' if run == 'baseline' else 'rdrop'}_dropout", None)
     if own is not None:
         return own
     return args.dropout if args.dropout is not None else args.default_dropout_of[run]
@@ -62,9 +77,10 @@ def _tokens_suffix(args):
 
 
 def _dropout_suffix(args):
-    """``-dropout<P>`` where both runs' dropout differs from the mode's and is the same,
-    else ``-bdropout<P>`` and ``-rdropout<P>`` for each run whose dropout differs."""
-    values = {run: dropout_override(args, run) for run in RUNS}
+    """``-dropout<P>`` where every run's dropout differs from the mode's and is the same,
+    else ``-bdropout<P>`` and ``-rdropout<P>`` for each run whose dropout differs (a further
+    R-Drop run's follows R-Drop's)."""
+    values = {run: dropout_override(args, run) for run in args.runs[:2]}
     if values["baseline"] is not None and values["baseline"] == values["rdrop"]:
         return f"-dropout{values['baseline']}"
     return "".join(f"-{run[0]}dropout{v}" for run, v in values.items() if v is not None)
@@ -73,11 +89,11 @@ def _dropout_suffix(args):
 def run_dir(args, run, seed):
     """Where ``run`` of ``seed`` trains: ``<work-dir>/baseline-seed<S>``, ``/rdrop-seed<S>``,
     ``/rdrop-alpha<A>-seed<S>`` for another alpha; another batch size adds ``-tokens<N>`` to
-    both, another dropout of a run ``-dropout<P>`` to that run (``baseline-dropout<P>-seed<S>``)."""
-    alpha = _alpha_suffix(args) + _variant_suffix(args) if run == "rdrop" else ""
+    both, another dropout of a run ``-dropout<P>`` to that run (``baseline-dropout<P>-seed<S>``);
+    a further R-Drop run (``semi``) is named like R-Drop's, with its own flags after them."""
     dropout = dropout_override(args, run)
     dropout = "" if dropout is None else f"-dropout{dropout}"
-    return os.path.join(args.work_dir, f"{run}{_tokens_suffix(args)}{dropout}{alpha}-seed{seed}")
+    return os.path.join(args.work_dir, f"{run}{_tokens_suffix(args)}{dropout}{_run_suffix(args, run)}-seed{seed}")
 
 
 # options that change the results but not a run's directory: (attribute, name in the results name)
@@ -96,14 +112,15 @@ def results_stem(args):
                     if getattr(args, attr, None) is not None)
     seeds = "" if tuple(args.seeds) == tuple(args.default_seeds) else "-seeds" + "_".join(map(str, args.seeds))
     return (args.mode + data + _tokens_suffix(args) + _dropout_suffix(args) + named + _alpha_suffix(args)
-            + _variant_suffix(args) + seeds)
+            + _variant_suffix(args) + "".join(_own_flags_suffix(args, run) for run in args.runs[2:]) + seeds)
 
 
 def only_one_run(args):
     """After a ``--run`` invocation: say what comes next (there is no comparison to write)."""
     if args.only_run is None:
         return False
-    other = [r for r in RUNS if r != args.only_run][0]
+    others = " and ".join(r for r in args.runs if r != args.only_run)
     say(f"only the {args.only_run} run was asked for (--run): no results file written; when the "
-        f"{other} run is done too, run the same command without --run to write the results")
+        f"{others} run{'s are' if len(args.runs) > 2 else ' is'} done too, run the same command without --run "
+        "to write the results")
     return True

@@ -10,11 +10,10 @@ import json
 import logging
 import os
 
-from examples.common.base import say
+from examples.common.base import COMPARISONS, RUN_LABELS, RUNS, pair_name, say
 from examples.common.stages import atomic_write, write_json
 from examples.common.stats import mean_std
 
-RUN_LABELS = {"baseline": "baseline", "rdrop": "R-Drop"}
 # the rows every demo's table ends with, and the figures averaged over seeds every demo has: the
 # tested checkpoint's epoch and the training run's (see training.training_record)
 TRAINING_ROWS = (
@@ -29,34 +28,40 @@ TRAINING_ROWS = (
 TRAINING_MEAN_KEYS = ("best_epoch", "epochs", "updates", "seconds")
 
 
-def seed_table(per_seed, rows, p_values=None):
+def seed_table(per_seed, rows, p_values=None, runs=RUNS, pairs=COMPARISONS):
     """The printed comparison: for each row ``(label, key, format)`` of ``rows``, one line per
-    seed (baseline, R-Drop, delta and, where ``p_values[key][seed]`` exists, the p-value),
-    then the mean ± std over seeds and the mean delta.  Returns the lines."""
+    seed (each run's value, then for each compared pair ``(a, b)`` the delta b - a and, where
+    ``p_values[pair_name(pair)][key][seed]`` exists, the p-value), then the mean ± std over
+    seeds and the mean deltas.  Returns the lines."""
     p_values = p_values or {}
-    w = 20
-    lines = [f"{'':22}{'baseline':>{w}}{'R-Drop':>{w}}{'delta':>10}{'p':>9}", "-" * (22 + 2 * w + 19)]
+    w, dw = (20, 10) if len(runs) == 2 else (15, 12)
+    deltas_head = ["delta"] if len(pairs) == 1 else [f"{RUN_LABELS[b][:6]}-{RUN_LABELS[a][:4]}" for a, b in pairs]
+    head = f"{'':22}" + "".join(f"{RUN_LABELS[run]:>{w}}" for run in runs) + "".join(
+        f"{d:>{dw}}{'p':>9}" for d in deltas_head)
+    lines = [head, "-" * (22 + len(runs) * w + len(pairs) * (dw + 9))]
     for label, key, f in rows:
         lines.append(label)
-        values = {run: [] for run in RUN_LABELS}
-        deltas = []
-        for seed, res in per_seed.items():
-            a, b = res["baseline"].get(key), res["rdrop"].get(key)
-            values["baseline"].append(a)
-            values["rdrop"].append(b)
-            d = None if a is None or b is None or isinstance(a, bool) else b - a
-            deltas.append(d)
-            p = p_values.get(key, {}).get(seed)
-            lines.append(f"  seed {seed:<16}{_fmt(f, a):>{w}}{_fmt(f, b):>{w}}{_fmt_delta(f, d):>10}"
-                         f"{'' if p is None else f'{p:.4f}':>9}")
+        values = {run: [res[run].get(key) for res in per_seed.values()] for run in runs}
+        deltas = {pair: [] for pair in pairs}
+        for i, (seed, res) in enumerate(per_seed.items()):
+            line = f"  seed {seed:<16}" + "".join(f"{_fmt(f, values[run][i]):>{w}}" for run in runs)
+            for pair in pairs:
+                a, b = values[pair[0]][i], values[pair[1]][i]
+                d = None if a is None or b is None or isinstance(a, bool) else b - a
+                deltas[pair].append(d)
+                p = p_values.get(pair_name(pair), {}).get(key, {}).get(seed)
+                line += f"{_fmt_delta(f, d):>{dw}}{'' if p is None else f'{p:.4f}':>9}"
+            lines.append(line)
         if len(per_seed) > 1 and all(isinstance(v, bool) for vs in values.values() for v in vs):
-            cells = [f"{sum(values[run])} of {len(values[run])}" for run in RUN_LABELS]
-            lines.append(f"  {'in all':<21}{cells[0]:>{w}}{cells[1]:>{w}}")
+            lines.append(f"  {'in all':<21}" + "".join(f"{f'{sum(values[run])} of {len(values[run])}':>{w}}"
+                                                      for run in runs))
         elif len(per_seed) > 1:
-            cells = [_fmt_mean_std(f, values[run]) for run in RUN_LABELS]
-            known = [d for d in deltas if d is not None]
-            mean_delta = sum(known) / len(known) if len(known) == len(deltas) else None
-            lines.append(f"  {'mean ± std':<21}{cells[0]:>{w}}{cells[1]:>{w}}{_fmt_delta(f, mean_delta):>10}")
+            line = f"  {'mean ± std':<21}" + "".join(f"{_fmt_mean_std(f, values[run]):>{w}}" for run in runs)
+            for pair in pairs:
+                known = [d for d in deltas[pair] if d is not None]
+                mean_delta = sum(known) / len(known) if len(known) == len(deltas[pair]) else None
+                line += f"{_fmt_delta(f, mean_delta):>{dw}}{'':9}"
+            lines.append(line.rstrip())
     return lines
 
 
@@ -84,19 +89,19 @@ def _fmt_mean_std(f, values):
     return fmt.format(mean) + ("" if std is None else " ± " + fmt.format(std))
 
 
-def plot_seed_curves(per_seed, path, panels, title, alpha):
-    """One panel per ``(metric, panel title, y label[, x])``: every seed's curve of both runs
+def plot_seed_curves(per_seed, path, panels, title, alpha, runs=RUNS):
+    """One panel per ``(metric, panel title, y label[, x])``: every seed's curve of each run
     (thin) and, against epochs, their mean over the seeds at each epoch that all of them
     reached (thick); ``x = "seconds"`` plots against the runs' training seconds instead."""
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)  # matplotlib logs at DEBUG (import, fonts) where logging is set up so
     try:
-        _plot_seed_curves(per_seed, path, panels, title, alpha)
+        _plot_seed_curves(per_seed, path, panels, title, alpha, runs)
     finally:
         logging.disable(previous)
 
 
-def _plot_seed_curves(per_seed, path, panels, title, alpha):
+def _plot_seed_curves(per_seed, path, panels, title, alpha, runs):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,14 +110,15 @@ def _plot_seed_curves(per_seed, path, panels, title, alpha):
 
     # a panel only for what the runs logged (a mode that picks checkpoints by loss logs no BLEU)
     panels = [p for p in panels if any(e.get(p[0]) is not None for res in per_seed.values()
-                                       for run in RUN_LABELS for e in res[run]["curve"])]
+                                       for run in runs for e in res[run]["curve"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     axes = list(axes) if len(panels) > 1 else [axes]
-    colours = {"baseline": "tab:blue", "rdrop": "tab:red"}
-    names = {"baseline": "baseline", "rdrop": f"R-Drop (alpha={alpha:g})"}
+    colours = {"baseline": "tab:blue", "rdrop": "tab:red", "semi": "tab:green"}
+    names = {"baseline": "baseline", "rdrop": f"R-Drop (alpha={alpha:g})",
+             "semi": f"semi-supervised R-Drop (alpha={alpha:g})"}
     for ax, (key, panel_title, ylabel, *x_key) in zip(axes, panels):
         x = x_key[0] if x_key else "epoch"
-        for run in RUN_LABELS:
+        for run in runs:
             curves = [res[run]["curve"] for res in per_seed.values()]
             for i, curve in enumerate(curves):
                 rows = [e for e in curve if e.get(key) is not None and e.get(x) is not None]
@@ -129,7 +135,7 @@ def _plot_seed_curves(per_seed, path, panels, title, alpha):
                 ax.plot(common, means, "-", lw=2.4, color=colours[run],
                         label=f"{names[run]}, mean of {len(curves)} seed{'s' if len(curves) > 1 else ''}")
         # the first epoch's values dwarf the rest: scale the axis to the later epochs
-        later = [e[key] for res in per_seed.values() for run in RUN_LABELS for e in res[run]["curve"]
+        later = [e[key] for res in per_seed.values() for run in runs for e in res[run]["curve"]
                  if e.get(key) is not None and e["epoch"] > 1]
         if len(later) > 2:
             low, high = min(later), max(later)

@@ -1,6 +1,6 @@
 """Statistics for the demos' baseline-vs-R-Drop comparisons (no fairseq needed).
 
-* :func:`mean_std` and :func:`summarise_seeds`: results over several seeds;
+* :func:`mean_std`, :func:`summarise_seeds` and :func:`seed_deltas`: results over several seeds;
 * :func:`paired_bleu_test`: sacrebleu's paired bootstrap test on BLEU and chrF;
 * :func:`read_word_logprobs` and :func:`paired_bootstrap_lm`: a paired block
   bootstrap test on the per-token log-probabilities that
@@ -50,8 +50,9 @@ def mean_std(values):
     return mean, std
 
 
-def summarise_seeds(per_seed, keys):
-    """Mean and std over seeds of each numeric key, per run, and the per-seed deltas.
+def summarise_seeds(per_seed, keys, runs=RUNS):
+    """Mean and std over seeds of each numeric key, per run of ``runs``, and the per-seed deltas
+    of the second run against the first.
 
     ``per_seed`` is ``{seed: {"baseline": {key: value, ...}, "rdrop": {...}}}``.
     Returns ``{"baseline": {"<key>_mean": m, "<key>_std": s, ...}, "rdrop": {...},
@@ -61,22 +62,28 @@ def summarise_seeds(per_seed, keys):
     """
     if not per_seed:
         raise ValueError("summarise_seeds() needs results of at least one seed")
-    for seed, runs in per_seed.items():
-        for run in RUNS:
-            missing = [k for k in keys if (runs.get(run) or {}).get(k) is None]
+    for seed, by_run in per_seed.items():
+        for run in runs:
+            missing = [k for k in keys if (by_run.get(run) or {}).get(k) is None]
             if missing:
                 raise ValueError(f"seed {seed}: run {run!r} has no value for {', '.join(missing)}")
-    out = {run: {} for run in RUNS}
-    for run in RUNS:
+    out = {run: {} for run in runs}
+    for run in runs:
         for key in keys:
-            mean, std = mean_std(runs[run][key] for runs in per_seed.values())
+            mean, std = mean_std(by_run[run][key] for by_run in per_seed.values())
             out[run][f"{key}_mean"] = mean
             out[run][f"{key}_std"] = std
-    out["deltas"] = {}
+    out["deltas"] = seed_deltas(per_seed, keys, runs[0], runs[1])
+    return out
+
+
+def seed_deltas(per_seed, keys, a, b):
+    """``{key: {"mean": m, "std": s, "per_seed": {seed: b's value - a's}}}`` of runs ``a``, ``b``."""
+    out = {}
     for key in keys:
-        deltas = {seed: runs["rdrop"][key] - runs["baseline"][key] for seed, runs in per_seed.items()}
+        deltas = {seed: by_run[b][key] - by_run[a][key] for seed, by_run in per_seed.items()}
         mean, std = mean_std(deltas.values())
-        out["deltas"][key] = {"mean": mean, "std": std, "per_seed": deltas}
+        out[key] = {"mean": mean, "std": std, "per_seed": deltas}
     return out
 
 

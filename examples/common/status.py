@@ -1,11 +1,11 @@
 """Where a demo's runs stand (``--status``), read from their files alone: state, epochs, time so
-far and both runs' validation values per epoch.
+far and the runs' validation values per epoch.
 """
 
 import os
 import time
 
-from examples.common.base import RUNS, rel, say
+from examples.common.base import RUN_LABELS, rel, say
 from examples.common.fairseq_log import best_epoch, parse_train_log
 from examples.common.naming import run_dir
 from examples.common.stages import read_json
@@ -45,11 +45,11 @@ def run_status(save_dir, metrics, now=None):
 
 
 def print_status(args, metrics):
-    """Print where both runs of each seed of this invocation's settings stand, per epoch."""
+    """Print where the runs of each seed of this invocation's settings stand, per epoch."""
     say(f"mode {args.mode}: the runs in {rel(args.work_dir)} (nothing is trained or changed)")
     for seed in args.seeds:
         print(f"seed {seed}")
-        _print_seed_status({run: run_status(run_dir(args, run, seed), metrics) for run in RUNS}, metrics)
+        _print_seed_status({run: run_status(run_dir(args, run, seed), metrics) for run in args.runs}, metrics)
 
 
 def _print_seed_status(runs, metrics):
@@ -74,8 +74,12 @@ def _print_seed_status(runs, metrics):
     # validation values are named as in fairseq's log ("ppl"), training averages "train_ppl"
     names = [m if m.startswith("train_") else "valid_" + m for m in metrics]
     widths = [max(10, len(n) + 1) for n in names]
-    header = f"{'':5}" + "".join(f"  {n:^{3 * w}}" for n, w in zip(names, widths))
-    columns = f"{'epoch':>5}" + "".join(f"  {'baseline':>{w}}{'R-Drop':>{w}}{'delta':>{w}}" for w in widths)
+    # each run's value, then the second run's against the first (R-Drop's against the baseline)
+    first, second = list(runs)[:2]
+    cols = len(runs) + 1
+    header = f"{'':5}" + "".join(f"  {n:^{cols * w}}" for n, w in zip(names, widths))
+    columns = f"{'epoch':>5}" + "".join("  " + "".join(f"{RUN_LABELS[r]:>{w}}" for r in runs) + f"{'delta':>{w}}"
+                                        for w in widths)
     print(header)
     print(columns)
     print("-" * len(columns))
@@ -83,9 +87,9 @@ def _print_seed_status(runs, metrics):
         rows = by_epoch[epoch]
         line = f"{epoch:>5}"
         for m, w in zip(metrics, widths):
-            a = rows.get("baseline", {}).get(m)
-            b = rows.get("rdrop", {}).get(m)
-            cells = ["-" if v is None else f"{v:.2f}" for v in (a, b)]
+            values = [rows.get(run, {}).get(m) for run in runs]
+            a, b = rows.get(first, {}).get(m), rows.get(second, {}).get(m)
+            cells = ["-" if v is None else f"{v:.2f}" for v in values]
             cells.append("-" if a is None or b is None else f"{b - a:+.2f}")
             line += "  " + "".join(f"{c:>{w}}" for c in cells)
         print(line)

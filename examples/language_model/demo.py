@@ -262,12 +262,13 @@ def run_one(args, data, run, seed):
 
 
 def compare(args, data, seed, runs):
-    """A paired bootstrap over blocks of test tokens of the two runs' log-probabilities."""
-    logprobs = {}
-    for run, record in runs.items():
+    """A paired bootstrap over blocks of test tokens of the two runs' log-probabilities: the
+    second run of ``runs`` against the first."""
+    logprobs = []
+    for record in runs.values():
         with open(os.path.join(REPO_ROOT, record["eval_output"]), encoding="utf-8") as f:
-            logprobs[run] = read_word_logprobs(f.read())
-    test = paired_bootstrap_lm(logprobs["baseline"], logprobs["rdrop"])
+            logprobs.append(read_word_logprobs(f.read()))
+    test = paired_bootstrap_lm(*logprobs)
     return {
         "p_values": {"test_ppl": test["p_value"]},
         "significance": {k: v for k, v in test.items() if k in ("test", "resamples", "block", "seed")},

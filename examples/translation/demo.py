@@ -264,10 +264,11 @@ def run_one(args, data, run, seed):
 
 
 def compare(args, data, seed, runs):
-    """sacrebleu's paired bootstrap resampling of the seed's two test outputs (BLEU and chrF)."""
-    hyps = {run: decode.read_hypotheses(os.path.join(REPO_ROOT, runs[run]["generate_output"]), len(data["refs"]))
-            for run in runs}
-    test = paired_bleu_test(hyps["baseline"], hyps["rdrop"], data["refs"])
+    """sacrebleu's paired bootstrap resampling of the seed's two test outputs (BLEU and chrF):
+    the second run of ``runs`` against the first."""
+    first, second = (decode.read_hypotheses(os.path.join(REPO_ROOT, record["generate_output"]), len(data["refs"]))
+                     for record in runs.values())
+    test = paired_bleu_test(first, second, data["refs"])
     return {
         "p_values": {"test_bleu": test["p_value"], "test_chrf": test.get("p_value_chrf")},
         "significance": {k: v for k, v in test.items() if k in ("test", "resamples", "sacrebleu_version", "seed")},

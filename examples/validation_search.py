@@ -58,13 +58,17 @@ def print_table(task, date=None):
         records = [json.loads(line) for line in f if line.strip()]
     if date:
         records = [r for r in records if str(r.get("date", "")).startswith(date)]
+    print("\n".join(table_lines(records)))
+
+
+def table_lines(records):
+    """The Markdown table of search records, one row per run."""
     shown = ("base_mode", "limit", "valid_limit", "vocab", "layers", "dim", "dropout", "alpha", "lr", "warmup", "patience",
              "seed")
     if any(r["settings"].get("semi_flags") for r in records):  # the semi-supervised runs' own flags
         shown += ("semi_flags",)
-    print("| run | " + " | ".join(shown) + " | best valid (what stops the run) | at epoch "
-          "| lowest valid loss (epoch) | epochs | how it ended | train s |")
-    print("|" + "---|" * (len(shown) + 7))
+    lines = ["| run | " + " | ".join(shown) + " | best valid (what stops the run) | at epoch "
+             "| lowest valid loss (epoch) | epochs | how it ended | train s |", "|" + "---|" * (len(shown) + 7)]
     for r in records:
         st = r["settings"]
         ended = ("stopped by hand" if r.get("stopped_by_hand")
@@ -74,8 +78,9 @@ def print_table(task, date=None):
         losses = [e for e in r["curve"] if e.get("loss") is not None]
         low = min(losses, key=lambda e: e["loss"]) if losses else None
         low = f"{low['loss']} ({low['epoch']})" if low else "-"
-        print(f"| {r['run']} | " + " | ".join(cells) +
-              f" | {best} | {r['best_epoch']} | {low} | {r['epochs']} | {ended} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['run']} | " + " | ".join(cells) +
+                     f" | {best} | {r['best_epoch']} | {low} | {r['epochs']} | {ended} | {r['seconds']:.0f} |")
+    return lines
 
 
 def parse_args(argv=None):

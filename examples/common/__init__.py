@@ -1,7 +1,7 @@
 """What the three demos share, one concern per module.
 
-* ``base``: the repository's paths, the two runs, the demos' error and messages, fairseq
-  flags and commands as shown, a training process's environment, an evaluation tool's run,
+* ``base``: the repository's paths, the runs and the pairs compared, the demos' error and
+  messages, fairseq flags and commands as shown, a training process's environment, an evaluation tool's run,
   the setup checks;
 * ``cli``: the options every demo takes, their parsing and checks;
 * ``naming``: the run directories' and results files' names;

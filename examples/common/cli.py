@@ -77,7 +77,7 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=C
                            **{run: s.get(f"{run}_dropout", rdrop) for run in runs[2:]}}
     shown = ", ".join(f"{m} {d['baseline']:g}/{d['rdrop']:g}" for m, d in sorted(mode_dropout.items()))
     p.add_argument("--dropout", type=float,
-                   help=f"override the dropout of both runs (default: the mode's, baseline/R-Drop: {shown}); "
+                   help=f"override the dropout of every run (default: the mode's, baseline/R-Drop: {shown}); "
                         "another value trains the runs in baseline-dropout<P>/ and rdrop-dropout<P>[-alpha<A>]/ "
                         "and writes <mode>-dropout<P>[-alpha<A>].json, beside the default runs")
     p.add_argument("--baseline-dropout", type=float, help="override the baseline's dropout alone")

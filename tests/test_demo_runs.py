@@ -379,3 +379,16 @@ def test_the_table_gives_a_third_run_its_column_and_each_pair_its_delta_and_p():
                      {"rdrop_vs_baseline": {"acc": {1: 0.5}}})
     assert two[0] == f"{'':22}{'baseline':>20}{'R-Drop':>20}{'delta':>10}{'p':>9}"
     assert two[3] == f"  seed {1:<16}{'1.00':>20}{'2.00':>20}{'+1.00':>10}{'0.5000':>9}"
+
+
+def test_a_refused_flag_is_refused_with_what_to_do_instead(capsys):
+    import argparse
+
+    from examples.classification import demo
+    from examples.common.cli import rdrop_variant_flags
+
+    with pytest.raises(argparse.ArgumentTypeError, match="set alpha with --alpha"):
+        rdrop_variant_flags("--rdrop-alpha 2")
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--semi-flags=--unlabeled-subset other"])
+    assert "--semi-flags: the demo names the unlabeled split" in capsys.readouterr().err

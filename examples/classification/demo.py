@@ -280,7 +280,8 @@ def parse_args(argv=None):
     p.add_argument("--train-limit", type=int, help="override the mode's number of labelled training sentences")
     p.add_argument("--semi-flags", type=flag_list("--semi-flags", r"--(rdrop-)?unlabeled-[a-z-]+",
                                                   "the unlabeled objective's flags (--unlabeled-..., "
-                                                  "--rdrop-unlabeled-...)", refused=("--unlabeled-subset",)),
+                                                  "--rdrop-unlabeled-...)",
+                                                  refused={"--unlabeled-subset": "the demo names the unlabeled split"}),
                    default=(), metavar="'FLAGS'",
                    help="more flags for the semi-supervised runs, after the mode's ("
                         + "; ".join(f"{m}: {' '.join(flags(s['semi']))}" for m, s in sorted(MODES.items()))

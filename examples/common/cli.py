@@ -21,10 +21,11 @@ def seed_list(text):
     return seeds
 
 
-def flag_list(option, pattern, what, refused=("--rdrop-alpha",)):
+def flag_list(option, pattern, what, refused=None):
     """An argparse type of ``option`` (``--rdrop-flags``): ``"--rdrop-fraction 0.5"`` ->
     ``("--rdrop-fraction", "0.5")``, each flag matching ``pattern`` (``what`` names them), none
-    of ``refused`` (α is set with ``--alpha``)."""
+    of ``refused`` (``{flag: what to do instead}``)."""
+    refused = refused or {}
 
     def parse(text):
         tokens = tuple(shlex.split(text))
@@ -33,7 +34,7 @@ def flag_list(option, pattern, what, refused=("--rdrop-alpha",)):
             if token.startswith("-") and not re.fullmatch(pattern, name):
                 raise argparse.ArgumentTypeError(f"{option} takes {what} only, got {token}")
             if name in refused:
-                raise argparse.ArgumentTypeError(f"{option}: set alpha with --alpha")
+                raise argparse.ArgumentTypeError(f"{option}: {refused[name]}")
         if tokens and not tokens[0].startswith("--"):
             raise argparse.ArgumentTypeError(f"{option} must start with a flag, got {tokens[0]}")
         return tokens
@@ -41,7 +42,8 @@ def flag_list(option, pattern, what, refused=("--rdrop-alpha",)):
     return parse
 
 
-rdrop_variant_flags = flag_list("--rdrop-flags", r"--rdrop-[a-z-]+", "R-Drop flags (--rdrop-...)")
+rdrop_variant_flags = flag_list("--rdrop-flags", r"--rdrop-[a-z-]+", "R-Drop flags (--rdrop-...)",
+                                refused={"--rdrop-alpha": "set alpha with --alpha"})
 
 
 def rdrop_run_flags(args, criterion):

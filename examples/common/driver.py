@@ -242,7 +242,7 @@ def settings(args):
             "threads", "jobs")
     out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     out["dropout"] = {run: run_dropout(args, run) for run in args.runs}
-    for run in args.runs[2:]:  # a further run's own flags (--semi-flags) and the mode's for it
+    for run in args.runs[2:]:  # a further run's own flags (--semi-flags; the mode's are the task's to record)
         out[f"{run}_flags"] = list(getattr(args, f"{run}_flags", ()))
     out["rdrop_flags"] = list(getattr(args, "rdrop_flags", ()))
     out["data_name"] = args.data_name

@@ -14,7 +14,7 @@ Usage::
     python -m examples.validation_search translation --run baseline --limit 2000 --dropout 0.1
     python -m examples.validation_search lm --run rdrop --limit 3000 --alpha 1
     python -m examples.validation_search cls --run rdrop --limit 2000 --alpha 1
-    python -m examples.validation_search cls --run semi --alpha 1 --semi-flags '--unlabeled-ratio 2' 
+    python -m examples.validation_search cls --base-mode medium --run semi --alpha 1 --semi-flags '--unlabeled-ratio 2' 
     python -m examples.validation_search lm --table      # the search so far, as in RESULTS.md
     python -m examples.validation_search translation --table --date 2026-12-06   # one day's rows
 
@@ -123,6 +123,10 @@ def main(argv=None):
         raise SystemExit("--run semi and --semi-flags are the classification demo's (cls)")
     commit = git_commit()  # the code this call runs, as it starts
     demo = load_demo(a.task)
+    trained_by = sorted(m for m, s in demo.MODES.items() if a.run in s.get("runs", (a.run,)))
+    if a.run not in demo.MODES[a.base_mode].get("runs", (a.run,)):
+        raise SystemExit(f"--run {a.run}: base mode {a.base_mode} does not train it; --base-mode "
+                         + " or ".join(trained_by))
     setting = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo.MODES[a.base_mode].items()}
     data = setting["data"]
     a.max_epoch = a.max_epoch or setting["train"]["max-epoch"]

@@ -22,7 +22,7 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("mode", ["tiny", "quick", "full"])
+@pytest.mark.parametrize("mode", ["tiny", "medium", "full"])
 def test_every_mode_gives_pretraining_and_fine_tuning_commands_fairseq_accepts(mode, tmp_path):
     from fairseq import options
 
@@ -40,11 +40,14 @@ def test_every_mode_gives_pretraining_and_fine_tuning_commands_fairseq_accepts(m
             for run in ("baseline", "rdrop", "semi")}
     base, rdrop, semi = runs["baseline"], runs["rdrop"], runs["semi"]
     assert base.criterion == "sentence_prediction" and rdrop.criterion == "rdrop_sentence_prediction"
-    for key in ("arch", "lr", "max_epoch", "patience", "seed", "dropout", "batch_size", "max_positions",
+    for key in ("arch", "lr", "max_epoch", "patience", "seed", "batch_size", "max_positions",
                 "finetune_from_model", "num_classes", "encoder_layers", "encoder_embed_dim"):
         assert getattr(base, key) == getattr(rdrop, key) == getattr(semi, key), key
-    # the semi-supervised run is R-Drop's, with the unlabeled split mixed in and weighed
+    # each criterion at its own dropout; the semi-supervised run is R-Drop's, with the unlabeled
+    # split mixed in and weighed
+    assert (base.dropout, rdrop.dropout) == (args.default_dropout_of["baseline"], args.default_dropout_of["rdrop"])
     assert semi.criterion == rdrop.criterion and semi.rdrop_alpha == rdrop.rdrop_alpha
+    assert semi.dropout == rdrop.dropout
     assert rdrop.task == "sentence_prediction" and rdrop.rdrop_unlabeled_alpha == 0
     assert semi.task == "sentence_prediction_unlabeled" and semi.unlabeled_subset == "unlabeled"
     assert semi.unlabeled_ratio == demo.MODES[mode]["semi"]["unlabeled-ratio"]
@@ -129,3 +132,38 @@ def assert_unlabeled_split(data_dir, train_limit):
     assert (cls / "input0" / "unlabeled.bin").exists() and (cls / "input0" / "unlabeled.idx").exists()
     assert not list((cls / "label").glob("unlabeled.*"))
     assert sorted(p.name for p in (data_dir / "bin").iterdir() if not p.name.startswith(".")) == ["cls", "mlm"]
+
+
+def test_quick_trains_the_baseline_and_r_drop_and_medium_adds_the_semi_supervised_run_in_quicks_work_dir(
+        tmp_path):
+    from examples.classification import demo
+    from examples.common.base import DemoError
+    from examples.common.cli import check_demo_args
+    from examples.common.naming import results_stem, run_dir
+
+    results = ["--results-dir", str(tmp_path / "r")]
+    quick, medium = (demo.parse_args(["--mode", mode] + results) for mode in ("quick", "medium"))
+    assert quick.runs == ("baseline", "rdrop") and quick.comparisons == (("baseline", "rdrop"),)
+    assert medium.runs == demo.RUNS and medium.comparisons == demo.COMPARISONS
+    assert quick.work_dir == medium.work_dir and quick.work_dir.endswith(os.path.join("work", "quick"))
+    assert (results_stem(quick), results_stem(medium)) == ("quick", "medium")
+    data = {"cls_bin": str(tmp_path / "cls"), "classes": 35, "pretrain": {"checkpoint": str(tmp_path / "pre.pt")},
+            "unlabeled_subset": "unlabeled"}
+    for run in quick.runs:  # the same runs: medium finds quick's done
+        assert run_dir(quick, run, 2) == run_dir(medium, run, 2)
+        assert (demo.train_command(quick, data, run_dir(quick, run, 2), run, 2)
+                == demo.train_command(medium, data, run_dir(medium, run, 2), run, 2))
+    # the quick mode's settings are the search rows it names
+    chosen = demo.QUICK_CHOSEN
+    assert (quick.default_dropout_of["baseline"], quick.default_dropout_of["rdrop"]) == (
+        chosen["baseline"]["dropout"], chosen["rdrop"]["dropout"])
+    assert quick.default_alpha == chosen["rdrop"]["alpha"]
+    assert medium.default_dropout_of["semi"] == chosen["rdrop"]["dropout"]
+    semi = demo.semi_flags(medium)
+    assert semi[semi.index("--rdrop-unlabeled-alpha") + 1] == str(chosen["semi"]["rdrop-unlabeled-alpha"])
+    # what quick has not is refused before anything runs, saying where it is
+    with pytest.raises(DemoError, match="the semi-sup. run is in mode full, medium, tiny"):
+        check_demo_args(demo.parse_args(["--mode", "quick", "--run", "semi"] + results))
+    with pytest.raises(DemoError, match="--semi-flags: mode quick has no semi-supervised run"):
+        demo.check_setup(demo.parse_args(["--mode", "quick", "--semi-flags=--unlabeled-ratio 2"] + results))
+    assert not (tmp_path / "r").exists() and not os.path.exists(os.path.join(quick.work_dir, "baseline-seed2"))

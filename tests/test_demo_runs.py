@@ -345,15 +345,16 @@ def test_a_third_run_is_named_like_rdrop_with_its_own_flags_after_them(tmp_path)
     from examples.classification import demo
 
     def parsed(*argv):
-        return demo.parse_args(["--work-dir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r"), *argv])
+        return demo.parse_args(["--mode", "medium", "--work-dir", str(tmp_path / "w"), "--results-dir",
+                                str(tmp_path / "r"), *argv])
 
     args = parsed()
-    assert args.runs == ("baseline", "rdrop", "semi") and naming.results_stem(args) == "quick"
+    assert args.runs == ("baseline", "rdrop", "semi") and naming.results_stem(args) == "medium"
     assert os.path.basename(naming.run_dir(args, "semi", 1)) == "semi-seed1"
     args = parsed("--alpha", "2", "--rdrop-dropout", "0.2", "--semi-flags", "--unlabeled-ratio 2")
     assert os.path.basename(naming.run_dir(args, "rdrop", 1)) == "rdrop-dropout0.2-alpha2-seed1"
     assert os.path.basename(naming.run_dir(args, "semi", 1)) == "semi-dropout0.2-alpha2-unlabeled-ratio2-seed1"
-    assert naming.results_stem(args) == "quick-rdropout0.2-alpha2-unlabeled-ratio2"
+    assert naming.results_stem(args) == "medium-rdropout0.2-alpha2-unlabeled-ratio2"
     with pytest.raises(SystemExit):  # only the unlabeled objective's flags
         parsed("--semi-flags", "--lr 1")
 

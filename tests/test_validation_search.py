@@ -28,3 +28,8 @@ def test_the_table_shows_the_semi_supervised_runs_own_flags_only_where_there_are
 def test_the_semi_supervised_run_is_the_classification_demos_alone(argv):
     with pytest.raises(SystemExit, match="classification demo"):
         vs.main(argv)
+
+
+def test_a_run_its_base_mode_does_not_train_is_refused():
+    with pytest.raises(SystemExit, match="--run semi: base mode quick does not train it; --base-mode .*medium"):
+        vs.main(["cls", "--base-mode", "quick", "--run", "semi"])

@@ -104,7 +104,11 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=C
                         "trains and evaluates one run of one seed, and the demo then compares them")
     p.add_argument("--max-epoch", type=int, help="override the mode's epoch budget")
     p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
-    p.set_defaults(runs=tuple(runs), comparisons=tuple(comparisons))
+    # a mode may train a part of the demo's runs ("runs") and share another mode's work dir
+    # ("work_of": its runs are the same commands, so they are found done, not trained again)
+    p.set_defaults(mode_runs={m: tuple(s.get("runs", runs)) for m, s in modes.items()},
+                   mode_work={m: s.get("work_of", m) for m, s in modes.items()},
+                   all_comparisons=tuple(comparisons))
     p.add_argument("--run", choices=runs, dest="only_run",
                    help="train and evaluate only this run (of each seed), and write no results file; a later "
                         "invocation without --run finds it done and writes the results")
@@ -138,10 +142,12 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
     args = p.parse_args(argv)
     name = data_name(args) if data_name else None
     args.data_name = re.sub(r"[^\w.-]+", "_", name) if name else None
-    default_work = args.mode + (f"-{args.data_name}" if args.data_name else "")
+    default_work = args.mode_work[args.mode] + (f"-{args.data_name}" if args.data_name else "")
     args.work_dir = os.path.abspath(args.work_dir or os.path.join(example_dir, "work", default_work))
     args.results_dir = os.path.abspath(args.results_dir)
     args.default_seeds = args.mode_seeds[args.mode]
+    args.runs = args.mode_runs[args.mode]
+    args.comparisons = tuple(pair for pair in args.all_comparisons if set(pair) <= set(args.runs))
     args.default_dropout_of = args.mode_dropout[args.mode]
     args.default_alpha = args.mode_alpha[args.mode]
     if args.alpha is None:
@@ -156,6 +162,10 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
 
 def check_demo_args(args):
     """Refuse bad values of the shared options (before anything runs)."""
+    if args.only_run is not None and args.only_run not in args.runs:
+        elsewhere = sorted(m for m, runs in args.mode_runs.items() if args.only_run in runs)
+        raise DemoError(f"--run {args.only_run}: mode {args.mode} trains {', '.join(args.runs)}; the "
+                        f"{RUN_LABELS.get(args.only_run, args.only_run)} run is in mode {', '.join(elsewhere)}")
     if args.alpha < 0:
         raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
     for flag in ("dropout", "baseline_dropout", "rdrop_dropout"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
+from rdrop_seq.fused.adaptive import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import cluster_positions
 from tests.reference_lm import random_adaptive_batch, reference_adaptive_full, reference_adaptive_head
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import rdrop_seq.chunking as chunking
-import rdrop_seq.fused.logits as logits_mod
+import rdrop_seq.fused.loop as loop_mod
 import rdrop_seq.fused.projection as projection
 from rdrop_seq.fused import auto_chunk_size, chunked_rdrop_loss, fused_linear_rdrop_loss
 from rdrop_seq.fused.precision import FP16_GRAD_SCALE
@@ -404,14 +404,14 @@ def _first_chunk_buffers(monkeypatch, vocab, passes, n):
     and the bytes of the float buffers its chunk core works in (log-probabilities/gradient,
     probabilities, KL scratch)."""
     seen = []
-    real = logits_mod.chunk_core
+    real = loop_mod.chunk_core
 
-    def spy(logits, lbuf, pbuf, mbuf, *rest):
-        buffers = [t for t in (lbuf, pbuf, mbuf) if t is not None]
-        seen.append((lbuf.shape[1], sum(t.numel() * t.element_size() for t in buffers)))
-        return real(logits, lbuf, pbuf, mbuf, *rest)
+    def spy(scores, ws, *rest):
+        buffers = [t for t in ws if t is not None]
+        seen.append((ws.logp.shape[1], sum(t.numel() * t.element_size() for t in buffers)))
+        return real(scores, ws, *rest)
 
-    monkeypatch.setattr(logits_mod, "chunk_core", spy)
+    monkeypatch.setattr(loop_mod, "chunk_core", spy)
     logits = torch.randn(passes * n, vocab, requires_grad=True)
     target = torch.randint(2, vocab, (n,))
     chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=1.0, passes=passes, ignore_index=PAD)
@@ -436,13 +436,13 @@ def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere(monkeypatch
 
 def test_chunked_loss_uses_the_cpu_chunk_size_by_default(monkeypatch):
     seen = []
-    real = logits_mod.chunk_core
+    real = loop_mod.chunk_core
 
-    def spy(logits, lbuf, *rest):
-        seen.append(lbuf.shape[1])
-        return real(logits, lbuf, *rest)
+    def spy(scores, ws, *rest):
+        seen.append(ws.logp.shape[1])
+        return real(scores, ws, *rest)
 
-    monkeypatch.setattr(logits_mod, "chunk_core", spy)
+    monkeypatch.setattr(loop_mod, "chunk_core", spy)
     n, vocab = 100, 8000
     logits = torch.randn(2 * n, vocab, requires_grad=True)
     target = torch.randint(2, vocab, (n,))

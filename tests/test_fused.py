@@ -13,7 +13,7 @@ import rdrop_seq.chunking as chunking
 import rdrop_seq.fused.loop as loop_mod
 import rdrop_seq.fused.projection as projection
 from rdrop_seq.fused import auto_chunk_size, chunked_rdrop_loss, fused_linear_rdrop_loss
-from rdrop_seq.fused.precision import FP16_GRAD_SCALE
+from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX
 from rdrop_seq.losses import rdrop_label_smoothed_loss
 from tests.reference import random_batch, reference_rdrop_loss
 from tests.rounding import argmax_may_differ, matmul_error, sum_rtol
@@ -381,6 +381,44 @@ def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
     assert tiny.sum() > 100
     rel = (x.grad.float()[tiny] - ref[tiny]).abs() / ref[tiny].abs()
     assert rel.max() < 2e-3
+
+
+def test_fp16_gradient_entries_saturated_at_the_float16_maximum_are_counted():
+    """float16 gradients are stored times FP16_GRAD_SCALE; an entry beyond float16's range then
+    is saturated at its maximum, and the losses count such entries (fp16_grad_clamped)."""
+    g = torch.Generator().manual_seed(41)
+    n, vocab = 32, 64
+    # two copies far apart: the KL's gradient, weighted by a large alpha, leaves float16's range
+    logits = torch.cat([torch.randn(n, vocab, generator=g), 30 * torch.randn(n, vocab, generator=g)])
+    target = torch.randint(2, vocab, (n,), generator=g)
+    target[:5] = PAD
+    kw = dict(epsilon=0.1, alpha=50.0, passes=2, ignore_index=PAD, chunk_size=8)
+    # the same float32 gradient, formed in place: what the float16 path scales and stores
+    ref_in = logits.half().float().requires_grad_()
+    ref = chunked_rdrop_loss(ref_in, target, **kw)
+    ref.loss.backward()
+    assert ref.fp16_grad_clamped is None  # no float16: nothing stored scaled, nothing counted
+    scaled = ref_in.grad * FP16_GRAD_SCALE
+    overflow = scaled.half().isinf()
+    x = logits.half().requires_grad_()
+    out = chunked_rdrop_loss(x, target, **kw)
+    out.loss.backward()
+    assert out.fp16_grad_clamped.dtype == torch.int64 and int(out.fp16_grad_clamped) == int(overflow.sum()) > 10
+    stored = torch.where(overflow, scaled.sign() * FP16_MAX, scaled).half()
+    assert torch.equal(x.grad, (stored.float() / FP16_GRAD_SCALE).half())
+    # nothing to saturate: counted as 0 (float16 inputs), without the gradient too
+    mild = chunked_rdrop_loss(logits.half().requires_grad_(), target, **dict(kw, alpha=1.0))
+    assert int(mild.fp16_grad_clamped) == 0
+    with torch.no_grad():
+        assert int(chunked_rdrop_loss(logits.half(), target, **kw).fp16_grad_clamped) == 0
+    # the fused projection: float16 on a CPU multiplies in float32, nothing stored scaled
+    hidden, weight, bias, target = _problem(2, seed=3, dtype=torch.float16)
+    out = fused_linear_rdrop_loss(hidden.requires_grad_(), weight, target, bias=bias, epsilon=0.1,
+                                  alpha=1.0, passes=2, ignore_index=PAD)
+    assert out.fp16_grad_clamped.dtype == torch.int64
+    hidden, weight, bias, target = _problem(2, seed=3, dtype=torch.float32)
+    assert fused_linear_rdrop_loss(hidden.requires_grad_(), weight, target, bias=bias, epsilon=0.1,
+                                   alpha=1.0, passes=2, ignore_index=PAD).fp16_grad_clamped is None
 
 
 # ---- chunk size ---------------------------------------------------------------

@@ -46,7 +46,7 @@ class _LogitsLoop(ChunkLoop):
     def take_grad(self, chunk, grad):
         if not self.in_place:
             for a in range(self.spec.passes):
-                store_scaled(grad[a], self.grad3[a, chunk.span], self.scale, self.clamped)
+                store_scaled(grad[a], self.grad3[a, chunk.span], self.scale, self.clamped, chunk.keep)
 
     def stored_grads(self):
         if self.positions.pad_index is not None:

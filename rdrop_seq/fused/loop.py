@@ -80,7 +80,7 @@ class Positions:
         """The chunk's ``[m*c, d]`` rows of the stacked ``[m*N, d]`` ``x``."""
         if chunk.rows is not None:
             return x.index_select(0, chunk.rows)
-        return x.view(self.passes, self.n, -1)[:, chunk.span].reshape(self.passes * chunk.size, -1)
+        return x.reshape(self.passes, self.n, -1)[:, chunk.span].reshape(self.passes * chunk.size, -1)
 
     def put(self, out: Tensor, chunk: Chunk, rows: Tensor) -> None:
         """Write the chunk's ``[m*c, d]`` ``rows`` into the stacked ``[m*N, d]`` ``out``."""

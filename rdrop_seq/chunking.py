@@ -1,6 +1,6 @@
 """How many positions a chunk holds: the one chunk-size policy of every chunked loss.
 
-The fused losses (:mod:`rdrop_seq.fused`, :mod:`rdrop_seq.adaptive_fused`) and the
+The fused losses (:mod:`rdrop_seq.fused`, its adaptive softmax's included) and the
 symmetric KL on log-probabilities (:mod:`rdrop_seq.divergences`).  No imports: it
 sits at the bottom of the package's import graph.
 """

@@ -80,6 +80,8 @@ class RDropLoss(NamedTuple):
     kl: Tensor  # sum over positions of the pair-mean divergence (symmetric KL by default)
     n_correct: Optional[Tensor] = None  # argmax == target over all copies, where computed
     total: Optional[Tensor] = None  # positions counted for n_correct
+    # float16 gradient entries a fused loss saturated at +-65504 (0-dim int64; None: no float16)
+    fp16_grad_clamped: Optional[Tensor] = None
 
 
 def check_copies(rows: int, target: Tensor, passes: int, what: str = "lprobs") -> None:

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
+from rdrop_seq.fused.adaptive import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import cluster_positions
+from rdrop_seq.fused import chunked_rdrop_loss
 from tests.reference_lm import random_adaptive_batch, reference_adaptive_full, reference_adaptive_head
 
 PAD = 1
@@ -255,3 +256,32 @@ def test_full_mode_outputs_of_mixed_dtypes_get_their_gradients_at_one_scale():
     out.loss.backward()
     assert x16.grad.dtype == torch.float16
     torch.testing.assert_close(x16.grad.float(), x32.grad, rtol=5e-2, atol=5e-3)
+
+
+def test_saturated_fp16_gradient_entries_are_counted_in_both_modes():
+    """float16 scores' gradients are stored scaled (FP16_GRAD_SCALE) and saturate at float16's
+    maximum: both modes count the saturated entries (head mode: summed over the clusters'
+    losses), None where nothing is float16."""
+    passes, alpha = 2, 200.0
+    head, tails, target = random_adaptive_batch(passes, 15, CUTOFF, PAD, seed=11, scale=20.0)
+    tail_rows, tail_targets = head_mode_scores(tails, target, passes)
+    kw = dict(alpha=alpha, passes=passes, ignore_index=PAD)
+    half = [head.half().requires_grad_()] + [t.half().requires_grad_() for t in tail_rows]
+    out = adaptive_head_rdrop_loss(half[0], half[1:], head_classes(target), tail_targets, **kw)
+    apart = [chunked_rdrop_loss(half[0].detach().requires_grad_(), head_classes(target), epsilon=0.0, **kw)]
+    apart += [chunked_rdrop_loss(t.detach().requires_grad_(), tt, epsilon=0.0, alpha=alpha, passes=passes, ignore_index=None)
+              for t, tt in zip(half[1:], tail_targets)]
+    assert int(out.fp16_grad_clamped) == sum(int(a.fp16_grad_clamped) for a in apart) > 0
+    assert adaptive_head_rdrop_loss(head, tail_rows, head_classes(target), tail_targets,
+                                    **kw).fp16_grad_clamped is None
+
+    sm = Softmax(seed=3)
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([torch.randn(target.numel(), 8, generator=g, dtype=torch.float64),
+                   30 * torch.randn(target.numel(), 8, generator=g, dtype=torch.float64)])
+    full = adaptive_full_rdrop_loss(x.requires_grad_(), sm.head, sm.tail, CUTOFF, target, **kw)
+    assert full.fp16_grad_clamped is None
+    sm16 = copy.deepcopy(sm).half()
+    x16 = x.detach().half().requires_grad_()
+    full = adaptive_full_rdrop_loss(x16, sm16.head, sm16.tail, CUTOFF, target, chunk_size=4, **kw)
+    assert full.fp16_grad_clamped.dtype == torch.int64 and int(full.fp16_grad_clamped) > 0

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import rdrop_seq.chunking as chunking
-import rdrop_seq.fused.logits as logits_mod
+import rdrop_seq.fused.loop as loop_mod
 import rdrop_seq.fused.projection as projection
 from rdrop_seq.fused import auto_chunk_size, chunked_rdrop_loss, fused_linear_rdrop_loss
-from rdrop_seq.fused.precision import FP16_GRAD_SCALE
+from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX
 from rdrop_seq.losses import rdrop_label_smoothed_loss
 from tests.reference import random_batch, reference_rdrop_loss
 from tests.rounding import argmax_may_differ, matmul_error, sum_rtol
@@ -383,6 +383,44 @@ def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
     assert rel.max() < 2e-3
 
 
+def test_fp16_gradient_entries_saturated_at_the_float16_maximum_are_counted():
+    """float16 gradients are stored times FP16_GRAD_SCALE; an entry beyond float16's range then
+    is saturated at its maximum, and the losses count such entries (fp16_grad_clamped)."""
+    g = torch.Generator().manual_seed(41)
+    n, vocab = 32, 64
+    # two copies far apart: the KL's gradient, weighted by a large alpha, leaves float16's range
+    logits = torch.cat([torch.randn(n, vocab, generator=g), 30 * torch.randn(n, vocab, generator=g)])
+    target = torch.randint(2, vocab, (n,), generator=g)
+    target[:5] = PAD
+    kw = dict(epsilon=0.1, alpha=50.0, passes=2, ignore_index=PAD, chunk_size=8)
+    # the same float32 gradient, formed in place: what the float16 path scales and stores
+    ref_in = logits.half().float().requires_grad_()
+    ref = chunked_rdrop_loss(ref_in, target, **kw)
+    ref.loss.backward()
+    assert ref.fp16_grad_clamped is None  # no float16: nothing stored scaled, nothing counted
+    scaled = ref_in.grad * FP16_GRAD_SCALE
+    overflow = scaled.half().isinf()
+    x = logits.half().requires_grad_()
+    out = chunked_rdrop_loss(x, target, **kw)
+    out.loss.backward()
+    assert out.fp16_grad_clamped.dtype == torch.int64 and int(out.fp16_grad_clamped) == int(overflow.sum()) > 10
+    stored = torch.where(overflow, scaled.sign() * FP16_MAX, scaled).half()
+    assert torch.equal(x.grad, (stored.float() / FP16_GRAD_SCALE).half())
+    # nothing to saturate: counted as 0 (float16 inputs), without the gradient too
+    mild = chunked_rdrop_loss(logits.half().requires_grad_(), target, **dict(kw, alpha=1.0))
+    assert int(mild.fp16_grad_clamped) == 0
+    with torch.no_grad():
+        assert int(chunked_rdrop_loss(logits.half(), target, **kw).fp16_grad_clamped) == 0
+    # the fused projection: float16 on a CPU multiplies in float32, nothing stored scaled
+    hidden, weight, bias, target = _problem(2, seed=3, dtype=torch.float16)
+    out = fused_linear_rdrop_loss(hidden.requires_grad_(), weight, target, bias=bias, epsilon=0.1,
+                                  alpha=1.0, passes=2, ignore_index=PAD)
+    assert out.fp16_grad_clamped.dtype == torch.int64
+    hidden, weight, bias, target = _problem(2, seed=3, dtype=torch.float32)
+    assert fused_linear_rdrop_loss(hidden.requires_grad_(), weight, target, bias=bias, epsilon=0.1,
+                                   alpha=1.0, passes=2, ignore_index=PAD).fp16_grad_clamped is None
+
+
 # ---- chunk size ---------------------------------------------------------------
 def test_auto_chunk_size_minimum_and_precision():
     """The chunk sizes' memory is measured by the memory tests below; here what follows from
@@ -404,14 +442,14 @@ def _first_chunk_buffers(monkeypatch, vocab, passes, n):
     and the bytes of the float buffers its chunk core works in (log-probabilities/gradient,
     probabilities, KL scratch)."""
     seen = []
-    real = logits_mod.chunk_core
+    real = loop_mod.chunk_core
 
-    def spy(logits, lbuf, pbuf, mbuf, *rest):
-        buffers = [t for t in (lbuf, pbuf, mbuf) if t is not None]
-        seen.append((lbuf.shape[1], sum(t.numel() * t.element_size() for t in buffers)))
-        return real(logits, lbuf, pbuf, mbuf, *rest)
+    def spy(scores, ws, *rest):
+        buffers = [t for t in ws if t is not None]
+        seen.append((ws.logp.shape[1], sum(t.numel() * t.element_size() for t in buffers)))
+        return real(scores, ws, *rest)
 
-    monkeypatch.setattr(logits_mod, "chunk_core", spy)
+    monkeypatch.setattr(loop_mod, "chunk_core", spy)
     logits = torch.randn(passes * n, vocab, requires_grad=True)
     target = torch.randint(2, vocab, (n,))
     chunked_rdrop_loss(logits, target, epsilon=0.1, alpha=1.0, passes=passes, ignore_index=PAD)
@@ -436,13 +474,13 @@ def test_logits_chunk_size_is_cache_sized_on_cpu_and_large_elsewhere(monkeypatch
 
 def test_chunked_loss_uses_the_cpu_chunk_size_by_default(monkeypatch):
     seen = []
-    real = logits_mod.chunk_core
+    real = loop_mod.chunk_core
 
-    def spy(logits, lbuf, *rest):
-        seen.append(lbuf.shape[1])
-        return real(logits, lbuf, *rest)
+    def spy(scores, ws, *rest):
+        seen.append(ws.logp.shape[1])
+        return real(scores, ws, *rest)
 
-    monkeypatch.setattr(logits_mod, "chunk_core", spy)
+    monkeypatch.setattr(loop_mod, "chunk_core", spy)
     n, vocab = 100, 8000
     logits = torch.randn(2 * n, vocab, requires_grad=True)
     target = torch.randint(2, vocab, (n,))

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import rdrop_seq  # noqa: F401  (registrations, checkpoint loading)
+from fairseq.logging import metrics
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 from rdrop_seq.criterions.rdrop_label_smoothed_cross_entropy import (
     RDropLabelSmoothedCrossEntropyCriterion,
@@ -234,6 +235,23 @@ def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale(fp16_setup):
     assert_finite(after_third[0] + after_third[1])
     assert not all(torch.equal(a, b) for a, b in zip(after_overflow[1], after_third[1]))
     assert adam_steps(optimizer) == {2}
+
+
+def test_fp16_fused_forward_logs_the_saturated_gradient_count(fp16_setup):
+    """Every float16 fused R-Drop forward logs fp16_grad_clamped, 0 included (fairseq sums the
+    ranks' logs by the keys of their first one: the keys must not depend on the values);
+    reduce_metrics shows the interval's sum only where it is positive."""
+    model, criterion, sample = fp16_setup
+    _, _, log = criterion(model, sample)
+    assert log["fp16_grad_clamped"].dtype == torch.int64 and int(log["fp16_grad_clamped"]) >= 0
+    with metrics.aggregate(new_root=True) as agg:
+        criterion.reduce_metrics([dict(log, fp16_grad_clamped=torch.tensor(0))] * 2)
+    assert "fp16_grad_clamped" not in agg.get_smoothed_values()
+    with metrics.aggregate(new_root=True) as agg:
+        criterion.reduce_metrics([dict(log, fp16_grad_clamped=torch.tensor(n)) for n in (0, 3, 4)])
+    assert agg.get_smoothed_value("fp16_grad_clamped") == 7
+    _, _, float_log = criterion(model.float(), sample)  # nothing stored in float16: no count
+    assert "fp16_grad_clamped" not in float_log
 
 
 def test_fp16_loss_scale_backs_off_from_a_real_overflow(fp16_setup):

@@ -237,6 +237,10 @@ class RDropCriterionBase:
         if terms.n_correct is not None:
             logging_output["n_correct"] = utils.item(terms.n_correct.data)
             logging_output["total"] = utils.item(terms.total.data)
+        if terms.fp16_grad_clamped is not None:
+            # on every float16 fused forward, 0 included: fairseq sums the ranks' logs by the
+            # keys of their first micro-batch's, which must be the same everywhere
+            logging_output["fp16_grad_clamped"] = terms.fp16_grad_clamped.data
         return terms.loss, sample_size, logging_output
 
     # ---- logging --------------------------------------------------------
@@ -246,7 +250,8 @@ class RDropCriterionBase:
 
         ``loss`` and ``nll_loss`` are per target token of every copy (base 2), so
         ``ppl`` is the true perplexity and validation figures equal the stock
-        criterion's; ``rdrop_kl`` is the pair-mean symmetric KL per token (base 2).
+        criterion's; ``rdrop_kl`` is the pair-mean symmetric KL per token (base 2);
+        ``fp16_grad_clamped`` the float16 gradient entries the fused losses saturated.
         """
 
         def total(key, fallback=None):
@@ -273,6 +278,10 @@ class RDropCriterionBase:
             metrics.log_scalar(
                 "rdrop_kl", total("rdrop_kl") / rdrop_ntokens / math.log(2), rdrop_ntokens, round=4
             )
+
+        clamped = total("fp16_grad_clamped")  # summed over the log interval, shown where any
+        if clamped > 0:
+            metrics.log_scalar_sum("fp16_grad_clamped", clamped)
 
         n_total = total("total")
         if n_total > 0:

@@ -21,7 +21,7 @@ log-likelihood of the adaptive softmax) and KL the pair-mean symmetric KL
     scored at every position.
 
 In training both modes take the fused, chunked loss of
-:mod:`rdrop_seq.adaptive_fused` (``head``: what the adaptive softmax scores
+:mod:`rdrop_seq.fused.adaptive` (``head``: what the adaptive softmax scores
 anyway, the output projections of the head and the tails fused with the loss
 where they are plain projections, as in fairseq's models; ``full``: the head and tails
 called on a chunk of positions at a time, so no ``[m*N, V]`` tensor exists);
@@ -55,7 +55,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.criterions.adaptive_loss import AdaptiveLossConfig
 from fairseq.dataclass import ChoiceEnum
 
-from rdrop_seq.adaptive_fused import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
+from rdrop_seq.fused.adaptive import adaptive_full_rdrop_loss, adaptive_head_rdrop_loss
 from rdrop_seq.adaptive_kl import adaptive_head_kl, adaptive_log_probs, cluster_positions
 from rdrop_seq.criterions.base import RDropCriterionBase
 from rdrop_seq.criterions.config import FusedLossConfig, RDropLMConfig

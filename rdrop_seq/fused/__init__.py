@@ -44,10 +44,13 @@ computed in their own precision, bfloat16/float16 inputs with float32
 log-softmax, KL and accumulators.
 
 Modules (chunk sizes: :mod:`rdrop_seq.chunking`):
-:mod:`~rdrop_seq.fused.precision` (half-precision inputs),
-:mod:`~rdrop_seq.fused.kernel` (the per-chunk core and what the losses share),
-:mod:`~rdrop_seq.fused.projection` and :mod:`~rdrop_seq.fused.logits` (the two
-entry points and their autograd functions).
+:mod:`~rdrop_seq.fused.kernel` (the per-chunk core: values and gradient of a chunk),
+:mod:`~rdrop_seq.fused.loop` (the one chunk loop: positions, chunks, buffers, sums),
+:mod:`~rdrop_seq.fused.precision` (half-precision inputs, the float16 gradient scale),
+:mod:`~rdrop_seq.fused.stored_grads` (the gradients' hand-over to the backward), and the
+paths, each a :class:`~rdrop_seq.fused.loop.ChunkLoop` with its autograd function:
+:mod:`~rdrop_seq.fused.projection` and :mod:`~rdrop_seq.fused.logits` (the two entry
+points above) and :mod:`~rdrop_seq.fused.adaptive` (the adaptive softmax's loss).
 """
 
 from rdrop_seq.chunking import auto_chunk_size, logits_chunk_size

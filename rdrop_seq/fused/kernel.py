@@ -1,16 +1,16 @@
-"""The per-chunk core shared by every fused loss: values and the gradient w.r.t. a chunk's logits.
+"""The per-chunk core shared by every fused loss: values and the gradient w.r.t. a chunk's scores.
 
-Also what the fused losses share around it: the spec of what to compute, the running totals
-over chunks, the final objective, and the hand-over of the gradients stored in the forward.
+Also what it takes and gives: the spec of what to compute (:class:`LossSpec`), a chunk's
+buffers (:class:`Workspace`) and the final objective from the sums over chunks (:func:`finish`).
+The loop over chunks is :mod:`rdrop_seq.fused.loop`'s.
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from rdrop_seq.fused.precision import LOW_PRECISION
 from rdrop_seq.losses import smoothing_share
 
 
@@ -31,31 +31,29 @@ class LossSpec:
         return self.passes > 1 and self.alpha != 0
 
 
-def chunk_core(
-    logits: Tensor,
-    lbuf: Tensor,
-    pbuf: Optional[Tensor],
-    mbuf: Optional[Tensor],
-    target: Tensor,
-    keep: Optional[Tensor],
-    epsilon: float,
-    alpha: float,
-    with_kl: bool,
-    need_grad: bool,
-    accuracy: bool,
-):
-    """Values of one chunk and, if ``need_grad``, the gradient w.r.t. its logits.
+class Workspace(NamedTuple):
+    """A chunk's accumulation-dtype buffers (views of the loop's, or the path's own)."""
 
-    ``logits``: ``[m, c, V]`` (any float dtype, each ``[a]`` slice contiguous;
-    may alias ``pbuf``), or ``lbuf`` itself holding log-probabilities already
-    (no log-softmax then); ``lbuf``, ``pbuf``: ``[m, c, V]`` accumulation-dtype
-    buffers (``pbuf`` only needed with the KL); ``mbuf``: ``[c, V]`` scratch
-    (KL only); ``target``: ``[c]`` valid class indices; ``keep``: ``[c]`` bool,
-    or None when every position counts.  On return ``lbuf`` holds the gradient
-    (rows of pad positions not zeroed: the caller does it).  Returns the chunk's
-    sums ``(nll, smooth, kl, n_correct)`` as 0-dim tensors (``n_correct`` None
-    unless ``accuracy``), ``smooth`` being ``-sum_v log p_v``.
+    logp: Tensor  # [m, c, V] log-probabilities, then the gradient w.r.t. the chunk's scores
+    probs: Optional[Tensor]  # [m, c, V] probabilities (KL only; may hold the scores on entry)
+    scratch: Optional[Tensor]  # [c, V] per-position scratch (KL only)
+
+
+def chunk_core(scores: Tensor, ws: Workspace, target: Tensor, keep: Optional[Tensor],
+               spec: LossSpec, need_grad: bool):
+    """Values of one chunk and, if ``need_grad``, the gradient w.r.t. its scores.
+
+    ``scores``: ``[m, c, V]`` (any float dtype, each ``[a]`` slice contiguous;
+    may alias ``ws.probs``), or ``ws.logp`` itself holding log-probabilities
+    already (no log-softmax then); ``target``: ``[c]`` valid class indices;
+    ``keep``: ``[c]`` bool, or None when every position counts.  On return
+    ``ws.logp`` holds the gradient (rows of pad positions not zeroed: the
+    caller does it).  Returns the chunk's sums ``(nll, smooth, kl, n_correct)``
+    as 0-dim tensors (``n_correct`` None unless ``spec.accuracy``), ``smooth``
+    being ``-sum_v log p_v``.
     """
+    lbuf, pbuf, mbuf = ws
+    logits, epsilon, alpha, with_kl, accuracy = scores, spec.epsilon, spec.alpha, spec.with_kl, spec.accuracy
     m, c, vocab = lbuf.shape
     acc = lbuf.dtype
     if logits is not lbuf:  # else the caller wrote log-probabilities into lbuf itself
@@ -133,48 +131,16 @@ def chunk_core(
     return nll, smooth, kl, n_correct
 
 
-def finish(tot, tot_correct, epsilon, alpha, vocab, dtype):
-    nll, smooth, kl = tot[0], tot[1], tot[2]
+def finish(sums: Tensor, epsilon: float, alpha: float, vocab: int, dtype):
+    """The objective from the sums over chunks, in ``dtype``: ``(loss, nll, kl)``.
+
+    ``sums``: ``[nll, smooth, kl]`` (float64), the chunks' ``-sum log p_target``,
+    ``-sum_v log p_v`` and pair-mean symmetric KL over counted positions of every copy;
+    with ``e = epsilon / (V - 1)`` (fairseq's label smoothing)::
+
+        loss = (1 - epsilon - e) * nll + e * smooth + alpha * kl
+    """
+    nll, smooth, kl = sums[0], sums[1], sums[2]
     e = smoothing_share(epsilon, vocab)
     loss = (1.0 - epsilon - e) * nll + e * smooth + alpha * kl
-    return loss.to(dtype), nll.to(dtype), kl.to(dtype), tot_correct
-
-
-class Totals:
-    """Running sums over chunks (float64 on the device: no host synchronisation)."""
-
-    def __init__(self, device, accuracy):
-        self.values = torch.zeros(3, dtype=torch.float64, device=device)
-        self.correct = torch.zeros((), dtype=torch.int64, device=device) if accuracy else None
-
-    def add(self, nll, smooth, kl, n_correct):
-        self.values[0] += nll
-        self.values[1] += smooth
-        self.values[2] += kl
-        if self.correct is not None:
-            self.correct += n_correct
-
-
-def consume_stored_grads(ctx, what: str):
-    """The gradients a forward stored in ``ctx.grads``, handed out once (the backward runs once)."""
-    if ctx.grads is None:
-        raise RuntimeError(
-            f"{what}: backward called twice (its stored gradients are consumed by the first backward)"
-        )
-    grads, ctx.grads = ctx.grads, None
-    return grads
-
-
-def scale_stored_grads(grads, dtypes, grad_loss: Tensor, stored_scale: float = 1.0):
-    """Each stored gradient times the incoming one (in place), in its input's dtype (None stays None).
-
-    A bf16/fp16 gradient is multiplied by the incoming gradient as a Python number,
-    which the kernels apply in float32 (not rounded to the low-precision dtype first),
-    divided by ``stored_scale`` where it was stored scaled (float16: ``FP16_GRAD_SCALE``).
-    """
-    def scaled(g: Tensor) -> Tensor:
-        if g.dtype in LOW_PRECISION:
-            return g.mul_(float(grad_loss) / stored_scale)
-        return g.mul_(grad_loss.to(g.dtype))
-
-    return [None if g is None else scaled(g).to(d) for g, d in zip(grads, dtypes)]
+    return loss.to(dtype), nll.to(dtype), kl.to(dtype)

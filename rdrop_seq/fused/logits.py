@@ -7,73 +7,68 @@ from torch.autograd.function import once_differentiable
 from torch import Tensor
 
 from rdrop_seq.chunking import logits_chunk_size
-from rdrop_seq.fused.kernel import LossSpec, Totals, chunk_core, consume_stored_grads, finish, scale_stored_grads
-from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX, LOW_PRECISION
+from rdrop_seq.fused.kernel import LossSpec
+from rdrop_seq.fused.loop import ChunkLoop, Positions
+from rdrop_seq.fused.precision import LOW_PRECISION, grad_scale, store_scaled
+from rdrop_seq.fused.stored_grads import consume_stored_grads, scale_stored_grads
 from rdrop_seq.losses import RDropLoss, check_copies, compute_dtype
 
 
-def _chunked_forward(logits, spec: LossSpec, need_grad):
-    m, target, ignore_index = spec.passes, spec.target, spec.ignore_index
-    n = target.numel()
-    vocab = logits.size(-1)
-    device, dtype = logits.device, logits.dtype
-    acc = compute_dtype(dtype)
-    with_kl = spec.with_kl
-    logits3 = logits.view(m, n, vocab)
+class _LogitsLoop(ChunkLoop):
+    """Scores: the chunk's slice of the ``[m, N, V]`` logits (every position, pads masked);
+    gradient: into the same slice of one ``[m*N, V]`` tensor in the logits' dtype -- formed
+    there in place for float32/float64 logits, else converted from the chunk's buffer
+    (float16: times ``FP16_GRAD_SCALE``, saturated).  Pad rows are zeroed at the end."""
 
-    keep = pad = None
-    safe_target = target
-    if ignore_index is not None:
-        pad = target.eq(ignore_index)
-        keep = ~pad
-        safe_target = target.masked_fill(pad, 0)
-    c = spec.chunk_size or logits_chunk_size(
-        vocab, m, device.type, with_kl=with_kl, low_precision=dtype in LOW_PRECISION
-    )
-    c = max(1, min(int(c), max(n, 1)))
+    def __init__(self, logits: Tensor, spec: LossSpec, need_grad: bool):
+        m, n, vocab = spec.passes, spec.target.numel(), logits.size(-1)
+        device, dtype = logits.device, logits.dtype
+        acc = compute_dtype(dtype)
+        positions = Positions(spec.target, spec.ignore_index, m, drop_padding=False)
+        default = logits_chunk_size(vocab, m, device.type, with_kl=spec.with_kl,
+                                    low_precision=dtype in LOW_PRECISION)
+        self.grad = torch.empty(m * n, vocab, dtype=dtype, device=device) if need_grad else None
+        self.grad3 = self.grad.view(m, n, vocab) if need_grad else None
+        # float32/float64 logits: the gradient is formed in place in its final tensor
+        self.in_place = need_grad and dtype == acc
+        super().__init__(spec, positions, vocab, default, device, acc, need_grad,
+                         logp_buffer=not self.in_place, count_clamped=dtype == torch.float16)
+        self.logits3 = logits.view(m, n, vocab)
+        self.scale = grad_scale(dtype)
 
-    grad = torch.empty(m * n, vocab, dtype=dtype, device=device) if need_grad else None
-    grad3 = grad.view(m, n, vocab) if need_grad else None
-    # float32/float64 logits: the gradient is formed in place in its final tensor
-    in_place = need_grad and dtype == acc
-    lbuf = None if in_place else torch.empty(m * c * vocab, dtype=acc, device=device)
-    pbuf = torch.empty(m * c * vocab, dtype=acc, device=device) if with_kl else None
-    mbuf = torch.empty(c * vocab, dtype=acc, device=device) if with_kl else None
-    scale = FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
+    def workspace(self, chunk):
+        ws = super().workspace(chunk)
+        return ws._replace(logp=self.grad3[:, chunk.span]) if self.in_place else ws
 
-    totals = Totals(device, spec.accuracy)
-    for start in range(0, n, c):
-        cc = min(c, n - start)
-        sl = slice(start, start + cc)
-        l3 = grad3[:, sl] if in_place else lbuf[: m * cc * vocab].view(m, cc, vocab)
-        totals.add(*chunk_core(
-            logits3[:, sl], l3,
-            pbuf[: m * cc * vocab].view(m, cc, vocab) if with_kl else None,
-            mbuf[: cc * vocab].view(cc, vocab) if with_kl else None,
-            safe_target[sl], None if keep is None else keep[sl],
-            spec.epsilon, spec.alpha, with_kl, need_grad, spec.accuracy,
-        ))
-        if need_grad and not in_place:
-            for a in range(m):
-                if scale != 1.0:
-                    torch.mul(l3[a], scale, out=grad3[a, sl])
-                    grad3[a, sl].nan_to_num_(posinf=FP16_MAX, neginf=-FP16_MAX)
-                else:
-                    grad3[a, sl].copy_(l3[a])
-    if need_grad and pad is not None:
-        grad3.index_fill_(1, pad.nonzero().squeeze(1), 0.0)
-    values = finish(totals.values, totals.correct, spec.epsilon, spec.alpha, vocab, acc)
-    return values, grad, scale
+    def scores(self, chunk, ws):
+        return self.logits3[:, chunk.span]
+
+    def take_grad(self, chunk, grad):
+        if not self.in_place:
+            for a in range(self.spec.passes):
+                store_scaled(grad[a], self.grad3[a, chunk.span], self.scale, self.clamped, chunk.keep)
+
+    def stored_grads(self):
+        if self.positions.pad_index is not None:
+            self.grad3.index_fill_(1, self.positions.pad_index, 0.0)
+        return [self.grad]
+
+
+def _chunked_forward(logits: Tensor, spec: LossSpec, need_grad: bool):
+    """``((loss, nll, kl, n_correct, fp16_grad_clamped), [grad or None], stored scale)``."""
+    loop = _LogitsLoop(logits, spec, need_grad)
+    loss, nll, kl = loop.run()
+    grads = loop.stored_grads() if need_grad else [None]
+    return (loss, nll, kl, loop.correct, loop.clamped), grads, loop.scale
 
 
 class _ChunkedRDrop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, spec):
-        values, grad, scale = _chunked_forward(logits, spec, ctx.needs_input_grad[0])
-        ctx.grads, ctx.dtype, ctx.scale = [grad], logits.dtype, scale
-        loss, nll, kl, n_correct = values
-        ctx.mark_non_differentiable(*(t for t in (nll, kl, n_correct) if t is not None))
-        return loss, nll, kl, n_correct
+        values, grads, scale = _chunked_forward(logits, spec, ctx.needs_input_grad[0])
+        ctx.grads, ctx.dtype, ctx.scale = grads, logits.dtype, scale
+        ctx.mark_non_differentiable(*(t for t in values[1:] if t is not None))
+        return values
 
     @staticmethod
     @once_differentiable  # the gradient was computed in the forward: no graph to differentiate again
@@ -101,7 +96,8 @@ def chunked_rdrop_loss(
     float32 log-probabilities: the gradient w.r.t. ``logits`` (one ``[m*N, V]``
     tensor in the logits' dtype) is computed during this call, chunk by chunk,
     and scaled in place by the incoming gradient in the backward (which can run
-    once).  ``n_correct`` is None when ``report_accuracy`` is False.
+    once).  ``n_correct`` is None when ``report_accuracy`` is False;
+    ``fp16_grad_clamped`` as for :func:`~rdrop_seq.fused.fused_linear_rdrop_loss`.
     ``chunk_size``: positions (of every copy) at a time, :func:`logits_chunk_size`
     by default.
     """
@@ -115,7 +111,7 @@ def chunked_rdrop_loss(
                     bool(report_accuracy))
     with torch.autocast(logits2d.device.type, enabled=False):
         if torch.is_grad_enabled() and logits2d.requires_grad:
-            loss, nll, kl, n_correct = _ChunkedRDrop.apply(logits2d, spec)
+            loss, nll, kl, n_correct, clamped = _ChunkedRDrop.apply(logits2d, spec)
         else:
-            (loss, nll, kl, n_correct), _, _ = _chunked_forward(logits2d, spec, False)
-    return RDropLoss(loss, nll, kl, n_correct)
+            (loss, nll, kl, n_correct, clamped), _, _ = _chunked_forward(logits2d, spec, False)
+    return RDropLoss(loss, nll, kl, n_correct, fp16_grad_clamped=clamped)

@@ -1,6 +1,7 @@
 """Half-precision inputs: which dtypes, the float16 gradient scale, low-precision gradient products."""
 
 import functools
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -12,6 +13,32 @@ from torch import Tensor
 FP16_GRAD_SCALE = 1024.0
 FP16_MAX = 65504.0
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def grad_scale(dtype: torch.dtype) -> float:
+    """The factor a gradient is stored in ``dtype`` with: ``FP16_GRAD_SCALE`` for float16, else 1."""
+    return FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
+
+
+def store_scaled(grad: Tensor, out: Tensor, scale: float, clamped: Optional[Tensor],
+                 keep: Optional[Tensor] = None) -> Tensor:
+    """``out = grad * scale`` in ``out``'s dtype (``scale`` 1: a plain conversion).
+
+    In float16, entries beyond ``FP16_MAX`` (overflowed to infinity) are saturated
+    at ``+-FP16_MAX`` (and NaN set to 0, as ``nan_to_num``); their number, in the rows
+    ``keep`` marks (``[rows]`` bool; None: all), is added to ``clamped`` (a 0-dim
+    int64 tensor on the device, or None: not counted).  One rounding of
+    ``grad * scale`` to ``out``'s dtype, as ``(grad * scale).to(out.dtype)``.
+    """
+    if scale == 1.0:
+        return out.copy_(grad)  # a plain conversion: cheaper than a multiplication
+    torch.mul(grad, scale, out=out)
+    if out.dtype == torch.float16:
+        if clamped is not None:
+            inf = torch.isinf(out)
+            clamped += inf.sum() if keep is None else inf.sum(-1).mul_(keep).sum()
+        out.nan_to_num_(posinf=FP16_MAX, neginf=-FP16_MAX)
+    return out
 _MM_OUT_DTYPE_OK = {}
 
 

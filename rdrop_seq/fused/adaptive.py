@@ -3,7 +3,7 @@
 The same objective as the unfused path of ``rdrop_adaptive_loss`` (the
 adaptive softmax's cross-entropy of every copy + alpha * the pair-mean
 symmetric KL of :mod:`rdrop_seq.adaptive_kl`, sums over non-pad positions), in
-the manner of :mod:`rdrop_seq.fused`: a chunk holds the same positions of every
+the manner of :mod:`rdrop_seq.fused` (its chunk loop, :mod:`rdrop_seq.fused.loop`): a chunk holds the same positions of every
 copy, one float32 log-softmax per chunk serves the cross-entropy of all copies
 and the KL, and the gradient is written out analytically and used at once.
 
@@ -55,10 +55,12 @@ from torch.autograd.function import once_differentiable
 from torch import Tensor, nn
 
 from rdrop_seq.chunking import auto_chunk_size
-from rdrop_seq.fused.kernel import LossSpec, Totals, chunk_core, consume_stored_grads, finish, scale_stored_grads
+from rdrop_seq.fused.kernel import LossSpec
 from rdrop_seq.fused.logits import chunked_rdrop_loss
-from rdrop_seq.fused.precision import FP16_GRAD_SCALE, LOW_PRECISION
+from rdrop_seq.fused.loop import ChunkLoop, Positions
+from rdrop_seq.fused.precision import LOW_PRECISION, grad_scale, store_scaled
 from rdrop_seq.fused.projection import fused_linear_rdrop_loss
+from rdrop_seq.fused.stored_grads import consume_stored_grads, scale_stored_grads
 from rdrop_seq.losses import RDropLoss, check_copies, compute_dtype
 
 __all__ = ["adaptive_full_rdrop_loss", "adaptive_head_rdrop_loss"]
@@ -89,7 +91,8 @@ def adaptive_head_rdrop_loss(
     (None if no position's target is in it); ``tail_targets[i]``: ``[K_i]``
     in-cluster indices.  Tail clusters hold no padding, so nothing is ignored
     there (a word whose in-cluster index equals the pad index counts).
-    Returns the summed loss, NLL and KL (``n_correct`` None); gradients
+    Returns the summed loss, NLL and KL (``n_correct`` None; ``fp16_grad_clamped`` summed over
+    the clusters' losses); gradients
     w.r.t. the scores (or the inputs and weights) are formed in this call (see
     :mod:`rdrop_seq.fused`).
     """
@@ -106,7 +109,7 @@ def adaptive_head_rdrop_loss(
         return chunked_rdrop_loss(scores, target, ignore_index=ignore, **common)
 
     out = cluster_loss(head, head_target, ignore_index)
-    loss, nll, kl = out.loss, out.nll_loss, out.kl
+    loss, nll, kl, clamped = out.loss, out.nll_loss, out.kl, out.fp16_grad_clamped
     for i, (scores, target) in enumerate(zip(tail_scores, tail_targets)):
         if scores is None:
             if target is not None and target.numel() > 0:
@@ -114,7 +117,9 @@ def adaptive_head_rdrop_loss(
             continue
         tail = cluster_loss(scores, target, None)
         loss, nll, kl = loss + tail.loss, nll + tail.nll_loss, kl + tail.kl
-    return RDropLoss(loss, nll, kl, None)
+        if tail.fp16_grad_clamped is not None:
+            clamped = tail.fp16_grad_clamped if clamped is None else clamped + tail.fp16_grad_clamped
+    return RDropLoss(loss, nll, kl, None, fp16_grad_clamped=clamped)
 
 
 # ---- full mode -----------------------------------------------------------------
@@ -128,75 +133,71 @@ class _FullSpec:
     loss: LossSpec  # target: [N] word ids; no label smoothing, no accuracy
 
 
-def _grad_scale(dtype) -> float:
-    """float16 gradients are handed to autograd scaled (see ``rdrop_seq.fused.precision.FP16_GRAD_SCALE``)."""
-    return FP16_GRAD_SCALE if dtype == torch.float16 else 1.0
+def _counts_fp16(x: Tensor, params: Sequence[Tensor]) -> bool:
+    """Whether the modules' scores may be float16 (then their gradients are stored scaled)."""
+    device_type = x.device.type
+    autocast_fp16 = (torch.is_autocast_enabled(device_type)
+                     and torch.get_autocast_dtype(device_type) == torch.float16)
+    return autocast_fp16 or any(t.dtype == torch.float16 for t in [x, *params])
 
 
-def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: bool,
-                  need_params: Sequence[bool]):
-    m, target, ignore_index = spec.loss.passes, spec.loss.target, spec.loss.ignore_index
-    n = target.numel()
-    cutoff = list(spec.cutoff)
-    c0, vocab = cutoff[0], cutoff[-1]
-    k = len(cutoff) - 1
-    device, dtype = x.device, x.dtype
-    acc = compute_dtype(dtype)
-    with_kl = spec.loss.with_kl
-    need_grad = need_x or any(need_params)
+class _FullLoop(ChunkLoop):
+    """Scores: the chunk's full log-probabilities ``L`` (pad positions dropped), from the
+    head's and the tails' modules on the chunk's rows of ``x``, written straight into the
+    chunk core's buffer; gradient: by the chain rule of the module docstring to the head's
+    and the tails' scores, then through the modules (``torch.autograd.grad``) into the
+    chunk's rows of grad(x) and, summed over chunks, the parameters' gradients."""
 
-    if ignore_index is None:
-        positions = torch.arange(n, device=device)
-    else:
-        positions = target.ne(ignore_index).nonzero().squeeze(1)
-    count = positions.numel()
-    c = spec.loss.chunk_size or auto_chunk_size(
-        vocab, x.size(-1), m, with_kl=with_kl, low_precision=dtype in LOW_PRECISION
-    )
-    c = max(1, min(int(c), max(count, 1)))
+    def __init__(self, spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: bool,
+                 need_params: Sequence[bool]):
+        loss = spec.loss
+        m, n = loss.passes, loss.target.numel()
+        self.cutoff = cutoff = list(spec.cutoff)
+        vocab = cutoff[-1]
+        device, dtype = x.device, x.dtype
+        acc = compute_dtype(dtype)
+        need_grad = need_x or any(need_params)
+        positions = Positions(loss.target, loss.ignore_index, m, drop_padding=True)
+        default = auto_chunk_size(vocab, x.size(-1), m, with_kl=loss.with_kl,
+                                  low_precision=dtype in LOW_PRECISION)
+        super().__init__(loss, positions, vocab, default, device, acc, need_grad,
+                         count_clamped=_counts_fp16(x, params))
+        self.modules, self.x, self.params = spec, x.detach(), params
+        self.need_x, self.need_params = need_x, list(need_params)
+        self.grad_x = torch.zeros(m * n, x.size(-1), dtype=acc, device=device) if need_x else None
+        self.grad_p: List[Optional[Tensor]] = [None] * len(params)
+        self.wanted = [p for p, need in zip(params, need_params) if need]
+        self.chunk_state = None  # the current chunk's input, scores and their log-softmaxes
 
-    lbuf = torch.empty(m * c * vocab, dtype=acc, device=device)  # log-probs, then gradient
-    pbuf = torch.empty(m * c * vocab, dtype=acc, device=device) if with_kl else None  # probs
-    mbuf = torch.empty(c * vocab, dtype=acc, device=device) if with_kl else None
-    grad_x = torch.zeros(m * n, x.size(-1), dtype=acc, device=device) if need_x else None
-    grad_p: List[Optional[Tensor]] = [None] * len(params)
-    wanted = [p for p, need in zip(params, need_params) if need]
-    offsets = (torch.arange(m, device=device) * n).view(m, 1)
-    totals = Totals(device, accuracy=False)
-    for start in range(0, count, c):
-        cc = min(c, count - start)
-        r = m * cc
-        pos = positions[start:start + cc]
-        rows = (offsets + pos.view(1, cc)).view(-1)
-        xc = x.detach().index_select(0, rows)
-        with torch.enable_grad() if need_grad else torch.no_grad():
-            if need_x:
+    def scores(self, chunk, ws):
+        cutoff, c0, vocab = self.cutoff, self.cutoff[0], self.vocab
+        k, r = len(cutoff) - 1, self.spec.passes * chunk.size
+        xc = self.positions.take(self.x, chunk)
+        with torch.enable_grad() if self.need_grad else torch.no_grad():
+            if self.need_x:
                 xc.requires_grad_()
-            h = spec.head(xc)
-            ts = [tail(xc) for tail in spec.tails]
+            h = self.modules.head(xc)
+            ts = [tail(xc) for tail in self.modules.tails]
         if h.shape != (r, c0 + k):
             raise ValueError(f"head scores have shape {tuple(h.shape)}; cutoff {cutoff} needs {(r, c0 + k)}")
         # the full log-probabilities, written straight into the chunk core's buffer
-        l3 = lbuf[: r * vocab].view(m, cc, vocab)
-        z = l3.view(r, vocab)
-        h_lsm = torch.log_softmax(h.detach(), -1, dtype=acc)
+        z = ws.logp.view(r, vocab)
+        h_lsm = torch.log_softmax(h.detach(), -1, dtype=self.acc)
         z[:, :c0] = h_lsm[:, :c0]
         t_lsm = []
         for i, t in enumerate(ts):
             if t.shape != (r, cutoff[i + 1] - cutoff[i]):
                 raise ValueError(f"tail {i} scores have shape {tuple(t.shape)}, expected "
                                  f"{(r, cutoff[i + 1] - cutoff[i])}")
-            tl = torch.log_softmax(t.detach(), -1, dtype=acc)
+            tl = torch.log_softmax(t.detach(), -1, dtype=self.acc)
             torch.add(tl, h_lsm[:, c0 + i : c0 + i + 1], out=z[:, cutoff[i] : cutoff[i + 1]])
             t_lsm.append(tl)
-        totals.add(*chunk_core(
-            l3, l3, pbuf[: r * vocab].view(m, cc, vocab) if with_kl else None,
-            mbuf[: cc * vocab].view(cc, vocab) if with_kl else None,
-            target.index_select(0, pos), None, 0.0, spec.loss.alpha, with_kl, need_grad, False,
-        ))
-        if not need_grad:
-            continue
-        g = l3.view(r, vocab)  # gradient w.r.t. L; its rows sum to zero (S = 0)
+        self.chunk_state = (xc, h, ts, h_lsm, t_lsm)
+        return ws.logp
+
+    def take_grad(self, chunk, grad):
+        (xc, h, ts, h_lsm, t_lsm), cutoff, c0 = self.chunk_state, self.cutoff, self.cutoff[0]
+        g = grad.view(-1, self.vocab)  # gradient w.r.t. L; its rows sum to zero (S = 0)
         g_h = torch.empty_like(h_lsm)
         g_h[:, :c0] = g[:, :c0]
         g_ts = []
@@ -207,36 +208,37 @@ def _full_forward(spec: _FullSpec, x: Tensor, params: Sequence[Tensor], need_x: 
             g_ts.append(tl.exp_().mul_(s_i.neg()).add_(g_i))  # G_i - softmax(t_i) S_i
         outs = [h] + ts
         # one scale for every output: an input's gradient sums the outputs' contributions
-        scale = max(_grad_scale(o.dtype) for o in outs)
-        grads_out = [(gg * scale).to(o.dtype) for gg, o in zip([g_h] + g_ts, outs)]
-        inputs = ([xc] if need_x else []) + wanted
+        scale = max(grad_scale(o.dtype) for o in outs)
+        grads_out = [store_scaled(gg, torch.empty(gg.shape, dtype=o.dtype, device=gg.device), scale,
+                                  self.clamped) for gg, o in zip([g_h] + g_ts, outs)]
+        inputs = ([xc] if self.need_x else []) + self.wanted
         got = torch.autograd.grad(outs, inputs, grads_out, allow_unused=True)
         # back to unscaled gradients in the accumulation dtype (None: the input got none)
+        acc = self.acc
         got = iter(None if g is None else g.to(acc) if scale == 1.0 else g.to(acc).div_(scale) for g in got)
-        if need_x:
-            grad_x.index_copy_(0, rows, next(got))
-        for j, need in enumerate(need_params):
+        if self.need_x:
+            self.positions.put(self.grad_x, chunk, next(got))
+        for j, need in enumerate(self.need_params):
             gp = next(got) if need else None
             if gp is not None:
-                grad_p[j] = gp if grad_p[j] is None else grad_p[j].add_(gp)
-    if need_grad:
+                self.grad_p[j] = gp if self.grad_p[j] is None else self.grad_p[j].add_(gp)
+
+    def stored_grads(self):
         # parameters no chunk reached (no non-pad position) get a zero gradient
-        grad_p = [None if not need else (torch.zeros_like(p, dtype=acc) if g is None else g)
-                  for p, need, g in zip(params, need_params, grad_p)]
-    values = finish(totals.values, None, 0.0, spec.loss.alpha, vocab, acc)
-    return values[:3], (grad_x, grad_p)
+        grad_p = [None if not need else (torch.zeros_like(p, dtype=self.acc) if g is None else g)
+                  for p, need, g in zip(self.params, self.need_params, self.grad_p)]
+        return [self.grad_x] + grad_p
 
 
 class _AdaptiveFullRDrop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, x, *params):
-        need_x = ctx.needs_input_grad[1]
-        need_params = list(ctx.needs_input_grad[2:])
-        (loss, nll, kl), (grad_x, grad_p) = _full_forward(spec, x, params, need_x, need_params)
-        ctx.grads = [grad_x] + grad_p
+        loop = _FullLoop(spec, x, params, ctx.needs_input_grad[1], list(ctx.needs_input_grad[2:]))
+        loss, nll, kl = loop.run()
+        ctx.grads = loop.stored_grads()
         ctx.dtypes = [x.dtype] + [p.dtype for p in params]
-        ctx.mark_non_differentiable(nll, kl)
-        return loss, nll, kl
+        ctx.mark_non_differentiable(*(t for t in (nll, kl, loop.clamped) if t is not None))
+        return loss, nll, kl, loop.clamped
 
     @staticmethod
     @once_differentiable  # the gradient was computed in the forward: no graph to differentiate again
@@ -268,7 +270,9 @@ def adaptive_full_rdrop_loss(
     Same values as ``rdrop_cross_entropy_loss(adaptive_log_probs(...))``;
     gradients w.r.t. ``x`` and every parameter of ``head`` and ``tails`` that
     requires grad are computed during this call (the backward, which can run
-    once, scales them by the incoming gradient).  ``n_correct`` is None.
+    once, scales them by the incoming gradient).  ``n_correct`` is None;
+    ``fp16_grad_clamped``: where the scores may be float16, the entries of their gradients
+    saturated at the float16 maximum (None otherwise).
     """
     cutoff = list(cutoff)
     if len(tails) != len(cutoff) - 1:
@@ -286,7 +290,8 @@ def adaptive_full_rdrop_loss(
                 seen.add(id(p))
                 params.append(p)
     if torch.is_grad_enabled() and (x2d.requires_grad or params):
-        loss, nll, kl = _AdaptiveFullRDrop.apply(spec, x2d, *params)
+        loss, nll, kl, clamped = _AdaptiveFullRDrop.apply(spec, x2d, *params)
     else:
-        (loss, nll, kl), _ = _full_forward(spec, x2d, params, False, [False] * len(params))
-    return RDropLoss(loss, nll, kl, None)
+        loop = _FullLoop(spec, x2d, params, False, [False] * len(params))
+        (loss, nll, kl), clamped = loop.run(), loop.clamped
+    return RDropLoss(loss, nll, kl, None, fp16_grad_clamped=clamped)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+
 def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
     """Per-epoch ``metrics`` and the update count from a json-format fairseq log.
 
@@ -62,17 +63,6 @@ HIGHER_IS_BETTER = ("bleu", "accuracy")
 def checkpoint_epoch(curve, metric, higher_is_better):
     """The epoch row whose checkpoint fairseq keeps as ``checkpoint_best.pt``: the best
     ``metric``, the later epoch on a tie (fairseq replaces the best on ``>=`` / ``<=``)."""
-    best = None
-    for row in curve:
-        value = row.get(metric)
-        if value is None:
-            continue
-        if best is None or (value >= best[metric] if higher_is_better else value <= best[metric]):
-            best = row
-    return best
-
-
-def best_epoch(epochs, metric):
-    """The epoch of ``checkpoint_best.pt`` when ``metric`` picks it (higher BLEU/accuracy, lower
-    otherwise): :func:`checkpoint_epoch`."""
-    return checkpoint_epoch(epochs, metric, metric in HIGHER_IS_BETTER)
+    sign = 1 if higher_is_better else -1
+    rows = [row for row in curve if row.get(metric) is not None]
+    return max(reversed(rows), key=lambda row: sign * row[metric], default=None)  # max keeps the first best

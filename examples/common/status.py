@@ -1,25 +1,19 @@
-"""Where a demo's runs stand (``--status``), read from their files alone: state, epochs, time so
-far and the runs' validation values per epoch.
-"""
+"""``--status``: where a demo's runs stand, read from their files alone."""
 
 import os
 import time
 
 from examples.common.base import RUN_LABELS, rel, say
-from examples.common.fairseq_log import best_epoch, parse_train_log
+from examples.common.fairseq_log import HIGHER_IS_BETTER, checkpoint_epoch, parse_train_log
 from examples.common.naming import run_dir
 from examples.common.stages import read_json
 from examples.common.training import TIME_RECORD_SECONDS, epochs_text, stopped_early
 
-def run_status(save_dir, metrics, now=None):
-    """Where the run in ``save_dir`` stands, read from its files alone (nothing is changed).
 
-    Returns ``state`` (``"not started"``, ``"finished"``, ``"training"`` while its
-    time record is fresh, else ``"interrupted"``), a ``note`` saying more, the
-    per-epoch ``epochs`` rows (``metrics`` and ``train_<metric>`` as read by
-    :func:`parse_train_log`), ``updates``, ``seconds`` trained so far and the
-    run's ``budget`` flags.
-    """
+def run_status(save_dir, metrics, now=None):
+    """Where the run in ``save_dir`` stands: ``state`` (``"not started"``, ``"finished"``,
+    ``"training"`` while its time record is fresh, else ``"interrupted"``), a ``note`` saying more,
+    its ``epochs`` rows (:func:`parse_train_log`), ``updates``, ``seconds`` so far and ``budget``."""
     done, started = os.path.join(save_dir, "done.json"), os.path.join(save_dir, "started.json")
     log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
     out = {"epochs": log["epochs"], "updates": log["updates"], "seconds": 0.0, "budget": {}}
@@ -62,7 +56,8 @@ def _print_seed_status(runs, metrics):
                      + (f" ({budget})" if budget else "") + f"; {st['note']}")
         print(line)
         for metric in metrics:
-            best = None if metric.startswith("train_") else best_epoch(st["epochs"], metric)
+            best = None if metric.startswith("train_") else checkpoint_epoch(st["epochs"], metric,
+                                                                             metric in HIGHER_IS_BETTER)
             if best is not None:
                 print(f"{'':10}best valid {metric} {best[metric]:.2f} at epoch {best['epoch']}")
     by_epoch = {}

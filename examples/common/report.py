@@ -1,9 +1,5 @@
-"""A demo's comparison over seeds: the printed table, the curves' PNG and the results file.
-
-Every figure comes from the per-seed records that the demo's runs produced;
-means and standard deviations are over seeds (sample standard deviation), and
-each seed's delta and p-value pair that seed's baseline with its R-Drop run.
-"""
+"""A demo's comparison over seeds, from the per-seed records of its runs: the printed table, the
+curves' PNG and the results file."""
 
 import datetime
 import json
@@ -11,7 +7,7 @@ import logging
 import os
 
 from examples.common.base import COMPARISONS, RUN_LABELS, RUNS, pair_name, say
-from examples.common.stages import atomic_write, write_json
+from examples.common.stages import atomic_write, unused_path, write_json
 from examples.common.stats import mean_std
 
 # the rows every demo's table ends with, and the figures averaged over seeds every demo has: the
@@ -96,12 +92,12 @@ def plot_seed_curves(per_seed, path, panels, title, alpha, runs=RUNS):
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)  # matplotlib logs at DEBUG (import, fonts) where logging is set up so
     try:
-        _plot_seed_curves(per_seed, path, panels, title, alpha, runs)
+        _plot_panels(per_seed, path, panels, title, alpha, runs)
     finally:
         logging.disable(previous)
 
 
-def _plot_seed_curves(per_seed, path, panels, title, alpha, runs):
+def _plot_panels(per_seed, path, panels, title, alpha, runs):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,11 +166,7 @@ def keep_previous(path, stamp):
     if not os.path.exists(path):
         return
     base, ext = os.path.splitext(path)
-    target = f"{base}.{stamp}{ext}"
-    n = 1
-    while os.path.exists(target):
-        target = f"{base}.{stamp}-{n}{ext}"
-        n += 1
+    target = unused_path(f"{base}.{stamp}", ext)
     os.replace(path, target)
     say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
 

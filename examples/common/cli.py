@@ -1,6 +1,4 @@
-"""The demos' shared command line: the options every demo takes, their parsing (work and results
-directories, the mode's defaults) and the checks of their values.
-"""
+"""The options every demo takes, their parsing (work and results dirs, the mode's defaults) and checks."""
 
 import argparse
 import os
@@ -166,29 +164,19 @@ def check_demo_args(args):
         elsewhere = sorted(m for m, runs in args.mode_runs.items() if args.only_run in runs)
         raise DemoError(f"--run {args.only_run}: mode {args.mode} trains {', '.join(args.runs)}; the "
                         f"{RUN_LABELS.get(args.only_run, args.only_run)} run is in mode {', '.join(elsewhere)}")
-    if args.alpha < 0:
-        raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
+    for flag, least in (("alpha", 0), ("threads", 1), ("max_epoch", 1), ("patience", 1), ("jobs", 1)):
+        value = getattr(args, flag)
+        if value is not None and value < least:
+            raise DemoError(f"--{flag.replace('_', '-')} must be >= {least}, got {value}")
     for flag in ("dropout", "baseline_dropout", "rdrop_dropout"):
         value = getattr(args, flag, None)
         if value is not None and not 0 <= value < 1:
             raise DemoError(f"--{flag.replace('_', '-')} must be in [0, 1), got {value}")
-    if args.threads < 1:
-        raise DemoError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_epoch is not None and args.max_epoch < 1:
-        raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
-    if args.patience is not None and args.patience < 1:
-        raise DemoError(f"--patience must be >= 1, got {args.patience}")
-    if args.jobs < 1:
-        raise DemoError(f"--jobs must be >= 1, got {args.jobs}")
     if any(s < 0 for s in args.seeds):
         raise DemoError(f"--seeds must be >= 0, got {','.join(map(str, args.seeds))}")
 
 
 def train_flags(args, setting):
     """The mode's training flags with ``--max-epoch``/``--patience`` overrides applied."""
-    train = dict(setting["train"])
-    if args.max_epoch is not None:
-        train["max-epoch"] = args.max_epoch
-    if args.patience is not None:
-        train["patience"] = args.patience
-    return flags(train)
+    overrides = {"max-epoch": args.max_epoch, "patience": args.patience}
+    return flags({**setting["train"], **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,10 +1,10 @@
 """The demos' statistics: summaries over seeds and the significance tests of each demo (sacrebleu's
-paired bootstrap on BLEU and chrF, a paired block bootstrap on an LM's per-token log-probs, McNemar's
+paired bootstrap on BLEU and chrF, a paired block bootstrap on an LM's per-token log-probs
+(:func:`examples.language_model.eval_lm.read_word_logprobs`), McNemar's
 exact test on two classifiers).  Nothing here rounds: the callers round what they show.
 """
 
 import math
-import re
 import statistics
 
 import numpy as np
@@ -15,14 +15,6 @@ BLEU_TEST = "sacrebleu paired bootstrap resampling (paired-bs)"
 MCNEMAR_TEST = "McNemar's exact test (two-sided binomial test on the discordant examples, scipy.stats.binomtest)"
 LM_TEST = ("paired block bootstrap of the per-token log-prob difference "
            "(scipy.stats.bootstrap, paired=True; p-value as sacrebleu paired-bs)")
-
-# one line of fairseq's eval_lm logger ("%(asctime)s | %(levelname)s | %(name)s | %(message)s")
-# fairseq's own format where it sets up logging, Python's default ("INFO:fairseq_cli.eval_lm:...")
-# where logging was configured before (as when fairseq-eval-lm runs with --user-dir)
-_EVAL_LM_LINE = re.compile(r"(?:\|\s*fairseq_cli\.eval_lm\s*\|\s|^[A-Z]+:fairseq_cli\.eval_lm:)(.*)$")
-# a --output-word-probs message: "<sample id> <word> [<log-prob>]\t<word> [<log-prob>]..."
-_WORD_PROBS_MESSAGE = re.compile(r"(\d+) (.* \[[^\[\]]*\])")
-_WORD_PROB = re.compile(r"(.*) \[([^\[\]]*)\]")
 
 
 def mean_std(values):
@@ -98,39 +90,6 @@ def paired_bleu_test(baseline_hyps, system_hyps, refs, n_samples=1000):
         "signature": signatures[bleu_name].format(),
         "sacrebleu_version": sacrebleu.__version__,
     }
-
-
-def read_word_logprobs(text):
-    """The per-token log-probabilities in ``fairseq-eval-lm --output-word-probs`` output, in the
-    order printed (fairseq's batches': compare only runs of the same data and batching).
-
-    fairseq 0.12 logs one line per sample: ``... | fairseq_cli.eval_lm | <sample id> <word> [<lp>]\\t...``.
-    The values are natural logs (the model's ``log_softmax``; only the summary "Loss (base 2)" is
-    base 2), one per target token with ``</s>``; with ``--post-process`` a word's ``@@`` pieces are
-    summed into one value, as fairseq's perplexity counts them.  Tokens of infinite log-prob, which
-    fairseq drops from its totals and word list, cannot be recognised here.  Raises ``ValueError``
-    for text without word probabilities or with a malformed or non-finite value.
-    """
-    logprobs = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        logged = _EVAL_LM_LINE.search(line)
-        message = _WORD_PROBS_MESSAGE.fullmatch(logged.group(1).rstrip()) if logged else None
-        if not message:
-            continue
-        for field in message.group(2).split("\t"):
-            m = _WORD_PROB.fullmatch(field)
-            try:
-                value = float(m.group(2)) if m else math.nan
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise ValueError(f"line {lineno}: no finite log-probability in word entry {field!r}")
-            logprobs.append(value)
-    if not logprobs:
-        raise ValueError(
-            "no word probabilities found: expected lines of 'fairseq-eval-lm --output-word-probs' "
-            "('... | fairseq_cli.eval_lm | <sample id> <word> [<log-prob>]\\t...')")
-    return logprobs
 
 
 def _block_sums(logprobs, block):

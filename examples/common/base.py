@@ -6,7 +6,7 @@ import shlex
 import subprocess
 import sys
 
-from examples.common.stages import fairseq_command, speaker
+from examples.common.stages import fairseq_command, show_path, speaker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
@@ -31,9 +31,8 @@ say = speaker("demo")
 
 
 def rel(path):
-    """A path relative to the repository (for what is written into results)."""
-    r = os.path.relpath(os.path.abspath(path), REPO)
-    return path if r.startswith("..") else r
+    """A path relative to the repository when below it (for what is written into results)."""
+    return show_path(path, REPO)
 
 
 def flags(d):

@@ -27,18 +27,15 @@ def speaker(prefix):
 say = speaker("prepare")
 
 
-def show_path(path):
-    """A path as shown on screen: relative to the current dir when below it."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
+def show_path(path, start=os.curdir):
+    """A path as shown: relative to ``start`` (default: the current dir) when below it."""
+    relative = os.path.relpath(os.path.abspath(path), start)
+    return path if relative.startswith("..") else relative
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", encoding="utf-8"):
-    """Open a temp file beside ``path``; on success it replaces ``path``.
-
-    On an exception the temp file is removed and ``path`` is left untouched.
-    """
+    """Open a temp file beside ``path``, which replaces ``path`` on success and is removed on an exception."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
@@ -119,13 +116,11 @@ def dir_stage(name, out_dir, key, build, detail="", log=None):
     try:
         info = build(tmp) or {}
         write_json(os.path.join(tmp, ".stage.json"), dict(key=key, stage=name, **info))
+        old = f"{out_dir}.old-{os.getpid()}"
         if os.path.exists(out_dir):
-            old = f"{out_dir}.old-{os.getpid()}"
             os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -48,11 +48,10 @@ def print_status(args, metrics):
 
 def _print_seed_status(runs, metrics):
     for run, st in runs.items():
-        hours = st["seconds"] / 3600
         budget = " ".join(f"{k} {v}" for k, v in sorted(st["budget"].items()))
         line = f"{run:9} {st['state']}"
         if st["state"] != "not started":
-            line += (f": {epochs_text(len(st['epochs']))}, {st['updates']} updates, {hours:.2f} h"
+            line += (f": {epochs_text(len(st['epochs']))}, {st['updates']} updates, {st['seconds'] / 3600:.2f} h"
                      + (f" ({budget})" if budget else "") + f"; {st['note']}")
         print(line)
         for metric in metrics:
@@ -70,20 +69,17 @@ def _print_seed_status(runs, metrics):
     names = [m if m.startswith("train_") else "valid_" + m for m in metrics]
     widths = [max(10, len(n) + 1) for n in names]
     # each run's value, then the second run's against the first (R-Drop's against the baseline)
-    first, second = list(runs)[:2]
     cols = len(runs) + 1
     header = f"{'':5}" + "".join(f"  {n:^{cols * w}}" for n, w in zip(names, widths))
     columns = f"{'epoch':>5}" + "".join("  " + "".join(f"{RUN_LABELS[r]:>{w}}" for r in runs) + f"{'delta':>{w}}"
                                         for w in widths)
-    print(header)
-    print(columns)
-    print("-" * len(columns))
+    print(header, columns, "-" * len(columns), sep="\n")
     for epoch in sorted(by_epoch):
         rows = by_epoch[epoch]
         line = f"{epoch:>5}"
         for m, w in zip(metrics, widths):
             values = [rows.get(run, {}).get(m) for run in runs]
-            a, b = rows.get(first, {}).get(m), rows.get(second, {}).get(m)
+            a, b = values[:2]
             cells = ["-" if v is None else f"{v:.2f}" for v in values]
             cells.append("-" if a is None or b is None else f"{b - a:+.2f}")
             line += "  " + "".join(f"{c:>{w}}" for c in cells)

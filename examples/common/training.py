@@ -43,10 +43,8 @@ def _match(record, cmd, data=None):
 
 
 def _record(cmd, data=None, **extra):
-    record = dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd))
-    if data is not None:
-        record["data_key"] = data
-    return dict(record, **extra)
+    data_key = {} if data is None else {"data_key": data}
+    return dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd), **data_key, **extra)
 
 
 def data_key(data_bin):
@@ -84,8 +82,7 @@ def _with_log(info, save_dir, metrics):
 def stopped_early(budget, trained):
     """Whether a finished run of ``budget`` that trained ``trained`` epochs stopped before its
     ``--max-epoch`` (on ``--patience``)."""
-    max_epoch = int(budget.get("--max-epoch", 0)) or None
-    return max_epoch is not None and trained < max_epoch
+    return trained < int(budget.get("--max-epoch", 0))  # (no --max-epoch: 0, never)
 
 
 def training_record(info):
@@ -111,12 +108,10 @@ def epochs_text(n):
 
 def _refuse_fewer_epochs(run, save_dir, cmd, trained):
     """A DemoError if the run in ``save_dir`` has trained more epochs than ``cmd``'s ``--max-epoch``."""
-    new_max = int(_budget(cmd).get("--max-epoch", 0)) or None
-    if new_max is not None and new_max < trained:
-        raise DemoError(
-            f"train {run}: {rel(save_dir)} holds a run of {trained} epochs; --max-epoch {new_max} "
-            "would not undo that: give a larger --max-epoch, or another --work-dir"
-        )
+    new_max = int(_budget(cmd).get("--max-epoch", 0))
+    if 0 < new_max < trained:
+        raise DemoError(f"train {run}: {rel(save_dir)} holds a run of {trained} epochs; --max-epoch {new_max} "
+                        "would not undo that: give a larger --max-epoch, or another --work-dir")
 
 
 def train_run(cmd, save_dir, run, threads, metrics, data=None):
@@ -170,6 +165,11 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
     say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
     say("  " + display(cmd))
     t0 = time.time()
+
+    def count_time(end, stopped=True):  # this process's time so far, ended with ``end``
+        _count_time(started, cmd, data, prior_seconds + time.time() - t0, history + [_segment(threads, t0, end)],
+                    stopped)
+
     proc = subprocess.Popen(cmd, env=child_env(threads))
     try:
         while True:
@@ -177,34 +177,21 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
                 returncode = proc.wait(timeout=TIME_RECORD_SECONDS)
                 break
             except subprocess.TimeoutExpired:
-                # the time so far is on disk, should this process be killed outright
-                _count_time(started, cmd, data, prior_seconds + time.time() - t0,
-                            history + [_segment(threads, t0, "running")])
+                count_time("running", stopped=False)  # on disk, should this process be killed outright
     except BaseException:  # interrupted (Ctrl-C): the time spent still counts when it resumes
         proc.kill()
         proc.wait()
-        _count_time(started, cmd, data, prior_seconds + time.time() - t0,
-                    history + [_segment(threads, t0, "interrupted")], stopped=True)
+        count_time("interrupted")
         raise
     seconds = prior_seconds + time.time() - t0
     if returncode != 0:
-        _count_time(started, cmd, data, seconds, history + [_segment(threads, t0, "failed")], stopped=True)
-        raise DemoError(
-            f"fairseq-train ({run}) failed with exit code {returncode}; see {rel(save_dir)}/train.log"
-        )
+        count_time("failed")
+        raise DemoError(f"fairseq-train ({run}) failed with exit code {returncode}; see {rel(save_dir)}/train.log")
     if not os.path.exists(os.path.join(save_dir, "checkpoint_best.pt")):
         raise DemoError(f"fairseq-train ({run}) wrote no checkpoint_best.pt in {rel(save_dir)}")
     log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
-    info = _record(
-        cmd,
-        data,
-        seconds=round(seconds, 1),
-        resumed=resumed,
-        updates=log["updates"],
-        epochs=log["epochs"],
-        command=display(cmd),
-        history=history + [_segment(threads, t0, "finished")],
-    )
+    info = _record(cmd, data, seconds=round(seconds, 1), resumed=resumed, updates=log["updates"], epochs=log["epochs"],
+                   command=display(cmd), history=history + [_segment(threads, t0, "finished")])
     write_json(done, info)
     say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {epochs_text(len(log['epochs']))}")
     return info

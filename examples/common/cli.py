@@ -8,6 +8,7 @@ import sys
 
 from examples.common.base import COMPARISONS, RUN_LABELS, RUNS, DemoError, flags, rel
 
+
 def seed_list(text):
     """``"1,2,3"`` -> ``(1, 2, 3)`` (argparse type of ``--seeds``)."""
     try:
@@ -52,12 +53,10 @@ def rdrop_run_flags(args, criterion):
 def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=COMPARISONS):
     """The options every demo takes; a demo adds its own before :func:`parse_demo_args`.
     ``runs``: the demo's runs, the baseline first; ``comparisons``: the pairs it tests."""
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,  # the demo passes its argv on to one process per run
-        description=doc.split("\n\n")[0],
-        epilog=doc.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    description, epilog = doc.split("\n\n", 1)
+    # no abbreviations: the demo passes its argv on to one process per run
+    p = argparse.ArgumentParser(allow_abbrev=False, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", default="quick", choices=sorted(modes), help="default: %(default)s")
     mode_alpha = {m: s.get("alpha", alpha) for m, s in modes.items()}
     p.add_argument("--alpha", type=float,
@@ -128,11 +127,8 @@ def text_dir_source(args):
 
 def parse_demo_args(p, argv, example_dir, data_name=None):
     """Parse; work and results dirs default to ``<example_dir>/work/<mode>`` and ``/results``.
-
-    ``data_name(args)``: a name for data other than the demo's own (e.g. the
-    user's text directory), or None; it goes into the default work dir
-    (``work/<mode>-<name>``) and the results files' name.
-    """
+    ``data_name(args)``: a name for data other than the demo's own (the user's text directory), or
+    None; it goes into the default work dir (``work/<mode>-<name>``) and the results files' name."""
     shown = rel(example_dir)
     p.add_argument("--work-dir", help=f"default: {shown}/work/<mode>")
     p.add_argument("--results-dir", default=os.path.join(example_dir, "results"),
@@ -148,10 +144,8 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
     args.comparisons = tuple(pair for pair in args.all_comparisons if set(pair) <= set(args.runs))
     args.default_dropout_of = args.mode_dropout[args.mode]
     args.default_alpha = args.mode_alpha[args.mode]
-    if args.alpha is None:
-        args.alpha = args.default_alpha
-    if args.seeds is None:
-        args.seeds = args.default_seeds
+    args.alpha = args.default_alpha if args.alpha is None else args.alpha
+    args.seeds = args.default_seeds if args.seeds is None else args.seeds
     if args.jobs is None:
         args.jobs = max(1, (os.cpu_count() or 1) // max(1, args.threads))
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -69,10 +69,8 @@ def corpus_digest(splits):
 
 
 def compare_with_snapshot(corpus_tsv, snapshot, columns, differences=None):
-    """Print whether the built corpus equals the snapshot, and how it differs; True if equal.
-
-    ``differences(built, snap)``: the corpus's own lines about how they differ, after the counts.
-    """
+    """Print whether the built corpus equals the snapshot, and how it differs (after the counts, the
+    corpus's own lines of ``differences(built, snap)``); True if equal."""
     if not os.path.exists(snapshot):
         say(f"no snapshot at {snapshot} to compare with")
         return False

@@ -61,8 +61,7 @@ def iter_stanzas(path, what="apt index"):
     stanza = {}
     current = None  # the field continuation lines belong to
     n_stanzas = 0
-    lineno = 0
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(text.split("\n") + [""], 1):  # a last blank line ends the last stanza
         line = line.rstrip("\r")
         if not line.strip():
             if stanza:
@@ -80,9 +79,6 @@ def iter_stanzas(path, what="apt index"):
         name, value = line.split(":", 1)
         current = name.strip()
         stanza[current] = [value.strip()]
-    if stanza:
-        n_stanzas += 1
-        yield lineno + 1, stanza
     if n_stanzas == 0:
         raise CorpusError(f"index file {path} holds no stanzas (empty or not an {what} file)")
 

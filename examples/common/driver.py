@@ -72,12 +72,9 @@ def job_order(args):
 
 
 def run_jobs(task, args, jobs):
-    """Train and evaluate ``jobs`` in processes of their own, ``args.jobs`` at once.
-
-    Each process's output goes to ``<work-dir>/logs/<run dir name>.log``.  Raises
-    DemoError naming every job that failed, once all have ended (Ctrl-C reaches the
-    processes too: each records where it stopped, and they are waited for).
-    """
+    """Train and evaluate ``jobs`` in processes of their own, ``args.jobs`` at once, each logging to
+    ``<work-dir>/logs/<run dir name>.log``; once all have ended, a DemoError names those that failed
+    (Ctrl-C reaches the processes too: each records where it stopped, and they are waited for)."""
     log_dir = os.path.join(args.work_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
 
@@ -149,8 +146,7 @@ def run_demo(task, argv=None):
         for name, c in by_pair.items():
             for key, p in c["p_values"].items():
                 p_values.setdefault(name, {}).setdefault(key, {})[seed] = p
-    print()
-    print("\n".join(seed_table(per_seed, task.table_rows(args), p_values, args.runs, pairs)), flush=True)
+    print("", *seed_table(per_seed, task.table_rows(args), p_values, args.runs, pairs), sep="\n", flush=True)
     first = pair_name(pairs[0])
     significance = comparisons[args.seeds[0]][first]["significance"]
     resamples = significance.get("resamples")

@@ -10,12 +10,10 @@ import re
 def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
     """Per-epoch ``metrics`` and the update count from a json-format fairseq log.
 
-    Each epoch's row holds the validation values under their names (``loss``)
-    and the epoch's training averages, taken with dropout on, as ``train_<name>``
-    (``train_loss``): the gap between the two shows whether a run overfits.  It also
-    holds ``seconds``: the run's wall-clock seconds when the epoch (its training and
-    validation) was done, fairseq's ``wall`` (whole seconds), counted on across resumes
-    (a resumed process's clock starts at the seconds of the epoch it resumed after).
+    Each epoch's row holds the validation values (``loss``) and the training averages, taken with
+    dropout on, as ``train_loss``: their gap shows whether a run overfits; and ``seconds``, fairseq's
+    ``wall`` when the epoch was done, counted on across resumes (a resumed process's clock starts at
+    the seconds of the epoch it resumed after).
     """
     rows, updates, offset, last_wall = {}, 0, 0.0, 0.0
     if not os.path.exists(path):

@@ -58,5 +58,5 @@ def machine_info(threads, jobs):
             info["fairseq"] = f"{dist} {version(dist)}"
             break
         except PackageNotFoundError:
-            continue
+            pass
     return info

@@ -107,12 +107,11 @@ def _plot_panels(per_seed, path, panels, title, alpha, runs):
     # a panel only for what the runs logged (a mode that picks checkpoints by loss logs no BLEU)
     panels = [p for p in panels if any(e.get(p[0]) is not None for res in per_seed.values()
                                        for run in runs for e in res[run]["curve"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
-    axes = list(axes) if len(panels) > 1 else [axes]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     colours = {"baseline": "tab:blue", "rdrop": "tab:red", "semi": "tab:green"}
     names = {"baseline": "baseline", "rdrop": f"R-Drop (alpha={alpha:g})",
              "semi": f"semi-supervised R-Drop (alpha={alpha:g})"}
-    for ax, (key, panel_title, ylabel, *x_key) in zip(axes, panels):
+    for ax, (key, panel_title, ylabel, *x_key) in zip(axes[0], panels):
         x = x_key[0] if x_key else "epoch"
         for run in runs:
             curves = [res[run]["curve"] for res in per_seed.values()]

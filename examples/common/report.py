@@ -160,27 +160,17 @@ def results_date(json_path):
     return date.strftime("%Y%m%d-%H%M%S")
 
 
-def keep_previous(path, stamp):
-    """Rename an existing results file to ``name.<stamp>.ext`` (never delete it)."""
-    if not os.path.exists(path):
-        return
-    base, ext = os.path.splitext(path)
-    target = unused_path(f"{base}.{stamp}", ext)
-    os.replace(path, target)
-    say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
-
-
 def write_results(results_dir, stem, results, plot):
-    """``<stem>.json`` and ``<stem>.png`` (via ``plot(path)``), keeping earlier ones under the
-    date of the results they hold."""
+    """``<stem>.json`` and ``<stem>.png`` (via ``plot(path)``), earlier ones kept (never deleted) as
+    ``<stem>.<date>.json`` and ``.png``, the date of the results they hold: they stay a pair."""
     os.makedirs(results_dir, exist_ok=True)
-    json_path = os.path.join(results_dir, f"{stem}.json")
-    png_path = os.path.join(results_dir, f"{stem}.png")
-    if os.path.exists(json_path) or os.path.exists(png_path):
-        # both earlier files keep the earlier results' date, so they stay a pair
-        stamp = results_date(json_path if os.path.exists(json_path) else png_path)
-        keep_previous(json_path, stamp)
-        keep_previous(png_path, stamp)
+    json_path, png_path = (os.path.join(results_dir, f"{stem}.{ext}") for ext in ("json", "png"))
+    earlier = [path for path in (json_path, png_path) if os.path.exists(path)]
+    stamp = results_date(earlier[0]) if earlier else None
+    for path in earlier:
+        target = unused_path(os.path.join(results_dir, f"{stem}.{stamp}"), os.path.splitext(path)[1])
+        os.replace(path, target)
+        say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
     plot(png_path)
     write_json(json_path, results)
     return json_path, png_path

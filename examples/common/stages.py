@@ -6,6 +6,7 @@ interrupted stage leaves the previous output (or none), never a half-written one
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -17,11 +18,7 @@ import time
 
 def speaker(prefix):
     """A ``say(msg)`` that prints ``[prefix] msg`` at once: how every stage and demo reports."""
-
-    def say(msg):
-        print(f"[{prefix}] {msg}", flush=True)
-
-    return say
+    return functools.partial(print, f"[{prefix}]", flush=True)
 
 
 say = speaker("prepare")

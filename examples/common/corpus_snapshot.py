@@ -24,8 +24,8 @@ def write_tsv(path, columns, rows):
     """Write ``(split, field, ...)`` rows under the header ``columns`` atomically (xz-compressed if
     ``*.xz``)."""
     xz = path.endswith(".xz")
-    with atomic_write(path, "wb") as raw, \
-            lzma.open(raw, "w", preset=9 | lzma.PRESET_EXTREME) if xz else contextlib.nullcontext(raw) as stream:
+    with (atomic_write(path, "wb") as raw,
+          lzma.open(raw, "w", preset=9 | lzma.PRESET_EXTREME) if xz else contextlib.nullcontext(raw) as stream):
         for row in itertools.chain([columns], rows):
             if any("\t" in x or "\n" in x for x in row):
                 raise ValueError(f"tab or newline inside a field: {row!r}")

@@ -1,6 +1,5 @@
 """The demos' statistics: summaries over seeds and the significance tests of each demo (sacrebleu's
-paired bootstrap on BLEU and chrF, a paired block bootstrap on an LM's per-token log-probs
-(:func:`examples.language_model.eval_lm.read_word_logprobs`), McNemar's
+paired bootstrap on BLEU and chrF, a paired block bootstrap on an LM's per-token log-probs, McNemar's
 exact test on two classifiers).  Nothing here rounds: the callers round what they show.
 """
 

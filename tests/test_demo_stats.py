@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from examples.common import stats as demo_stats
-from examples.common.stats import mean_std, paired_bleu_test, paired_bootstrap_lm, read_word_logprobs, summarise_seeds
+from examples.common.stats import mean_std, paired_bleu_test, paired_bootstrap_lm, summarise_seeds
+from examples.language_model.eval_lm import read_word_logprobs
 
 
 # --- mean_std / summarise_seeds ---------------------------------------------------------

@@ -1,14 +1,12 @@
-"""What every demo module uses: the repository's paths, the runs and their comparisons, the
-demos' error and messages, fairseq flags and commands as shown, the environment of a training process, the run
-of an evaluation tool and the checks made before anything runs.
-"""
+"""What every demo module uses: paths, runs, the demos' error and messages, fairseq flags and
+commands as shown, a training process's environment, an evaluation tool's run, the setup checks."""
 
 import os
 import shlex
 import subprocess
 import sys
 
-from examples.common.stages import fairseq_command, speaker
+from examples.common.stages import fairseq_command, show_path, speaker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
@@ -33,20 +31,16 @@ say = speaker("demo")
 
 
 def rel(path):
-    """A path relative to the repository (for what is written into results)."""
-    r = os.path.relpath(os.path.abspath(path), REPO)
-    return path if r.startswith("..") else r
+    """A path relative to the repository when below it (for what is written into results)."""
+    return show_path(path, REPO)
 
 
 def flags(d):
     """``{"max-epoch": 3, "cpu": True}`` -> ``["--max-epoch", "3", "--cpu"]``."""
     out = []
     for k, v in d.items():
-        if v is None or v is False:
-            continue
-        out.append(f"--{k}")
-        if v is not True:
-            out.append(str(v))
+        if v is not None and v is not False:
+            out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
 
 
@@ -55,15 +49,6 @@ def display(cmd):
     head = os.path.basename(cmd[0])
     head = "python" if cmd[0] == sys.executable else head if head.startswith("fairseq-") else rel(cmd[0])
     return " ".join([head] + [shlex.quote(rel(c)) for c in cmd[1:]])
-
-
-def has_cuda():
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
-        return False
 
 
 def train_run_flags(save_dir, seed):
@@ -77,7 +62,12 @@ def train_run_flags(save_dir, seed):
 
 def device_flags():
     """``--cpu`` where there is no CUDA device."""
-    return [] if has_cuda() else ["--cpu"]
+    try:
+        import torch
+
+        return [] if torch.cuda.is_available() else ["--cpu"]
+    except Exception:
+        return ["--cpu"]
 
 
 def child_env(threads):
@@ -110,28 +100,14 @@ def check_fairseq(args, criterion, tools):
         cmd = fairseq_command(tool)
         if len(cmd) == 1 and not os.path.exists(cmd[0]):
             raise DemoError(f"fairseq-{tool} not found")
-    check_criterion_registers(criterion, args.threads)
-    check_results_dir(args.results_dir, args.work_dir)
-
-
-def check_criterion_registers(criterion, threads):
-    """Fail early unless importing the plugin registers ``criterion`` (imports fairseq)."""
-    code = (
-        "import sys; import rdrop_seq; "
-        "from fairseq.criterions import CRITERION_REGISTRY as R; "
-        f"sys.exit(0 if '{criterion}' in R else 3)"
-    )
+    code = ("import sys; import rdrop_seq; from fairseq.criterions import CRITERION_REGISTRY as R; "
+            f"sys.exit(0 if '{criterion}' in R else 3)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env=child_env(threads))
+                          env=child_env(args.threads))
     if proc.returncode != 0:
-        raise DemoError(
-            f"the criterion {criterion} is not available from {rel(USER_DIR)}:\n"
-            f"{proc.stderr.strip()[-2000:]}"
-        )
-
-
-def check_results_dir(results_dir, work_dir):
-    results_dir, work_dir = os.path.abspath(results_dir), os.path.abspath(work_dir)
+        raise DemoError(f"the criterion {criterion} is not available from {rel(USER_DIR)}:\n"
+                        f"{proc.stderr.strip()[-2000:]}")
+    results_dir, work_dir = os.path.abspath(args.results_dir), os.path.abspath(args.work_dir)
     if results_dir == work_dir or results_dir.startswith(work_dir + os.sep):
         raise DemoError("--results-dir must not be inside --work-dir")
     os.makedirs(results_dir, exist_ok=True)

@@ -1,6 +1,4 @@
-"""The demos' shared command line: the options every demo takes, their parsing (work and results
-directories, the mode's defaults) and the checks of their values.
-"""
+"""The options every demo takes, their parsing (work and results dirs, the mode's defaults) and checks."""
 
 import argparse
 import os
@@ -9,6 +7,7 @@ import shlex
 import sys
 
 from examples.common.base import COMPARISONS, RUN_LABELS, RUNS, DemoError, flags, rel
+
 
 def seed_list(text):
     """``"1,2,3"`` -> ``(1, 2, 3)`` (argparse type of ``--seeds``)."""
@@ -54,12 +53,10 @@ def rdrop_run_flags(args, criterion):
 def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=COMPARISONS):
     """The options every demo takes; a demo adds its own before :func:`parse_demo_args`.
     ``runs``: the demo's runs, the baseline first; ``comparisons``: the pairs it tests."""
-    p = argparse.ArgumentParser(
-        allow_abbrev=False,  # the demo passes its argv on to one process per run
-        description=doc.split("\n\n")[0],
-        epilog=doc.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    description, epilog = doc.split("\n\n", 1)
+    # no abbreviations: the demo passes its argv on to one process per run
+    p = argparse.ArgumentParser(allow_abbrev=False, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", default="quick", choices=sorted(modes), help="default: %(default)s")
     mode_alpha = {m: s.get("alpha", alpha) for m, s in modes.items()}
     p.add_argument("--alpha", type=float,
@@ -130,11 +127,8 @@ def text_dir_source(args):
 
 def parse_demo_args(p, argv, example_dir, data_name=None):
     """Parse; work and results dirs default to ``<example_dir>/work/<mode>`` and ``/results``.
-
-    ``data_name(args)``: a name for data other than the demo's own (e.g. the
-    user's text directory), or None; it goes into the default work dir
-    (``work/<mode>-<name>``) and the results files' name.
-    """
+    ``data_name(args)``: a name for data other than the demo's own (the user's text directory), or
+    None; it goes into the default work dir (``work/<mode>-<name>``) and the results files' name."""
     shown = rel(example_dir)
     p.add_argument("--work-dir", help=f"default: {shown}/work/<mode>")
     p.add_argument("--results-dir", default=os.path.join(example_dir, "results"),
@@ -150,10 +144,8 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
     args.comparisons = tuple(pair for pair in args.all_comparisons if set(pair) <= set(args.runs))
     args.default_dropout_of = args.mode_dropout[args.mode]
     args.default_alpha = args.mode_alpha[args.mode]
-    if args.alpha is None:
-        args.alpha = args.default_alpha
-    if args.seeds is None:
-        args.seeds = args.default_seeds
+    args.alpha = args.default_alpha if args.alpha is None else args.alpha
+    args.seeds = args.default_seeds if args.seeds is None else args.seeds
     if args.jobs is None:
         args.jobs = max(1, (os.cpu_count() or 1) // max(1, args.threads))
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -166,29 +158,19 @@ def check_demo_args(args):
         elsewhere = sorted(m for m, runs in args.mode_runs.items() if args.only_run in runs)
         raise DemoError(f"--run {args.only_run}: mode {args.mode} trains {', '.join(args.runs)}; the "
                         f"{RUN_LABELS.get(args.only_run, args.only_run)} run is in mode {', '.join(elsewhere)}")
-    if args.alpha < 0:
-        raise DemoError(f"--alpha must be >= 0, got {args.alpha}")
+    for flag, least in (("alpha", 0), ("threads", 1), ("max_epoch", 1), ("patience", 1), ("jobs", 1)):
+        value = getattr(args, flag)
+        if value is not None and value < least:
+            raise DemoError(f"--{flag.replace('_', '-')} must be >= {least}, got {value}")
     for flag in ("dropout", "baseline_dropout", "rdrop_dropout"):
         value = getattr(args, flag, None)
         if value is not None and not 0 <= value < 1:
             raise DemoError(f"--{flag.replace('_', '-')} must be in [0, 1), got {value}")
-    if args.threads < 1:
-        raise DemoError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_epoch is not None and args.max_epoch < 1:
-        raise DemoError(f"--max-epoch must be >= 1, got {args.max_epoch}")
-    if args.patience is not None and args.patience < 1:
-        raise DemoError(f"--patience must be >= 1, got {args.patience}")
-    if args.jobs < 1:
-        raise DemoError(f"--jobs must be >= 1, got {args.jobs}")
     if any(s < 0 for s in args.seeds):
         raise DemoError(f"--seeds must be >= 0, got {','.join(map(str, args.seeds))}")
 
 
 def train_flags(args, setting):
     """The mode's training flags with ``--max-epoch``/``--patience`` overrides applied."""
-    train = dict(setting["train"])
-    if args.max_epoch is not None:
-        train["max-epoch"] = args.max_epoch
-    if args.patience is not None:
-        train["patience"] = args.patience
-    return flags(train)
+    overrides = {"max-epoch": args.max_epoch, "patience": args.patience}
+    return flags({**setting["train"], **{k: v for k, v in overrides.items() if v is not None}})

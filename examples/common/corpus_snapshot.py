@@ -1,20 +1,13 @@
-"""A corpus built from Debian's apt index files, as files: what the translation and the
-classification corpora share.
-
-* the TSV format: a header naming the columns, the first of which is the split
-  (``train``, ``valid`` or ``test``), one row a line; xz-compressed for ``*.xz``;
-* the corpus digest (sha256 of the rows, independent of compression);
-* the shipped snapshot: its comparison with a rebuild, its rewrite with its
-  ``PROVENANCE.json`` (the ``source`` part, the Debian release read, is shared);
-* the command line of a corpus builder: ``build`` (from apt or from index files;
-  compared with the snapshot, ``--update-snapshot``, ``--export``) and ``export``.
-
-The corpus modules say what is their own: the columns, the build, the export's
-file names and the rest of the provenance.
+"""What the corpora built from Debian's index files (translations, package sections) share: the TSV
+format (a header naming the columns, the split first, one row a line; xz for ``*.xz``), the digest,
+the shipped snapshot (compared with a rebuild, rewritten with its ``PROVENANCE.json``) and the
+builder's command line.  Each corpus module has its columns, build, export and provenance text.
 """
 
 import argparse
+import contextlib
 import hashlib
+import itertools
 import json
 import lzma
 import os
@@ -24,35 +17,19 @@ from examples.common.debian_apt import DEFAULT_COMPONENT, DEFAULT_MIRROR, DEFAUL
 from examples.common.stages import atomic_write, sha256_file, show_path, speaker, write_json
 
 SPLITS = ("train", "valid", "test")
-
-
 say = speaker("corpus")
-
-
-# ---------------------------------------------------------------------------
-# TSV files
-
-
-def _open_text(path, mode):
-    if path.endswith(".xz"):
-        return lzma.open(path, mode + "t", encoding="utf-8", newline="\n")
-    return open(path, mode, encoding="utf-8", newline="\n")
 
 
 def write_tsv(path, columns, rows):
     """Write ``(split, field, ...)`` rows under the header ``columns`` atomically (xz-compressed if
     ``*.xz``)."""
-    with atomic_write(path, "wb") as raw:
-        stream = lzma.open(raw, "w", preset=9 | lzma.PRESET_EXTREME) if path.endswith(".xz") else raw
-        try:
-            stream.write(("\t".join(columns) + "\n").encode("utf-8"))
-            for row in rows:
-                if any("\t" in x or "\n" in x for x in row):
-                    raise ValueError(f"tab or newline inside a field: {row!r}")
-                stream.write(("\t".join(row) + "\n").encode("utf-8"))
-        finally:
-            if stream is not raw:
-                stream.close()
+    xz = path.endswith(".xz")
+    with (atomic_write(path, "wb") as raw,
+          lzma.open(raw, "w", preset=9 | lzma.PRESET_EXTREME) if xz else contextlib.nullcontext(raw) as stream):
+        for row in itertools.chain([columns], rows):
+            if any("\t" in x or "\n" in x for x in row):
+                raise ValueError(f"tab or newline inside a field: {row!r}")
+            stream.write(("\t".join(row) + "\n").encode("utf-8"))
 
 
 def read_tsv(path, columns):
@@ -62,7 +39,7 @@ def read_tsv(path, columns):
     header_line = "\t".join(columns)
     splits = {s: [] for s in SPLITS}
     try:
-        with _open_text(path, "r") as f:
+        with (lzma.open if path.endswith(".xz") else open)(path, "rt", encoding="utf-8", newline="\n") as f:
             header = f.readline().rstrip("\n")
             if header != header_line:
                 raise CorpusError(f"{path}: expected header {header_line!r}, got {header[:60]!r}")
@@ -91,15 +68,9 @@ def corpus_digest(splits):
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------------------
-# the snapshot
-
-
 def compare_with_snapshot(corpus_tsv, snapshot, columns, differences=None):
-    """Print whether the built corpus equals the snapshot, and how it differs; True if equal.
-
-    ``differences(built, snap)``: the corpus's own lines about how they differ, after the counts.
-    """
+    """Print whether the built corpus equals the snapshot, and how it differs (after the counts, the
+    corpus's own lines of ``differences(built, snap)``); True if equal."""
     if not os.path.exists(snapshot):
         say(f"no snapshot at {snapshot} to compare with")
         return False
@@ -149,50 +120,36 @@ def update_snapshot(corpus_tsv, columns, snapshot, provenance, describe):
     say(f"snapshot written: {show_path(snapshot)} ({os.path.getsize(snapshot) / 1e6:.2f} MB)")
 
 
-# ---------------------------------------------------------------------------
-# command line
+def corpus_main(argv, corpus, text_files):
+    """A corpus builder's ``main``: ``build`` (from apt or from index files; compared with the
+    snapshot, ``--update-snapshot``, ``--export``) and ``export`` (``text_files``, e.g.
+    ``{train,valid,test}.{de,en}``); the exit status (2, with the message, for a :class:`CorpusError`).
 
-
-def corpus_parser(doc, work_dir, snapshot, text_files, add_options):
-    """A corpus builder's command line: ``build`` (from apt or from index files) and ``export``.
-
-    ``add_options(build, sources)`` adds the corpus's own: its index-file options
-    to the ``sources`` group (beside ``--from-apt``) and its parameters to
-    ``build``.  ``text_files``: what an export writes (``{train,valid,test}.{de,en}``).
+    ``corpus`` is the corpus module: its docstring, ``DEFAULT_WORK_DIR``, ``SNAPSHOT``,
+    ``add_options(build, sources)`` (its index-file options beside ``--from-apt``, its parameters),
+    ``build_from_args(args, parser)`` -> ``(corpus_tsv, info, release)``, ``load_snapshot(path)``,
+    ``read_tsv(path)``, ``export_plain(splits, out_dir)``, ``compare_with_snapshot(tsv, snapshot)``
+    and ``update_snapshot(tsv, info, release, snapshot, provenance)``.
     """
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=corpus.__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build the corpus (from apt or from two index files)")
     sources = build.add_mutually_exclusive_group(required=True)
     sources.add_argument("--from-apt", action="store_true",
                          help="fetch the index files with apt-get update (private dir)")
-    build.add_argument("--work-dir", default=work_dir, help="where the build writes (default: %(default)s)")
+    build.add_argument("--work-dir", default=corpus.DEFAULT_WORK_DIR,
+                       help="where the build writes (default: %(default)s)")
     build.add_argument("--mirror", default=DEFAULT_MIRROR)
     build.add_argument("--suite", default=DEFAULT_SUITE)
     build.add_argument("--component", default=DEFAULT_COMPONENT)
-    add_options(build, sources)
-    build.add_argument("--snapshot", default=snapshot, help="snapshot to compare with / update")
+    corpus.add_options(build, sources)
+    build.add_argument("--snapshot", default=corpus.SNAPSHOT, help="snapshot to compare with / update")
     build.add_argument("--update-snapshot", action="store_true", help="replace the snapshot and PROVENANCE.json")
     build.add_argument("--export", metavar="DIR", help=f"also write {text_files} into DIR")
     export = sub.add_parser("export", help=f"write the snapshot as {text_files} text files")
     export.add_argument("out_dir")
-    export.add_argument("--snapshot", default=snapshot)
-    return parser
-
-
-def corpus_main(argv, corpus, text_files):
-    """A corpus builder's ``main``: parse ``argv`` and run the command; the exit status (2, with
-    the message, for a :class:`CorpusError`).
-
-    ``corpus`` is the corpus module: its docstring, ``DEFAULT_WORK_DIR``, ``SNAPSHOT``,
-    ``add_options`` (see :func:`corpus_parser`) and its own functions:
-    ``build_from_args(args, parser)`` -> ``(corpus_tsv, info, release)``, ``load_snapshot(path)``,
-    ``read_tsv(path)``, ``export_plain(splits, out_dir)``, ``compare_with_snapshot(tsv, snapshot)``
-    and ``update_snapshot(tsv, info, release, snapshot, provenance)``.  ``text_files``: what an
-    export writes.
-    """
-    parser = corpus_parser(corpus.__doc__, corpus.DEFAULT_WORK_DIR, corpus.SNAPSHOT, text_files, corpus.add_options)
+    export.add_argument("--snapshot", default=corpus.SNAPSHOT)
     args = parser.parse_args(argv)
     try:
         if args.command == "export":

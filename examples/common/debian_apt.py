@@ -1,25 +1,13 @@
-"""Debian's apt index files as a data source: fetch them privately, read them, check them.
-
-What the corpus builders (German-English translations, package sections) share:
-
-* :func:`fetch_indexes` runs ``apt-get update`` into a private directory (lists,
-  cache, status file and sources list all below it; nothing of the system's apt
-  state is touched) for the index files asked for, and checks each against the
-  SHA256 list of the suite's signed ``InRelease``;
-* :func:`read_index_text` reads an index file however apt stored it (plain, gz,
-  xz, bz2, lz4);
-* :func:`iter_stanzas` parses the deb822 format of ``Packages`` and
-  ``Translation-*`` files, raising :class:`CorpusError` with the file and line
-  of anything malformed.
-
-Only the standard library is needed (plus the ``lz4`` command for lz4
-compressed index files, as apt may store them).
+"""Debian's apt index files as a data source for the corpus builders: fetched by ``apt-get update``
+into a private directory (nothing of the system's apt state is touched) and checked against the
+suite's signed ``InRelease``, read however apt stored them, parsed as deb822.
 """
 
 import bz2
 import gzip
 import lzma
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -38,35 +26,23 @@ class CorpusError(Exception):
     """Bad input to a corpus builder (the message names the file)."""
 
 
-
-
-# ---------------------------------------------------------------------------
-# reading index files
-
-
 def read_index_text(path):
-    """The text of an index file, decompressed by its magic bytes.
-
-    apt stores lists plain or compressed (gz, xz, bz2, lz4) depending on its
-    settings; all are read.  lz4 needs the ``lz4`` command (no stdlib module).
-    """
+    """The text of an index file, decompressed by its magic bytes: apt stores lists plain or gz, xz,
+    bz2 or lz4 compressed, depending on its settings (lz4 needs the ``lz4`` command: no stdlib module)."""
     if not os.path.exists(path):
         raise CorpusError(f"index file not found: {path}")
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        elif raw[:6] == b"\xfd7zXZ\x00":
-            raw = lzma.decompress(raw)
-        elif raw[:3] == b"BZh":
-            raw = bz2.decompress(raw)
-        elif raw[:4] == b"\x04\x22\x4d\x18":
+        for magic, decompress in ((b"\x1f\x8b", gzip.decompress), (b"\xfd7zXZ\x00", lzma.decompress),
+                                  (b"BZh", bz2.decompress)):
+            if raw.startswith(magic):
+                raw = decompress(raw)
+                break
+        if raw.startswith(b"\x04\x22\x4d\x18"):
             if not shutil.which("lz4"):
-                raise CorpusError(
-                    f"{path} is lz4-compressed and the 'lz4' command is missing; install lz4 "
-                    "or fetch with apt's Acquire::GzipIndexes=false"
-                )
+                raise CorpusError(f"{path} is lz4-compressed and the 'lz4' command is missing; install lz4 "
+                                  "or fetch with apt's Acquire::GzipIndexes=false")
             raw = subprocess.run(["lz4", "-dc", path], check=True, stdout=subprocess.PIPE).stdout
     except (OSError, EOFError, lzma.LZMAError, subprocess.CalledProcessError) as e:
         raise CorpusError(f"cannot decompress index file {path}: {e}") from e
@@ -77,21 +53,15 @@ def read_index_text(path):
 
 
 def iter_stanzas(path, what="apt index"):
-    """The stanzas of a deb822 file as ``(line, {field: [value, continuation lines...]})``.
-
-    ``line`` is the line number where the stanza ends (for error messages);
-    continuation lines have their first space removed (so a paragraph
-    separator of a description is ``"."``).  Raises :class:`CorpusError`
-    naming the file and line for a continuation line outside a field, a line
-    that is not a field, or a file without any stanza (``what`` names the
-    kind of file expected).
-    """
+    """The stanzas of a deb822 file as ``(line where it ends, {field: [value, continuation lines...]})``,
+    continuation lines without their first space (a description's paragraph separator is ``"."``).
+    Raises :class:`CorpusError` naming the file and line of anything malformed, or for a file
+    without stanzas (``what``: the kind of file expected)."""
     text = read_index_text(path)
     stanza = {}
     current = None  # the field continuation lines belong to
     n_stanzas = 0
-    lineno = 0
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(text.split("\n") + [""], 1):  # a last blank line ends the last stanza
         line = line.rstrip("\r")
         if not line.strip():
             if stanza:
@@ -109,9 +79,6 @@ def iter_stanzas(path, what="apt index"):
         name, value = line.split(":", 1)
         current = name.strip()
         stanza[current] = [value.strip()]
-    if stanza:
-        n_stanzas += 1
-        yield lineno + 1, stanza
     if n_stanzas == 0:
         raise CorpusError(f"index file {path} holds no stanzas (empty or not an {what} file)")
 
@@ -126,18 +93,9 @@ def description_md5(stanza, path, lineno):
     return md5
 
 
-# ---------------------------------------------------------------------------
-# fetching index files with apt
-
-
-def _suite_prefix(mirror, suite):
-    uri = re.sub(r"^[a-z]+://", "", mirror.rstrip("/"))
-    return f"{uri}/dists/{suite}"
-
-
 def list_file_name(mirror, suite, path_in_suite):
     """apt's file name in its lists dir for ``path_in_suite`` (e.g. ``main/i18n/Translation-en``)."""
-    return f"{_suite_prefix(mirror, suite)}/{path_in_suite}".replace("/", "_")
+    return f"{re.sub(r'^[a-z]+://', '', mirror.rstrip('/'))}/dists/{suite}/{path_in_suite}".replace("/", "_")
 
 
 def read_release(path):
@@ -163,25 +121,13 @@ def read_release(path):
     return info
 
 
-def fetch_indexes(
-    apt_dir,
-    languages,
-    packages=False,
-    mirror=DEFAULT_MIRROR,
-    suite=DEFAULT_SUITE,
-    component=DEFAULT_COMPONENT,
-    architecture=DEFAULT_ARCHITECTURE,
-    say=print,
-):
-    """Run ``apt-get update`` into ``apt_dir``; return ``(paths, release)``.
-
-    ``paths`` maps ``Translation-<lang>`` for each of ``languages`` (and
-    ``Packages`` if ``packages``, for ``architecture``) to the fetched file;
-    ``release`` holds the suite's ``InRelease`` fields, the mirror, component,
-    architecture, fetch time and, per file, whether its sha256 was listed in
-    (and so checked against) the signed ``InRelease``.  Indexes are stored
-    uncompressed (``Acquire::GzipIndexes=false``).
-    """
+def fetch_indexes(apt_dir, languages, packages=False, mirror=DEFAULT_MIRROR, suite=DEFAULT_SUITE,
+                  component=DEFAULT_COMPONENT, architecture=DEFAULT_ARCHITECTURE, say=print):
+    """Run ``apt-get update`` into ``apt_dir`` (lists, cache, status and sources below it); return
+    ``(paths, release)``: the fetched ``Translation-<lang>`` of each of ``languages`` (and
+    ``Packages`` of ``architecture`` if ``packages``), stored uncompressed, and the suite's
+    ``InRelease`` fields, the mirror, component, fetch time and, per file, whether its sha256 was
+    listed in (and so checked against) the signed ``InRelease``."""
     apt_get = shutil.which("apt-get")
     if not apt_get:
         raise CorpusError("apt-get not found: cannot rebuild the corpus from apt (use the snapshot)")
@@ -189,28 +135,20 @@ def fetch_indexes(
     os.makedirs(os.path.join(lists, "partial"), exist_ok=True)
     os.makedirs(os.path.join(apt_dir, "cache", "archives", "partial"), exist_ok=True)
     status = os.path.join(apt_dir, "status")
-    if not os.path.exists(status):
-        open(status, "w").close()
+    pathlib.Path(status).touch()
     sources = os.path.join(apt_dir, "sources.list")
     signed = f"[signed-by={DEBIAN_KEYRING}] " if os.path.exists(DEBIAN_KEYRING) else ""
     with atomic_write(sources) as f:
         f.write(f"deb {signed}{mirror} {suite} {component}\n")
-    cmd = [
-        apt_get, "update", "-q",
-        "-o", f"Dir::State::Lists={lists}",
-        "-o", f"Dir::State::status={status}",
-        "-o", f"Dir::Cache={os.path.join(apt_dir, 'cache')}",
-        "-o", "Dir::Cache::pkgcache=",
-        "-o", "Dir::Cache::srcpkgcache=",
-        "-o", f"Dir::Etc::SourceList={sources}",
-        "-o", "Dir::Etc::SourceParts=/dev/null",
-        "-o", f"Acquire::Languages={','.join(languages)}",
-        "-o", "Acquire::GzipIndexes=false",
-        "-o", f"APT::Architecture={architecture}",
-        "-o", f"APT::Architectures={architecture}",
-        "-o", f"Acquire::IndexTargets::deb::Packages::DefaultEnabled={'true' if packages else 'false'}",
-        "-o", "APT::Get::List-Cleanup=0",
-    ]  # fmt: skip
+    options = {
+        "Dir::State::Lists": lists, "Dir::State::status": status, "Dir::Cache": os.path.join(apt_dir, "cache"),
+        "Dir::Cache::pkgcache": "", "Dir::Cache::srcpkgcache": "", "Dir::Etc::SourceList": sources,
+        "Dir::Etc::SourceParts": "/dev/null", "Acquire::Languages": ",".join(languages),
+        "Acquire::GzipIndexes": "false", "APT::Architecture": architecture, "APT::Architectures": architecture,
+        "Acquire::IndexTargets::deb::Packages::DefaultEnabled": "true" if packages else "false",
+        "APT::Get::List-Cleanup": "0",
+    }
+    cmd = [apt_get, "update", "-q"] + [arg for name, value in options.items() for arg in ("-o", f"{name}={value}")]
     what = f"languages {','.join(languages)}" + (f", Packages for {architecture}" if packages else "")
     say(f"apt-get update into a private lists dir ({mirror} {suite} {component}, {what})")
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -224,7 +162,7 @@ def fetch_indexes(
         if not os.path.exists(p):
             found = [n for n in os.listdir(lists) if "Translation" in n or "Packages" in n]
             raise CorpusError(f"apt-get update did not produce index file {p} (found: {found or 'none'})")
-    release = read_release(os.path.join(lists, f"{_suite_prefix(mirror, suite)}/InRelease".replace("/", "_")))
+    release = read_release(os.path.join(lists, list_file_name(mirror, suite, "InRelease")))
     release.update(mirror=mirror, component=component, fetched=utc_now())
     if packages:
         release["architecture"] = architecture

@@ -1,18 +1,9 @@
-"""One driver for the three demos: prepare the data, train and evaluate every run of every seed
-(several at once, one process each), compare them over seeds and write the results.
-
-A demo's runs are the baseline and R-Drop, and any further ones its parser names
-(``demo_parser(runs=..., comparisons=...)``: the classification demo's ``semi``); each
-compared pair ``(a, b)`` is tested per seed with the task's ``compare``.  The first pair is
-the results file's ``deltas`` and ``p_values``; the others are ``other_comparisons``.
-
-A demo is a :class:`DemoTask`: what is particular to its task (data, training
-command, evaluation, significance test, the rows of its table).  The driver
-owns the order of things: checks before anything runs, the data preparation
-(once, in this process), the training and evaluation of each (run, seed) in a
-process of its own (``--jobs`` at once; each is the same demo invoked with
-``--run R --seeds S``, whose stages are resumable, so a second invocation
-finds finished runs done), then the table, the plot and the results file.
+"""One driver for the three demos, each a :class:`DemoTask`: the checks, the data preparation (once,
+in this process), each (run, seed) trained and evaluated in a process of its own (``--jobs`` at once,
+the same demo with ``--run R --seeds S``: resumable, so a second invocation finds finished runs done),
+then the table, the plot and the results file.  Each compared pair ``(a, b)`` of the demo's parser
+is tested per seed; the first is the results' ``deltas`` and ``p_values``, the others
+``other_comparisons``.
 """
 
 import concurrent.futures
@@ -26,7 +17,7 @@ from typing import Callable, Tuple
 from examples.common.base import DemoError, child_env, pair_name, rel, say
 from examples.common.equal_time import equal_time
 from examples.common.fairseq_log import HIGHER_IS_BETTER
-from examples.common.naming import only_one_run, results_stem, run_dir, run_dropout, runs_to_do
+from examples.common.naming import results_stem, run_dir, run_dropout
 from examples.common.provenance import command_line, git_commit, machine_info, utc_now
 from examples.common.report import plot_seed_curves, seed_table, write_results
 from examples.common.stats import seed_deltas, summarise_seeds
@@ -68,33 +59,22 @@ CHILD_OPTIONS = ("--seeds", "--run", "--threads", "--jobs")
 
 def child_argv(argv, run, seed, threads):
     """The demo's argv for one (run, seed) process: the user's, with the driver's own options replaced."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        name = a.split("=", 1)[0]
-        if name in CHILD_OPTIONS:
-            skip = "=" not in a
-            continue
-        out.append(a)
-    return out + ["--run", run, "--seeds", str(seed), "--threads", str(threads), "--jobs", "1"]
+    kept = [a for i, a in enumerate(argv)
+            if a.split("=", 1)[0] not in CHILD_OPTIONS and (i == 0 or argv[i - 1] not in CHILD_OPTIONS)]
+    return kept + ["--run", run, "--seeds", str(seed), "--threads", str(threads), "--jobs", "1"]
 
 
 def job_order(args):
     """The (run, seed) pairs to train, the demo's last run first: R-Drop's (and a semi-supervised
     run's) take longest, so they start first."""
-    order = sorted(runs_to_do(args), key=args.runs.index, reverse=True)
+    order = reversed(args.runs) if args.only_run is None else (args.only_run,)
     return [(run, seed) for run in order for seed in args.seeds]
 
 
 def run_jobs(task, args, jobs):
-    """Train and evaluate ``jobs`` in processes of their own, ``args.jobs`` at once.
-
-    Each process's output goes to ``<work-dir>/logs/<run dir name>.log``.  Raises
-    DemoError naming every job that failed, once all have ended (Ctrl-C reaches the
-    processes too: each records where it stopped, and they are waited for).
-    """
+    """Train and evaluate ``jobs`` in processes of their own, ``args.jobs`` at once, each logging to
+    ``<work-dir>/logs/<run dir name>.log``; once all have ended, a DemoError names those that failed
+    (Ctrl-C reaches the processes too: each records where it stopped, and they are waited for)."""
     log_dir = os.path.join(args.work_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
 
@@ -144,7 +124,11 @@ def run_demo(task, argv=None):
     except (DemoError, *task.errors) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if only_one_run(args):
+    if args.only_run is not None:  # no comparison to write: say what comes next
+        others = " and ".join(r for r in args.runs if r != args.only_run)
+        say(f"only the {args.only_run} run was asked for (--run): no results file written; when the "
+            f"{others} run{'s are' if len(args.runs) > 2 else ' is'} done too, run the same command without --run "
+            "to write the results")
         return 0
 
     per_seed = {seed: per_seed[seed] for seed in args.seeds}
@@ -162,24 +146,19 @@ def run_demo(task, argv=None):
         for name, c in by_pair.items():
             for key, p in c["p_values"].items():
                 p_values.setdefault(name, {}).setdefault(key, {})[seed] = p
-    print()
-    print("\n".join(seed_table(per_seed, task.table_rows(args), p_values, args.runs, pairs)), flush=True)
+    print("", *seed_table(per_seed, task.table_rows(args), p_values, args.runs, pairs), sep="\n", flush=True)
     first = pair_name(pairs[0])
     significance = comparisons[args.seeds[0]][first]["significance"]
     resamples = significance.get("resamples")
     say(f"p: {significance['test']}" + (f", {resamples} resamples" if resamples else "") + ", per seed")
 
     summary = summarise_seeds(per_seed, task.mean_keys, args.runs)
-    keys = {seed: str(seed) for seed in per_seed}
 
-    def comparison_fields(pair, deltas):
-        name = pair_name(pair)
-        return {
-            "deltas": {key: {"mean": _round(d["mean"]), "std": _round(d["std"]),
-                             "per_seed": {keys[s]: _round(v) for s, v in d["per_seed"].items()}}
-                       for key, d in deltas.items()},
-            "p_values": {key: {keys[s]: p for s, p in by_seed.items()} for key, by_seed in p_values[name].items()},
-        }
+    def comparison_fields(pair):  # (the json file writes the seeds, keys here, as strings)
+        deltas = seed_deltas(per_seed, task.mean_keys, *pair)
+        return {"deltas": {key: dict(_rounded({"mean": d["mean"], "std": d["std"]}), per_seed=_rounded(d["per_seed"]))
+                           for key, d in deltas.items()},
+                "p_values": p_values[pair_name(pair)]}
 
     results = {
         "mode": args.mode,
@@ -187,18 +166,15 @@ def run_demo(task, argv=None):
         "settings": settings(args),
         **{run: _rounded(summary[run]) if run == "baseline" else dict(_rounded(summary[run]), alpha=args.alpha)
            for run in args.runs},
-        **comparison_fields(pairs[0], seed_deltas(per_seed, task.mean_keys, *pairs[0])),
+        **comparison_fields(pairs[0]),
         "significance": significance,
-        "stopped_early": {keys[s]: {run: res[run]["stopped_early"] for run in args.runs}
-                          for s, res in per_seed.items()},
-        "per_seed": {keys[s]: dict(res, comparison=comparisons[s][first]) for s, res in per_seed.items()},
+        "stopped_early": {s: {run: res[run]["stopped_early"] for run in args.runs} for s, res in per_seed.items()},
+        "per_seed": {s: dict(res, comparison=comparisons[s][first]) for s, res in per_seed.items()},
     }
     if len(pairs) > 1:  # the further pairs' tests, per seed and over seeds
         for s, res in per_seed.items():
-            results["per_seed"][keys[s]]["other_comparisons"] = {n: c for n, c in comparisons[s].items() if n != first}
-        results["other_comparisons"] = {pair_name(pair): comparison_fields(pair, seed_deltas(per_seed, task.mean_keys,
-                                                                                             *pair))
-                                        for pair in pairs[1:]}
+            results["per_seed"][s]["other_comparisons"] = {n: c for n, c in comparisons[s].items() if n != first}
+        results["other_comparisons"] = {pair_name(pair): comparison_fields(pair) for pair in pairs[1:]}
     results.update(task.results(args, data, per_seed))
     results.update({
         "commit": commit,
@@ -207,7 +183,7 @@ def run_demo(task, argv=None):
         "total_seconds": round(time.time() - t_start, 1),
         "machine": machine_info(args.threads, args.jobs),
     })
-    results["equal_time"] = equal_time_summary(per_seed, metric, keys, args.runs)
+    results["equal_time"] = equal_time_summary(per_seed, metric, args.runs)
     titles, labels = ({c[0]: c[i] for c in task.curves} for i in (1, 2))
     panels = task.curves + ((metric, titles.get(metric, f"validation {metric}") + " against training time",
                              labels.get(metric, metric), "seconds"),)
@@ -219,7 +195,7 @@ def run_demo(task, argv=None):
     return 0
 
 
-def equal_time_summary(per_seed, metric, keys, runs):
+def equal_time_summary(per_seed, metric, runs):
     """The results file's ``equal_time``: the metric, and per seed the baseline's training
     seconds, its best, and R-Drop's two equal-time figures (examples/common/equal_time.py);
     a further run's under its name."""
@@ -227,7 +203,7 @@ def equal_time_summary(per_seed, metric, keys, runs):
     figures = ("valid_at_baseline_time", "seconds_to_baseline_best")
     for seed, by_run in per_seed.items():
         baseline = by_run["baseline"]
-        out["per_seed"][keys[seed]] = {
+        out["per_seed"][seed] = {
             "baseline_seconds": baseline["curve"][-1].get("seconds") if baseline["curve"] else None,
             "baseline_best": baseline["valid_at_baseline_time"],
             **{k: by_run["rdrop"][k] for k in figures},

@@ -6,15 +6,14 @@ import json
 import os
 import re
 
+
 def parse_train_log(path, metrics=("loss", "nll_loss", "ppl")):
     """Per-epoch ``metrics`` and the update count from a json-format fairseq log.
 
-    Each epoch's row holds the validation values under their names (``loss``)
-    and the epoch's training averages, taken with dropout on, as ``train_<name>``
-    (``train_loss``): the gap between the two shows whether a run overfits.  It also
-    holds ``seconds``: the run's wall-clock seconds when the epoch (its training and
-    validation) was done, fairseq's ``wall`` (whole seconds), counted on across resumes
-    (a resumed process's clock starts at the seconds of the epoch it resumed after).
+    Each epoch's row holds the validation values (``loss``) and the training averages, taken with
+    dropout on, as ``train_loss``: their gap shows whether a run overfits; and ``seconds``, fairseq's
+    ``wall`` when the epoch was done, counted on across resumes (a resumed process's clock starts at
+    the seconds of the epoch it resumed after).
     """
     rows, updates, offset, last_wall = {}, 0, 0.0, 0.0
     if not os.path.exists(path):
@@ -62,17 +61,6 @@ HIGHER_IS_BETTER = ("bleu", "accuracy")
 def checkpoint_epoch(curve, metric, higher_is_better):
     """The epoch row whose checkpoint fairseq keeps as ``checkpoint_best.pt``: the best
     ``metric``, the later epoch on a tie (fairseq replaces the best on ``>=`` / ``<=``)."""
-    best = None
-    for row in curve:
-        value = row.get(metric)
-        if value is None:
-            continue
-        if best is None or (value >= best[metric] if higher_is_better else value <= best[metric]):
-            best = row
-    return best
-
-
-def best_epoch(epochs, metric):
-    """The epoch of ``checkpoint_best.pt`` when ``metric`` picks it (higher BLEU/accuracy, lower
-    otherwise): :func:`checkpoint_epoch`."""
-    return checkpoint_epoch(epochs, metric, metric in HIGHER_IS_BETTER)
+    sign = 1 if higher_is_better else -1
+    rows = [row for row in curve if row.get(metric) is not None]
+    return max(reversed(rows), key=lambda row: sign * row[metric], default=None)  # max keeps the first best

@@ -4,15 +4,9 @@ mode's goes into the names, so runs and results of other settings sit beside the
 
 import os
 
-from examples.common.base import say
-
-def runs_to_do(args):
-    """The runs this invocation trains: all the demo's, or the one named by ``--run``."""
-    return args.runs if args.only_run is None else (args.only_run,)
-
-
-def _alpha_suffix(args):
-    return "" if args.alpha == args.default_alpha else f"-alpha{args.alpha:g}"
+# options that change the results but not a run's directory: (attribute, name in the results name)
+NAMED_OVERRIDES = (("limit", "limit"), ("train_lines", "lines"), ("train_limit", "limit"), ("beam", "beam"),
+                   ("max_epoch", "epochs"), ("patience", "patience"))
 
 
 def variant_name(tokens):
@@ -22,34 +16,28 @@ def variant_name(tokens):
     parts = []
     for token in tokens:
         if token.startswith("--"):
-            name = token[2:].replace("=", "")
-            parts.append(name[len("rdrop-"):] if name.startswith("rdrop-") else name)
+            parts.append(token[2:].replace("=", "").removeprefix("rdrop-"))
         else:
             parts[-1] += token
     return "-".join(parts)
 
 
-def _variant_suffix(args):
-    flags = getattr(args, "rdrop_flags", ())
-    return f"-{variant_name(flags)}" if flags else ""
+def _flags_suffix(tokens):
+    return f"-{variant_name(tokens)}" if tokens else ""
+
+
+def _alpha_suffix(args):
+    return "" if args.alpha == args.default_alpha else f"-alpha{args.alpha:g}"
 
 
 def _own_flags_suffix(args, run):
     """A further run's own flags (``--<run>-flags``, e.g. ``--semi-flags``) in names."""
-    flags = getattr(args, f"{run}_flags", ()) if run not in ("baseline", "rdrop") else ()
-    return f"-{variant_name(flags)}" if flags else ""
-
-
-def _run_suffix(args, run):
-    """What of a run's settings its directory's name holds beyond the dropout: every R-Drop run's
-    α and ``--rdrop-flags``, then the run's own flags."""
-    return "" if run == "baseline" else _alpha_suffix(args) + _variant_suffix(args) + _own_flags_suffix(args, run)
+    return "" if run in ("baseline", "rdrop") else _flags_suffix(getattr(args, f"{run}_flags", ()))
 
 
 def run_dropout(args, run):
     """The dropout ``run`` trains with: ``--baseline-dropout``/``--rdrop-dropout`` (R-Drop's also
-    for a demo's further R-Drop runs), else ``--dropout``, else the mode's for that run (the
-    criteria may have their own)."""
+    for a demo's further R-Drop runs), else ``--dropout``, else the mode's for that run."""
     own = getattr(args, f"{'baseline' if run == 'baseline' else 'rdrop'}_dropout", None)
     if own is not None:
         return own
@@ -66,9 +54,7 @@ def dropout_override(args, run, base=None):
 def max_tokens_override(args):
     """The ``--max-tokens`` value when a demo takes it and it differs from its default, else None."""
     value = getattr(args, "max_tokens", None)
-    if value is None or value == args.default_max_tokens:
-        return None
-    return value
+    return None if value == getattr(args, "default_max_tokens", None) else value
 
 
 def _tokens_suffix(args):
@@ -76,29 +62,16 @@ def _tokens_suffix(args):
     return "" if tokens is None else f"-tokens{tokens}"
 
 
-def _dropout_suffix(args):
-    """``-dropout<P>`` where every run's dropout differs from the mode's and is the same,
-    else ``-bdropout<P>`` and ``-rdropout<P>`` for each run whose dropout differs (a further
-    R-Drop run's follows R-Drop's)."""
-    values = {run: dropout_override(args, run) for run in args.runs[:2]}
-    if values["baseline"] is not None and values["baseline"] == values["rdrop"]:
-        return f"-dropout{values['baseline']}"
-    return "".join(f"-{run[0]}dropout{v}" for run, v in values.items() if v is not None)
-
-
 def run_dir(args, run, seed):
     """Where ``run`` of ``seed`` trains: ``<work-dir>/baseline-seed<S>``, ``/rdrop-seed<S>``,
     ``/rdrop-alpha<A>-seed<S>`` for another alpha; another batch size adds ``-tokens<N>`` to
     both, another dropout of a run ``-dropout<P>`` to that run (``baseline-dropout<P>-seed<S>``);
-    a further R-Drop run (``semi``) is named like R-Drop's, with its own flags after them."""
+    an R-Drop run adds ``--rdrop-flags``, a further one (``semi``) then its own flags."""
     dropout = dropout_override(args, run)
-    dropout = "" if dropout is None else f"-dropout{dropout}"
-    return os.path.join(args.work_dir, f"{run}{_tokens_suffix(args)}{dropout}{_run_suffix(args, run)}-seed{seed}")
-
-
-# options that change the results but not a run's directory: (attribute, name in the results name)
-NAMED_OVERRIDES = (("limit", "limit"), ("train_lines", "lines"), ("train_limit", "limit"), ("beam", "beam"),
-                   ("max_epoch", "epochs"), ("patience", "patience"))
+    name = run + _tokens_suffix(args) + ("" if dropout is None else f"-dropout{dropout}")
+    if run != "baseline":
+        name += _alpha_suffix(args) + _flags_suffix(getattr(args, "rdrop_flags", ())) + _own_flags_suffix(args, run)
+    return os.path.join(args.work_dir, f"{name}-seed{seed}")
 
 
 def results_stem(args):
@@ -108,19 +81,13 @@ def results_stem(args):
     ``-beam<N>``, ``-epochs<N>``, ``-patience<N>``, ``-alpha<A>`` and ``-seeds<S>_<S>...``;
     no two settings share a name."""
     data = f"-{args.data_name}" if getattr(args, "data_name", None) else ""
+    dropouts = {run: dropout_override(args, run) for run in args.runs[:2]}
+    if dropouts["baseline"] is not None and dropouts["baseline"] == dropouts["rdrop"]:
+        dropout = f"-dropout{dropouts['baseline']}"
+    else:
+        dropout = "".join(f"-{run[0]}dropout{v}" for run, v in dropouts.items() if v is not None)
     named = "".join(f"-{label}{getattr(args, attr)}" for attr, label in NAMED_OVERRIDES
                     if getattr(args, attr, None) is not None)
     seeds = "" if tuple(args.seeds) == tuple(args.default_seeds) else "-seeds" + "_".join(map(str, args.seeds))
-    return (args.mode + data + _tokens_suffix(args) + _dropout_suffix(args) + named + _alpha_suffix(args)
-            + _variant_suffix(args) + "".join(_own_flags_suffix(args, run) for run in args.runs[2:]) + seeds)
-
-
-def only_one_run(args):
-    """After a ``--run`` invocation: say what comes next (there is no comparison to write)."""
-    if args.only_run is None:
-        return False
-    others = " and ".join(r for r in args.runs if r != args.only_run)
-    say(f"only the {args.only_run} run was asked for (--run): no results file written; when the "
-        f"{others} run{'s are' if len(args.runs) > 2 else ' is'} done too, run the same command without --run "
-        "to write the results")
-    return True
+    flags = _flags_suffix(getattr(args, "rdrop_flags", ())) + "".join(_own_flags_suffix(args, r) for r in args.runs[2:])
+    return args.mode + data + _tokens_suffix(args) + dropout + named + _alpha_suffix(args) + flags + seeds

@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import subprocess
+import time
 
 from examples.common.base import REPO, rel
 
@@ -16,8 +17,10 @@ def command_line(module, argv):
     return " ".join(["python", "-m", module] + [shlex.quote(rel(a)) for a in argv])
 
 
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def utc_now(seconds=None):
+    """The UTC time of ``seconds`` since the epoch (default: now), as the records write it."""
+    moment = datetime.datetime.fromtimestamp(time.time() if seconds is None else seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def git_commit():
@@ -55,5 +58,5 @@ def machine_info(threads, jobs):
             info["fairseq"] = f"{dist} {version(dist)}"
             break
         except PackageNotFoundError:
-            continue
+            pass
     return info

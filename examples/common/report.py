@@ -1,9 +1,5 @@
-"""A demo's comparison over seeds: the printed table, the curves' PNG and the results file.
-
-Every figure comes from the per-seed records that the demo's runs produced;
-means and standard deviations are over seeds (sample standard deviation), and
-each seed's delta and p-value pair that seed's baseline with its R-Drop run.
-"""
+"""A demo's comparison over seeds, from the per-seed records of its runs: the printed table, the
+curves' PNG and the results file."""
 
 import datetime
 import json
@@ -11,7 +7,7 @@ import logging
 import os
 
 from examples.common.base import COMPARISONS, RUN_LABELS, RUNS, pair_name, say
-from examples.common.stages import atomic_write, write_json
+from examples.common.stages import atomic_write, unused_path, write_json
 from examples.common.stats import mean_std
 
 # the rows every demo's table ends with, and the figures averaged over seeds every demo has: the
@@ -96,12 +92,12 @@ def plot_seed_curves(per_seed, path, panels, title, alpha, runs=RUNS):
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)  # matplotlib logs at DEBUG (import, fonts) where logging is set up so
     try:
-        _plot_seed_curves(per_seed, path, panels, title, alpha, runs)
+        _plot_panels(per_seed, path, panels, title, alpha, runs)
     finally:
         logging.disable(previous)
 
 
-def _plot_seed_curves(per_seed, path, panels, title, alpha, runs):
+def _plot_panels(per_seed, path, panels, title, alpha, runs):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,12 +107,11 @@ def _plot_seed_curves(per_seed, path, panels, title, alpha, runs):
     # a panel only for what the runs logged (a mode that picks checkpoints by loss logs no BLEU)
     panels = [p for p in panels if any(e.get(p[0]) is not None for res in per_seed.values()
                                        for run in runs for e in res[run]["curve"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
-    axes = list(axes) if len(panels) > 1 else [axes]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     colours = {"baseline": "tab:blue", "rdrop": "tab:red", "semi": "tab:green"}
     names = {"baseline": "baseline", "rdrop": f"R-Drop (alpha={alpha:g})",
              "semi": f"semi-supervised R-Drop (alpha={alpha:g})"}
-    for ax, (key, panel_title, ylabel, *x_key) in zip(axes, panels):
+    for ax, (key, panel_title, ylabel, *x_key) in zip(axes[0], panels):
         x = x_key[0] if x_key else "epoch"
         for run in runs:
             curves = [res[run]["curve"] for res in per_seed.values()]
@@ -165,31 +160,17 @@ def results_date(json_path):
     return date.strftime("%Y%m%d-%H%M%S")
 
 
-def keep_previous(path, stamp):
-    """Rename an existing results file to ``name.<stamp>.ext`` (never delete it)."""
-    if not os.path.exists(path):
-        return
-    base, ext = os.path.splitext(path)
-    target = f"{base}.{stamp}{ext}"
-    n = 1
-    while os.path.exists(target):
-        target = f"{base}.{stamp}-{n}{ext}"
-        n += 1
-    os.replace(path, target)
-    say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
-
-
 def write_results(results_dir, stem, results, plot):
-    """``<stem>.json`` and ``<stem>.png`` (via ``plot(path)``), keeping earlier ones under the
-    date of the results they hold."""
+    """``<stem>.json`` and ``<stem>.png`` (via ``plot(path)``), earlier ones kept (never deleted) as
+    ``<stem>.<date>.json`` and ``.png``, the date of the results they hold: they stay a pair."""
     os.makedirs(results_dir, exist_ok=True)
-    json_path = os.path.join(results_dir, f"{stem}.json")
-    png_path = os.path.join(results_dir, f"{stem}.png")
-    if os.path.exists(json_path) or os.path.exists(png_path):
-        # both earlier files keep the earlier results' date, so they stay a pair
-        stamp = results_date(json_path if os.path.exists(json_path) else png_path)
-        keep_previous(json_path, stamp)
-        keep_previous(png_path, stamp)
+    json_path, png_path = (os.path.join(results_dir, f"{stem}.{ext}") for ext in ("json", "png"))
+    earlier = [path for path in (json_path, png_path) if os.path.exists(path)]
+    stamp = results_date(earlier[0]) if earlier else None
+    for path in earlier:
+        target = unused_path(os.path.join(results_dir, f"{stem}.{stamp}"), os.path.splitext(path)[1])
+        os.replace(path, target)
+        say(f"kept the previous {os.path.basename(path)} as {os.path.basename(target)}")
     plot(png_path)
     write_json(json_path, results)
     return json_path, png_path

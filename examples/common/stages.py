@@ -1,13 +1,12 @@
 """What the example pipelines share: atomic outputs, resumable stages, fairseq's tools.
 
-Every stage of a data preparation or demo writes into a temporary file or
-directory beside its output and swaps it in only once it has succeeded, with
-a key (a hash of its inputs and settings) recorded beside it; re-running skips
-a stage whose output holds the same key, and an interrupted stage leaves the
-previous output (or none), never a half-written one.
+A stage writes beside its output and swaps it in once it has succeeded, with a key (a hash of its
+inputs and settings) beside it: a rerun skips a stage whose output holds the same key, and an
+interrupted stage leaves the previous output (or none), never a half-written one.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -19,28 +18,21 @@ import time
 
 def speaker(prefix):
     """A ``say(msg)`` that prints ``[prefix] msg`` at once: how every stage and demo reports."""
-
-    def say(msg):
-        print(f"[{prefix}] {msg}", flush=True)
-
-    return say
+    return functools.partial(print, f"[{prefix}]", flush=True)
 
 
 say = speaker("prepare")
 
 
-def show_path(path):
-    """A path as shown on screen: relative to the current dir when below it."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
+def show_path(path, start=os.curdir):
+    """A path as shown: relative to ``start`` (default: the current dir) when below it."""
+    relative = os.path.relpath(os.path.abspath(path), start)
+    return path if relative.startswith("..") else relative
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", encoding="utf-8"):
-    """Open a temp file beside ``path``; on success it replaces ``path``.
-
-    On an exception the temp file is removed and ``path`` is left untouched.
-    """
+    """Open a temp file beside ``path``, which replaces ``path`` on success and is removed on an exception."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
@@ -58,6 +50,14 @@ def atomic_write(path, mode="w", encoding="utf-8"):
         raise
 
 
+def unused_path(stem, suffix=""):
+    """``<stem><suffix>``, or where that is taken ``<stem>-<n><suffix>`` for the first free ``n``."""
+    path, n = stem + suffix, 1
+    while os.path.exists(path):
+        path, n = f"{stem}-{n}{suffix}", n + 1
+    return path
+
+
 def write_json(path, obj):
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
@@ -70,11 +70,8 @@ def read_json(path):
 
 
 def sha256_file(path):
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def stage_key(**inputs):
@@ -83,15 +80,16 @@ def stage_key(**inputs):
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_stage_done(output, key):
-    """True when the file ``output`` exists and its stamp (``output.stamp``) records ``key``."""
-    stamp = output + ".stamp"
-    if not (os.path.exists(output) and os.path.exists(stamp)):
-        return False
+def _stamp_holds(stamp, key):
     try:
         return read_json(stamp).get("key") == key
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # none, or unreadable: not done
         return False
+
+
+def file_stage_done(output, key):
+    """True when the file ``output`` exists and its stamp (``output.stamp``) records ``key``."""
+    return os.path.exists(output) and _stamp_holds(output + ".stamp", key)
 
 
 def mark_file_stage(output, key, **info):
@@ -100,21 +98,12 @@ def mark_file_stage(output, key, **info):
 
 
 def dir_stage(name, out_dir, key, build, detail="", log=None):
-    """Run ``build(tmp_dir)`` unless ``out_dir`` is done for ``key``; swap in atomically.
-
-    ``build`` writes into a temp dir beside ``out_dir`` and may return a dict
-    recorded in the stage's stamp; only when it succeeds does that dir replace
-    ``out_dir``.
-    """
+    """Run ``build(tmp_dir)`` unless ``out_dir`` is done for ``key``: it writes into a temp dir beside
+    ``out_dir``, which replaces ``out_dir`` once it succeeds, and may return a dict for the stamp."""
     log = log or say
-    stamp = os.path.join(out_dir, ".stage.json")
-    if os.path.exists(stamp):
-        try:
-            if read_json(stamp).get("key") == key:
-                log(f"{name}: done already ({show_path(out_dir)})")
-                return out_dir
-        except (OSError, ValueError):
-            pass
+    if _stamp_holds(os.path.join(out_dir, ".stage.json"), key):
+        log(f"{name}: done already ({show_path(out_dir)})")
+        return out_dir
     os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -124,13 +113,11 @@ def dir_stage(name, out_dir, key, build, detail="", log=None):
     try:
         info = build(tmp) or {}
         write_json(os.path.join(tmp, ".stage.json"), dict(key=key, stage=name, **info))
+        old = f"{out_dir}.old-{os.getpid()}"
         if os.path.exists(out_dir):
-            old = f"{out_dir}.old-{os.getpid()}"
             os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -140,11 +127,8 @@ def dir_stage(name, out_dir, key, build, detail="", log=None):
 
 def train_sentencepiece(inputs, out_dir, vocab_size, threads):
     """A unigram sentencepiece model ``out_dir/spm.model`` on the text files ``inputs``; its size.
-
-    The settings every demo uses: full character coverage, the vocabulary size as
-    an upper bound (small inputs have fewer pieces than asked for), at most 2M
-    sentences sampled.
-    """
+    Full character coverage, the vocabulary size an upper bound (small inputs have fewer pieces than
+    asked for), at most 2M sentences sampled."""
     import sentencepiece as spm
 
     spm.SentencePieceTrainer.train(

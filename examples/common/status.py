@@ -1,25 +1,19 @@
-"""Where a demo's runs stand (``--status``), read from their files alone: state, epochs, time so
-far and the runs' validation values per epoch.
-"""
+"""``--status``: where a demo's runs stand, read from their files alone."""
 
 import os
 import time
 
 from examples.common.base import RUN_LABELS, rel, say
-from examples.common.fairseq_log import best_epoch, parse_train_log
+from examples.common.fairseq_log import HIGHER_IS_BETTER, checkpoint_epoch, parse_train_log
 from examples.common.naming import run_dir
 from examples.common.stages import read_json
 from examples.common.training import TIME_RECORD_SECONDS, epochs_text, stopped_early
 
-def run_status(save_dir, metrics, now=None):
-    """Where the run in ``save_dir`` stands, read from its files alone (nothing is changed).
 
-    Returns ``state`` (``"not started"``, ``"finished"``, ``"training"`` while its
-    time record is fresh, else ``"interrupted"``), a ``note`` saying more, the
-    per-epoch ``epochs`` rows (``metrics`` and ``train_<metric>`` as read by
-    :func:`parse_train_log`), ``updates``, ``seconds`` trained so far and the
-    run's ``budget`` flags.
-    """
+def run_status(save_dir, metrics, now=None):
+    """Where the run in ``save_dir`` stands: ``state`` (``"not started"``, ``"finished"``,
+    ``"training"`` while its time record is fresh, else ``"interrupted"``), a ``note`` saying more,
+    its ``epochs`` rows (:func:`parse_train_log`), ``updates``, ``seconds`` so far and ``budget``."""
     done, started = os.path.join(save_dir, "done.json"), os.path.join(save_dir, "started.json")
     log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
     out = {"epochs": log["epochs"], "updates": log["updates"], "seconds": 0.0, "budget": {}}
@@ -54,15 +48,15 @@ def print_status(args, metrics):
 
 def _print_seed_status(runs, metrics):
     for run, st in runs.items():
-        hours = st["seconds"] / 3600
         budget = " ".join(f"{k} {v}" for k, v in sorted(st["budget"].items()))
         line = f"{run:9} {st['state']}"
         if st["state"] != "not started":
-            line += (f": {epochs_text(len(st['epochs']))}, {st['updates']} updates, {hours:.2f} h"
+            line += (f": {epochs_text(len(st['epochs']))}, {st['updates']} updates, {st['seconds'] / 3600:.2f} h"
                      + (f" ({budget})" if budget else "") + f"; {st['note']}")
         print(line)
         for metric in metrics:
-            best = None if metric.startswith("train_") else best_epoch(st["epochs"], metric)
+            best = None if metric.startswith("train_") else checkpoint_epoch(st["epochs"], metric,
+                                                                             metric in HIGHER_IS_BETTER)
             if best is not None:
                 print(f"{'':10}best valid {metric} {best[metric]:.2f} at epoch {best['epoch']}")
     by_epoch = {}
@@ -75,20 +69,17 @@ def _print_seed_status(runs, metrics):
     names = [m if m.startswith("train_") else "valid_" + m for m in metrics]
     widths = [max(10, len(n) + 1) for n in names]
     # each run's value, then the second run's against the first (R-Drop's against the baseline)
-    first, second = list(runs)[:2]
     cols = len(runs) + 1
     header = f"{'':5}" + "".join(f"  {n:^{cols * w}}" for n, w in zip(names, widths))
     columns = f"{'epoch':>5}" + "".join("  " + "".join(f"{RUN_LABELS[r]:>{w}}" for r in runs) + f"{'delta':>{w}}"
                                         for w in widths)
-    print(header)
-    print(columns)
-    print("-" * len(columns))
+    print(header, columns, "-" * len(columns), sep="\n")
     for epoch in sorted(by_epoch):
         rows = by_epoch[epoch]
         line = f"{epoch:>5}"
         for m, w in zip(metrics, widths):
             values = [rows.get(run, {}).get(m) for run in runs]
-            a, b = rows.get(first, {}).get(m), rows.get(second, {}).get(m)
+            a, b = values[:2]
             cells = ["-" if v is None else f"{v:.2f}" for v in values]
             cells.append("-" if a is None or b is None else f"{b - a:+.2f}")
             line += "  " + "".join(f"{c:>{w}}" for c in cells)

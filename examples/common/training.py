@@ -1,9 +1,6 @@
-"""A demo's training run, resumable: ``fairseq-train`` started, skipped when done, resumed when
-interrupted, continued when its epoch budget grows, started afresh (the old run kept aside) when
-its settings or data changed; the records (``started.json``, ``done.json``) that decide which.
-"""
+"""A demo's resumable ``fairseq-train`` run and the records (``started.json``, ``done.json``) that
+decide whether it starts, is skipped, resumes, continues or starts afresh (:func:`train_run`)."""
 
-import datetime
 import hashlib
 import os
 import shlex
@@ -12,7 +9,8 @@ import time
 
 from examples.common.base import DemoError, child_env, display, rel, say
 from examples.common.fairseq_log import parse_train_log
-from examples.common.stages import read_json, sha256_file, stage_key, write_json
+from examples.common.provenance import utc_now
+from examples.common.stages import read_json, sha256_file, stage_key, unused_path, write_json
 
 # The flags that set a run's budget, not its settings: a finished run whose
 # budget was used up is continued (from checkpoint_last.pt) when it grows.
@@ -29,26 +27,14 @@ def _full_key(cmd):
 
 
 def _settings_key(cmd):
-    """The key of everything but the budget flags."""
-    kept, skip = [], False
-    for c in cmd[1:]:
-        if skip:
-            skip = False
-        elif c in BUDGET_FLAGS:
-            skip = True
-        elif not os.path.isabs(c):
-            kept.append(c)
-    return stage_key(cmd=kept)
+    """The key of everything but the budget flags (and paths)."""
+    return stage_key(cmd=[c for i, c in enumerate(cmd[1:], 1)
+                          if c not in BUDGET_FLAGS and cmd[i - 1] not in BUDGET_FLAGS and not os.path.isabs(c)])
 
 
 def _match(record, cmd, data=None):
-    """``"same"`` (settings and budget), ``"budget"`` (only the budget differs) or None.
-
-    ``data``: the key of the binarised data the run trains on; a record of other
-    data is no match.  A record without a settings key (written by an earlier
-    version of the demos) is no match either: its run is started afresh, the
-    old directory kept aside.
-    """
+    """``"same"`` (settings and budget), ``"budget"`` (only the budget differs) or None (other
+    settings, other ``data``: the binarised data's key, or a record without these keys)."""
     if data is not None and record.get("data_key") != data:
         return None
     if record.get("settings_key") != _settings_key(cmd):
@@ -57,10 +43,8 @@ def _match(record, cmd, data=None):
 
 
 def _record(cmd, data=None, **extra):
-    record = dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd))
-    if data is not None:
-        record["data_key"] = data
-    return dict(record, **extra)
+    data_key = {} if data is None else {"data_key": data}
+    return dict(key=_full_key(cmd), settings_key=_settings_key(cmd), budget=_budget(cmd), **data_key, **extra)
 
 
 def data_key(data_bin):
@@ -77,8 +61,8 @@ TIME_RECORD_SECONDS = 60
 
 
 def _count_time(started, cmd, data, seconds, history, stopped=False):
-    """Record the seconds an unfinished run has trained so far, for when it resumes
-    (``stopped``: its training process has ended), with its ``history`` of segments."""
+    """Record the seconds an unfinished run has trained so far and its ``history`` of segments, for
+    when it resumes (``stopped``: its training process has ended)."""
     extra = {"stopped": True} if stopped else {}
     write_json(started, _record(cmd, data, prior_seconds=round(seconds, 1), history=history, **extra))
 
@@ -86,8 +70,7 @@ def _count_time(started, cmd, data, seconds, history, stopped=False):
 def _segment(threads, t0, end):
     """One training process's entry of a run's history: when it started, with how many threads,
     how long it ran and how it ended (``running``, ``finished``, ``failed``, ``interrupted``)."""
-    start = datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"start": start, "threads": threads, "seconds": round(time.time() - t0, 1), "end": end}
+    return {"start": utc_now(t0), "threads": threads, "seconds": round(time.time() - t0, 1), "end": end}
 
 
 def _with_log(info, save_dir, metrics):
@@ -99,8 +82,7 @@ def _with_log(info, save_dir, metrics):
 def stopped_early(budget, trained):
     """Whether a finished run of ``budget`` that trained ``trained`` epochs stopped before its
     ``--max-epoch`` (on ``--patience``)."""
-    max_epoch = int(budget.get("--max-epoch", 0)) or None
-    return max_epoch is not None and trained < max_epoch
+    return trained < int(budget.get("--max-epoch", 0))  # (no --max-epoch: 0, never)
 
 
 def training_record(info):
@@ -126,28 +108,21 @@ def epochs_text(n):
 
 def _refuse_fewer_epochs(run, save_dir, cmd, trained):
     """A DemoError if the run in ``save_dir`` has trained more epochs than ``cmd``'s ``--max-epoch``."""
-    new_max = int(_budget(cmd).get("--max-epoch", 0)) or None
-    if new_max is not None and new_max < trained:
-        raise DemoError(
-            f"train {run}: {rel(save_dir)} holds a run of {trained} epochs; --max-epoch {new_max} "
-            "would not undo that: give a larger --max-epoch, or another --work-dir"
-        )
+    new_max = int(_budget(cmd).get("--max-epoch", 0))
+    if 0 < new_max < trained:
+        raise DemoError(f"train {run}: {rel(save_dir)} holds a run of {trained} epochs; --max-epoch {new_max} "
+                        "would not undo that: give a larger --max-epoch, or another --work-dir")
 
 
 def train_run(cmd, save_dir, run, threads, metrics, data=None):
-    """Run ``fairseq-train`` ``cmd`` (which saves into ``save_dir``), or skip/resume it.
+    """Run ``fairseq-train`` ``cmd`` (which saves into ``save_dir``), or skip/resume it; the run's info
+    (seconds over all its invocations, the command, the updates and per-epoch ``metrics`` of its log).
 
-    A run finished with the same command (paths aside) is skipped; one that
-    finished with the same settings but a smaller ``--max-epoch`` it used up
-    is continued from its ``checkpoint_last.pt`` (one that stopped early, on
-    ``--patience``, is left as it is); an interrupted or failed one resumes from
-    its ``checkpoint_last.pt``, its time so far counted (written to ``started.json`` every
-    minute while it trains, so a run killed outright keeps it too); one of other
-    settings, or of other ``data`` (the key of the binarised data, see
-    :func:`data_key`), is started afresh, the old run's directory kept aside as
-    ``<save_dir>.replaced-<date>``.  Returns the run's info (seconds over all its
-    invocations, the command, and the updates and per-epoch ``metrics`` read
-    from its json log on every call).
+    A run finished with the same command (paths aside) is skipped; one whose used-up ``--max-epoch``
+    grew is continued (not one that stopped early on an unchanged ``--patience``); an interrupted
+    or failed one resumes, its time so far counted (written every minute, so a run killed outright
+    keeps it too); one of other settings or ``data`` (:func:`data_key`) starts afresh, the old
+    directory kept as ``<save_dir>.replaced-<date>``.
     """
     done = os.path.join(save_dir, "done.json")
     started = os.path.join(save_dir, "started.json")
@@ -166,7 +141,7 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
             return _with_log(finished, save_dir, metrics)
         say(f"train {run}: continuing the finished run of {trained} epochs with the larger budget")
         prior_seconds, resumed, history = float(finished.get("seconds", 0.0)), True, finished.get("history", [])
-        write_json(started, _record(cmd, data, prior_seconds=prior_seconds, history=history))
+        _count_time(started, cmd, data, prior_seconds, history)
         os.remove(done)
     else:
         state = read_json(started) if os.path.exists(started) else None
@@ -182,17 +157,19 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
         elif os.path.exists(save_dir):
             # a run of other settings or data: start afresh, keeping the old one aside
             stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(save_dir)))
-            aside = f"{save_dir}.replaced-{stamp}"
-            n = 1
-            while os.path.exists(aside):
-                aside, n = f"{save_dir}.replaced-{stamp}-{n}", n + 1
+            aside = unused_path(f"{save_dir}.replaced-{stamp}")
             os.replace(save_dir, aside)
             say(f"train {run}: {rel(save_dir)} held a run of other settings or data; kept as {rel(aside)}")
         os.makedirs(save_dir, exist_ok=True)
-        write_json(started, _record(cmd, data, prior_seconds=prior_seconds, history=history))
+        _count_time(started, cmd, data, prior_seconds, history)
     say(f"train {run}: {'resuming' if resumed else 'starting'}; fairseq's log follows")
     say("  " + display(cmd))
     t0 = time.time()
+
+    def count_time(end, stopped=True):  # this process's time so far, ended with ``end``
+        _count_time(started, cmd, data, prior_seconds + time.time() - t0, history + [_segment(threads, t0, end)],
+                    stopped)
+
     proc = subprocess.Popen(cmd, env=child_env(threads))
     try:
         while True:
@@ -200,34 +177,21 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
                 returncode = proc.wait(timeout=TIME_RECORD_SECONDS)
                 break
             except subprocess.TimeoutExpired:
-                # the time so far is on disk, should this process be killed outright
-                _count_time(started, cmd, data, prior_seconds + time.time() - t0,
-                            history + [_segment(threads, t0, "running")])
+                count_time("running", stopped=False)  # on disk, should this process be killed outright
     except BaseException:  # interrupted (Ctrl-C): the time spent still counts when it resumes
         proc.kill()
         proc.wait()
-        _count_time(started, cmd, data, prior_seconds + time.time() - t0,
-                    history + [_segment(threads, t0, "interrupted")], stopped=True)
+        count_time("interrupted")
         raise
     seconds = prior_seconds + time.time() - t0
     if returncode != 0:
-        _count_time(started, cmd, data, seconds, history + [_segment(threads, t0, "failed")], stopped=True)
-        raise DemoError(
-            f"fairseq-train ({run}) failed with exit code {returncode}; see {rel(save_dir)}/train.log"
-        )
+        count_time("failed")
+        raise DemoError(f"fairseq-train ({run}) failed with exit code {returncode}; see {rel(save_dir)}/train.log")
     if not os.path.exists(os.path.join(save_dir, "checkpoint_best.pt")):
         raise DemoError(f"fairseq-train ({run}) wrote no checkpoint_best.pt in {rel(save_dir)}")
     log = parse_train_log(os.path.join(save_dir, "train.log"), metrics)
-    info = _record(
-        cmd,
-        data,
-        seconds=round(seconds, 1),
-        resumed=resumed,
-        updates=log["updates"],
-        epochs=log["epochs"],
-        command=display(cmd),
-        history=history + [_segment(threads, t0, "finished")],
-    )
+    info = _record(cmd, data, seconds=round(seconds, 1), resumed=resumed, updates=log["updates"], epochs=log["epochs"],
+                   command=display(cmd), history=history + [_segment(threads, t0, "finished")])
     write_json(done, info)
     say(f"train {run}: finished in {seconds:.0f}s, {log['updates']} updates, {epochs_text(len(log['epochs']))}")
     return info

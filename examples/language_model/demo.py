@@ -97,7 +97,7 @@ from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, max_tokens_override, run_dir
 from examples.common.report import TRAINING_MEAN_KEYS, TRAINING_ROWS
 from examples.common.stages import fairseq_command
-from examples.common.stats import paired_bootstrap_lm, read_word_logprobs
+from examples.common.stats import paired_bootstrap_lm
 from examples.common.training import data_key, train_run, training_record
 from examples.language_model import eval_lm
 from examples.language_model import prepare as prep
@@ -284,7 +284,7 @@ def compare(args, data, seed, runs):
     logprobs = []
     for record in runs.values():
         with open(os.path.join(REPO_ROOT, record["eval_output"]), encoding="utf-8") as f:
-            logprobs.append(read_word_logprobs(f.read()))
+            logprobs.append(eval_lm.read_word_logprobs(f.read()))
     test = paired_bootstrap_lm(*logprobs)
     return {
         "p_values": {"test_ppl": test["p_value"]},

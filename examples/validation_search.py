@@ -28,6 +28,8 @@ import os
 import sys
 import time
 
+from examples.common.base import RUNS
+from examples.common.cli import modes_with_run, runs_of_modes
 from examples.common.fairseq_log import checkpoint_epoch, parse_train_log
 from examples.common.provenance import git_commit, machine_info, utc_now
 
@@ -123,10 +125,10 @@ def main(argv=None):
         raise SystemExit("--run semi and --semi-flags are the classification demo's (cls)")
     commit = git_commit()  # the code this call runs, as it starts
     demo = load_demo(a.task)
-    trained_by = sorted(m for m, s in demo.MODES.items() if a.run in s.get("runs", (a.run,)))
-    if a.run not in demo.MODES[a.base_mode].get("runs", (a.run,)):
+    mode_runs = runs_of_modes(demo.MODES, getattr(demo, "RUNS", RUNS))
+    if a.run not in mode_runs[a.base_mode]:
         raise SystemExit(f"--run {a.run}: base mode {a.base_mode} does not train it; --base-mode "
-                         + " or ".join(trained_by))
+                         + " or ".join(modes_with_run(mode_runs, a.run)))
     setting = {k: (dict(v) if isinstance(v, dict) else v) for k, v in demo.MODES[a.base_mode].items()}
     data = setting["data"]
     a.max_epoch = a.max_epoch or setting["train"]["max-epoch"]

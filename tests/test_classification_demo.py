@@ -164,6 +164,6 @@ def test_quick_trains_the_baseline_and_r_drop_and_medium_adds_the_semi_supervise
     # what quick has not is refused before anything runs, saying where it is
     with pytest.raises(DemoError, match="the semi-sup. run is in mode full, medium, tiny"):
         check_demo_args(demo.parse_args(["--mode", "quick", "--run", "semi"] + results))
-    with pytest.raises(DemoError, match="--semi-flags: mode quick has no semi-supervised run"):
+    with pytest.raises(DemoError, match="--semi-flags: mode quick has no semi-supervised run; it is in mode full, medium, tiny$"):
         demo.check_setup(demo.parse_args(["--mode", "quick", "--semi-flags=--unlabeled-ratio 2"] + results))
     assert not (tmp_path / "r").exists() and not os.path.exists(os.path.join(quick.work_dir, "baseline-seed2"))

@@ -53,7 +53,8 @@ from examples.classification import prepare as prep
 from examples.common.base import (
     DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
 )
-from examples.common.cli import check_demo_args, demo_parser, flag_list, parse_demo_args, rdrop_run_flags, train_flags
+from examples.common.cli import (check_demo_args, demo_parser, flag_list, modes_with_run, parse_demo_args,
+                                 rdrop_run_flags, train_flags)
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
@@ -149,7 +150,8 @@ def check_setup(args):
     """Refuse bad input before any data preparation or training."""
     check_demo_args(args)
     if args.semi_flags and "semi" not in args.runs:
-        raise DemoError(f"--semi-flags: mode {args.mode} has no semi-supervised run (mode medium has)")
+        raise DemoError(f"--semi-flags: mode {args.mode} has no semi-supervised run; it is in mode "
+                        + ", ".join(modes_with_run(args.mode_runs, "semi")))
     if args.train_limit is not None and args.train_limit < 10:
         raise DemoError(f"--train-limit must be >= 10, got {args.train_limit}")
     try:

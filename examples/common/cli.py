@@ -103,7 +103,7 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=C
     p.add_argument("--patience", type=int, help="override the mode's early-stopping patience (epochs)")
     # a mode may train a part of the demo's runs ("runs") and share another mode's work dir
     # ("work_of": its runs are the same commands, so they are found done, not trained again)
-    p.set_defaults(mode_runs={m: tuple(s.get("runs", runs)) for m, s in modes.items()},
+    p.set_defaults(mode_runs=runs_of_modes(modes, runs),
                    mode_work={m: s.get("work_of", m) for m, s in modes.items()},
                    all_comparisons=tuple(comparisons))
     p.add_argument("--run", choices=runs, dest="only_run",
@@ -113,6 +113,16 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=C
                    help="only print where the runs of this mode (and --alpha/--dropout/--seeds) stand: state, "
                         "epochs, time so far and their validation values per epoch, also while they train")
     return p
+
+
+def runs_of_modes(modes, runs=RUNS):
+    """Each mode's runs: those it names (``"runs"``), else every run of the demo (``runs``)."""
+    return {m: tuple(s.get("runs", runs)) for m, s in modes.items()}
+
+
+def modes_with_run(mode_runs, run):
+    """The modes that train ``run`` (sorted), from ``runs_of_modes``: where a refusal sends the user."""
+    return sorted(m for m, runs in mode_runs.items() if run in runs)
 
 
 def text_dir_name(args):
@@ -155,7 +165,7 @@ def parse_demo_args(p, argv, example_dir, data_name=None):
 def check_demo_args(args):
     """Refuse bad values of the shared options (before anything runs)."""
     if args.only_run is not None and args.only_run not in args.runs:
-        elsewhere = sorted(m for m, runs in args.mode_runs.items() if args.only_run in runs)
+        elsewhere = modes_with_run(args.mode_runs, args.only_run)
         raise DemoError(f"--run {args.only_run}: mode {args.mode} trains {', '.join(args.runs)}; the "
                         f"{RUN_LABELS.get(args.only_run, args.only_run)} run is in mode {', '.join(elsewhere)}")
     for flag, least in (("alpha", 0), ("threads", 1), ("max_epoch", 1), ("patience", 1), ("jobs", 1)):

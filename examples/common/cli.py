@@ -60,7 +60,7 @@ def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=C
     p.add_argument("--mode", default="quick", choices=sorted(modes), help="default: %(default)s")
     mode_alpha = {m: s.get("alpha", alpha) for m, s in modes.items()}
     p.add_argument("--alpha", type=float,
-                   help=f"R-Drop KL weight (default: the mode's, "
+                   help="R-Drop KL weight (default: the mode's, "
                         + ", ".join(f"{m} {a:g}" for m, a in sorted(mode_alpha.items()))
                         + f"; {alpha:g} is {alpha_note}); another value trains its R-Drop runs in "
                         "rdrop-alpha<A>-seed<S>/ beside the default ones and writes <mode>-alpha<A>.json, "

@@ -13,7 +13,7 @@ import rdrop_seq.chunking as chunking
 import rdrop_seq.fused.loop as loop_mod
 import rdrop_seq.fused.projection as projection
 from rdrop_seq.fused import auto_chunk_size, chunked_rdrop_loss, fused_linear_rdrop_loss
-from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX
+from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX, store_scaled
 from rdrop_seq.losses import rdrop_label_smoothed_loss
 from tests.reference import random_batch, reference_rdrop_loss
 from tests.rounding import argmax_may_differ, matmul_error, sum_rtol
@@ -381,6 +381,17 @@ def test_fp16_small_gradients_survive_until_the_loss_scale_is_applied():
     assert tiny.sum() > 100
     rel = (x.grad.float()[tiny] - ref[tiny]).abs() / ref[tiny].abs()
     assert rel.max() < 2e-3
+
+
+def test_a_nan_gradient_stays_nan_when_stored_scaled_in_float16_while_overflow_saturates():
+    """Saturating an overflow is a rounding choice; a NaN is a broken step that fairseq's overflow
+    check must still see (it skips the step and lowers the loss scale)."""
+    grad = torch.tensor([[float("nan"), 1.0, 100.0], [-100.0, 2.0, 3.0]])
+    out, clamped = torch.empty(2, 3, dtype=torch.float16), torch.zeros((), dtype=torch.int64)
+    store_scaled(grad, out, FP16_GRAD_SCALE, clamped)
+    assert out[0, 0].isnan() and out[0, 2] == FP16_MAX and out[1, 0] == -FP16_MAX
+    assert torch.equal(out[:, 1], torch.tensor([1024.0, 2048.0], dtype=torch.float16))
+    assert int(clamped) == 2
 
 
 def test_fp16_gradient_entries_saturated_at_the_float16_maximum_are_counted():

@@ -25,7 +25,8 @@ def store_scaled(grad: Tensor, out: Tensor, scale: float, clamped: Optional[Tens
     """``out = grad * scale`` in ``out``'s dtype (``scale`` 1: a plain conversion).
 
     In float16, entries beyond ``FP16_MAX`` (overflowed to infinity) are saturated
-    at ``+-FP16_MAX`` (and NaN set to 0, as ``nan_to_num``); their number, in the rows
+    at ``+-FP16_MAX``; NaN stays NaN, so that fairseq's overflow check still sees a
+    broken gradient and skips the step.  The saturated entries' number, in the rows
     ``keep`` marks (``[rows]`` bool; None: all), is added to ``clamped`` (a 0-dim
     int64 tensor on the device, or None: not counted).  One rounding of
     ``grad * scale`` to ``out``'s dtype, as ``(grad * scale).to(out.dtype)``.
@@ -37,8 +38,10 @@ def store_scaled(grad: Tensor, out: Tensor, scale: float, clamped: Optional[Tens
         if clamped is not None:
             inf = torch.isinf(out)
             clamped += inf.sum() if keep is None else inf.sum(-1).mul_(keep).sum()
-        out.nan_to_num_(posinf=FP16_MAX, neginf=-FP16_MAX)
+        out.nan_to_num_(nan=float("nan"), posinf=FP16_MAX, neginf=-FP16_MAX)
     return out
+
+
 _MM_OUT_DTYPE_OK = {}
 
 

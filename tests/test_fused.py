@@ -14,6 +14,7 @@ import rdrop_seq.fused.loop as loop_mod
 import rdrop_seq.fused.projection as projection
 from rdrop_seq.fused import auto_chunk_size, chunked_rdrop_loss, fused_linear_rdrop_loss
 from rdrop_seq.fused.precision import FP16_GRAD_SCALE, FP16_MAX, store_scaled
+from rdrop_seq.fused.stored_grads import mul_in_float32, scale_stored_grads
 from rdrop_seq.losses import rdrop_label_smoothed_loss
 from tests.reference import random_batch, reference_rdrop_loss
 from tests.rounding import argmax_may_differ, matmul_error, sum_rtol
@@ -600,3 +601,38 @@ def test_the_fused_losses_refuse_a_second_derivative_instead_of_giving_a_wrong_o
     (grad,) = torch.autograd.grad(out.loss, hidden, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice|does not require grad"):
         torch.autograd.grad(grad.sum(), hidden)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("stored_scale", [1.0, FP16_GRAD_SCALE])
+@pytest.mark.parametrize("grad_loss", [1.0, 0.37, 3e-3, 65536.0])
+def test_a_low_precision_gradient_scaled_on_the_device_equals_the_host_number_path(dtype, stored_scale, grad_loss):
+    """On an accelerator the incoming gradient is not read on the host (no wait for the device):
+    the float32 multiplication on the device gives the same bits as the host-number path, a
+    float16 loss scale of 2^16 included (it would be infinity rounded to float16), in small
+    row blocks too."""
+    g = (torch.randn(300, 77, generator=torch.Generator().manual_seed(5)) * 5).to(dtype)
+    expected = g.clone().mul_(grad_loss / stored_scale)
+    factor = torch.tensor(grad_loss) / stored_scale
+    assert torch.equal(mul_in_float32(g.clone(), factor), expected)
+    assert torch.equal(mul_in_float32(g.clone(), factor, elements=500), expected)  # 6-row blocks
+    assert torch.equal(mul_in_float32(g[0].clone(), factor), expected[0])
+
+
+def test_scaling_stored_gradients_never_reads_an_accelerators_incoming_gradient(monkeypatch):
+    """The backward's only use of the incoming gradient on an accelerator stays on the device."""
+    grads = [torch.ones(4, 3, dtype=torch.bfloat16), torch.ones(2, dtype=torch.float16) * 1024, None]
+
+    class OnDevice:  # an incoming gradient whose device is not the CPU: reading it fails the test
+        device = torch.device("meta")
+
+        def float(self):
+            return torch.tensor(0.5)
+
+        def __float__(self):
+            raise AssertionError("the incoming gradient was read on the host")
+
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("item() called"))
+    out = scale_stored_grads(grads, [torch.bfloat16, torch.float16, None], OnDevice(), stored_scale=1.0)
+    assert torch.equal(out[0], torch.full((4, 3), 0.5, dtype=torch.bfloat16))
+    assert torch.equal(out[1], torch.full((2,), 512.0, dtype=torch.float16)) and out[2] is None

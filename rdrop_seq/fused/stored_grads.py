@@ -24,13 +24,29 @@ def consume_stored_grads(ctx, what: str):
 def scale_stored_grads(grads, dtypes, grad_loss: Tensor, stored_scale: float = 1.0):
     """Each stored gradient times the incoming one (in place), in its input's dtype (None stays None).
 
-    A bf16/fp16 gradient is multiplied by the incoming gradient as a Python number,
-    which the kernels apply in float32 (not rounded to the low-precision dtype first),
-    divided by ``stored_scale`` where it was stored scaled (float16: ``FP16_GRAD_SCALE``).
+    A bf16/fp16 gradient is multiplied by the incoming gradient in float32 (not rounded
+    to the low-precision dtype first), divided by ``stored_scale`` where it was stored
+    scaled (float16: ``FP16_GRAD_SCALE``).  On a CPU the incoming gradient is read as a
+    Python number; on an accelerator it stays there (``mul_in_float32``): reading it
+    would wait for the device at every backward.
     """
     def scaled(g: Tensor) -> Tensor:
-        if g.dtype in LOW_PRECISION:
+        if g.dtype not in LOW_PRECISION:
+            return g.mul_(grad_loss.to(g.dtype))
+        if grad_loss.device.type == "cpu":
             return g.mul_(float(grad_loss) / stored_scale)
-        return g.mul_(grad_loss.to(g.dtype))
+        return mul_in_float32(g, grad_loss.float() / stored_scale)
 
     return [None if g is None else scaled(g).to(d) for g, d in zip(grads, dtypes)]
+
+
+def mul_in_float32(g: Tensor, factor: Tensor, elements: int = 1 << 22) -> Tensor:
+    """``g *= factor`` (a 0-dim float32 tensor on ``g``'s device) computed in float32 and
+    rounded once to ``g``'s dtype, as ``g.mul_(float(factor))`` computes it, without reading
+    ``factor`` on the host.  (``g.mul_(factor)`` would round ``factor`` to ``g``'s dtype
+    first: a float16 loss scale of 2^16 would become infinity.)  Row blocks of about
+    ``elements`` entries bound the float32 temporary."""
+    rows = max(1, elements // max(1, g[0].numel())) if g.dim() else 1
+    for block in (g.split(rows) if g.dim() else (g,)):
+        block.copy_(block.float().mul_(factor))
+    return g

@@ -6,7 +6,7 @@ import shlex
 import subprocess
 import sys
 
-from examples.common.stages import fairseq_command, show_path, speaker
+from examples.common.stages import show_path, speaker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(REPO, "rdrop_seq")
@@ -92,14 +92,10 @@ def run_tool(cmd, threads, what, shown=None):
     return proc.stdout
 
 
-def check_fairseq(args, criterion, tools):
-    """The checks every demo makes last, before anything runs: each ``fairseq-<tool>`` of ``tools``
-    is there, importing the plugin registers ``criterion`` (imports fairseq: a few seconds), and
-    the results dir is writable and outside the work dir."""
-    for tool in tools:
-        cmd = fairseq_command(tool)
-        if len(cmd) == 1 and not os.path.exists(cmd[0]):
-            raise DemoError(f"fairseq-{tool} not found")
+def check_fairseq(args, criterion):
+    """The checks every demo makes last, before anything runs: importing the plugin registers
+    ``criterion`` (imports fairseq: a few seconds), and the results dir is writable and outside
+    the work dir."""
     code = ("import sys; import rdrop_seq; from fairseq.criterions import CRITERION_REGISTRY as R; "
             f"sys.exit(0 if '{criterion}' in R else 3)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,

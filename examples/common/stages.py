@@ -147,11 +147,8 @@ def train_sentencepiece(inputs, out_dir, vocab_size, threads):
 
 
 def fairseq_command(tool):
-    """How to run a fairseq CLI tool (``preprocess``, ``train``, ``generate``, ``eval-lm``)."""
-    script = os.path.join(os.path.dirname(sys.executable), f"fairseq-{tool}")
-    if os.path.exists(script):
-        return [script]
-    found = shutil.which(f"fairseq-{tool}")
-    if found:
-        return [found]
-    return [sys.executable, "-m", f"fairseq_cli.{tool.replace('-', '_')}"]
+    """How to run a fairseq CLI tool (``preprocess``, ``train``, ``generate``, ``eval-lm``): its script
+    beside this interpreter (a venv not activated) or on the PATH, else ``python -m fairseq_cli.<tool>``."""
+    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+    found = shutil.which(f"fairseq-{tool}", path=search)
+    return [found] if found else [sys.executable, "-m", f"fairseq_cli.{tool.replace('-', '_')}"]

@@ -62,12 +62,9 @@ def train_run_flags(save_dir, seed):
 
 def device_flags():
     """``--cpu`` where there is no CUDA device."""
-    try:
-        import torch
+    import torch
 
-        return [] if torch.cuda.is_available() else ["--cpu"]
-    except Exception:
-        return ["--cpu"]
+    return [] if torch.cuda.is_available() else ["--cpu"]
 
 
 def child_env(threads):

@@ -53,9 +53,8 @@ def seed_table(per_seed, rows, p_values=None, runs=RUNS, pairs=COMPARISONS):
                                                       for run in runs))
         elif len(per_seed) > 1:
             line = f"  {'mean ± std':<21}" + "".join(f"{_fmt_mean_std(f, values[run]):>{w}}" for run in runs)
-            for pair in pairs:
-                known = [d for d in deltas[pair] if d is not None]
-                mean_delta = sum(known) / len(known) if len(known) == len(deltas[pair]) else None
+            for ds in deltas.values():
+                mean_delta = None if None in ds else sum(ds) / len(ds)
                 line += f"{_fmt_delta(f, mean_delta):>{dw}}{'':9}"
             lines.append(line.rstrip())
     return lines
@@ -89,15 +88,8 @@ def plot_seed_curves(per_seed, path, panels, title, alpha, runs=RUNS):
     """One panel per ``(metric, panel title, y label[, x])``: every seed's curve of each run
     (thin) and, against epochs, their mean over the seeds at each epoch that all of them
     reached (thick); ``x = "seconds"`` plots against the runs' training seconds instead."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.INFO)  # matplotlib logs at DEBUG (import, fonts) where logging is set up so
-    try:
-        _plot_panels(per_seed, path, panels, title, alpha, runs)
-    finally:
-        logging.disable(previous)
-
-
-def _plot_panels(per_seed, path, panels, title, alpha, runs):
+    # matplotlib logs at DEBUG (import, fonts) where logging is set up so
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")

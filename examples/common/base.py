@@ -92,7 +92,7 @@ def run_tool(cmd, threads, what, shown=None):
 def check_fairseq(args, criterion):
     """The checks every demo makes last, before anything runs: importing the plugin registers
     ``criterion`` (imports fairseq: a few seconds), and the results dir is writable and outside
-    the work dir."""
+    the work dir (both absolute: :func:`examples.common.cli.parse_demo_args` makes them so)."""
     code = ("import sys; import rdrop_seq; from fairseq.criterions import CRITERION_REGISTRY as R; "
             f"sys.exit(0 if '{criterion}' in R else 3)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -100,9 +100,8 @@ def check_fairseq(args, criterion):
     if proc.returncode != 0:
         raise DemoError(f"the criterion {criterion} is not available from {rel(USER_DIR)}:\n"
                         f"{proc.stderr.strip()[-2000:]}")
-    results_dir, work_dir = os.path.abspath(args.results_dir), os.path.abspath(args.work_dir)
-    if results_dir == work_dir or results_dir.startswith(work_dir + os.sep):
+    if args.results_dir == args.work_dir or args.results_dir.startswith(args.work_dir + os.sep):
         raise DemoError("--results-dir must not be inside --work-dir")
-    os.makedirs(results_dir, exist_ok=True)
-    if not os.access(results_dir, os.W_OK):
-        raise DemoError(f"results dir is not writable: {results_dir}")
+    os.makedirs(args.results_dir, exist_ok=True)
+    if not os.access(args.results_dir, os.W_OK):
+        raise DemoError(f"results dir is not writable: {args.results_dir}")

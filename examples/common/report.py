@@ -38,15 +38,13 @@ def seed_table(per_seed, rows, p_values=None, runs=RUNS, pairs=COMPARISONS):
     for label, key, f in rows:
         lines.append(label)
         values = {run: [res[run].get(key) for res in per_seed.values()] for run in runs}
-        deltas = {pair: [] for pair in pairs}
-        for i, (seed, res) in enumerate(per_seed.items()):
+        deltas = {(a, b): [None if x is None or y is None or isinstance(x, bool) else y - x
+                           for x, y in zip(values[a], values[b])] for a, b in pairs}
+        for i, seed in enumerate(per_seed):
             line = f"  seed {seed:<16}" + "".join(f"{_fmt(f, values[run][i]):>{w}}" for run in runs)
             for pair in pairs:
-                a, b = values[pair[0]][i], values[pair[1]][i]
-                d = None if a is None or b is None or isinstance(a, bool) else b - a
-                deltas[pair].append(d)
                 p = p_values.get(pair_name(pair), {}).get(key, {}).get(seed)
-                line += f"{_fmt_delta(f, d):>{dw}}{'' if p is None else f'{p:.4f}':>9}"
+                line += f"{_fmt_delta(f, deltas[pair][i]):>{dw}}{'' if p is None else f'{p:.4f}':>9}"
             lines.append(line)
         if len(per_seed) > 1 and all(isinstance(v, bool) for vs in values.values() for v in vs):
             lines.append(f"  {'in all':<21}" + "".join(f"{f'{sum(values[run])} of {len(values[run])}':>{w}}"

@@ -97,10 +97,9 @@ def mark_file_stage(output, key, **info):
     write_json(output + ".stamp", dict(key=key, **info))
 
 
-def dir_stage(name, out_dir, key, build, detail="", log=None):
+def dir_stage(name, out_dir, key, build, detail="", log=say):
     """Run ``build(tmp_dir)`` unless ``out_dir`` is done for ``key``: it writes into a temp dir beside
     ``out_dir``, which replaces ``out_dir`` once it succeeds, and may return a dict for the stamp."""
-    log = log or say
     if _stamp_holds(os.path.join(out_dir, ".stage.json"), key):
         log(f"{name}: done already ({show_path(out_dir)})")
         return out_dir

@@ -59,8 +59,8 @@ def _print_seed_status(runs, metrics):
                                                                              metric in HIGHER_IS_BETTER)
             if best is not None:
                 print(f"{'':10}best valid {metric} {best[metric]:.2f} at epoch {best['epoch']}")
-    by_epoch = {run: {e["epoch"]: e for e in st["epochs"]} for run, st in runs.items()}
-    epochs = sorted(set().union(*by_epoch.values()))
+    rows_of = {run: {e["epoch"]: e for e in st["epochs"]} for run, st in runs.items()}  # each run's rows by epoch
+    epochs = sorted(set().union(*rows_of.values()))
     if not epochs:
         return
     # validation values are named as in fairseq's log ("ppl"), training averages "train_ppl"
@@ -75,7 +75,7 @@ def _print_seed_status(runs, metrics):
     for epoch in epochs:
         line = f"{epoch:>5}"
         for m, w in zip(metrics, widths):
-            values = [by_epoch[run].get(epoch, {}).get(m) for run in runs]
+            values = [rows_of[run].get(epoch, {}).get(m) for run in runs]
             a, b = values[:2]
             cells = ["-" if v is None else f"{v:.2f}" for v in values]
             cells.append("-" if a is None or b is None else f"{b - a:+.2f}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from examples.common import stats as demo_stats
-from examples.common.stats import mean_std, paired_bleu_test, paired_bootstrap_lm, summarise_seeds
+from examples.common.stats import mean_std, paired_bleu_test, paired_bootstrap_lm, seed_deltas, summarise_seeds
 from examples.language_model.eval_lm import read_word_logprobs
 
 
@@ -37,26 +37,31 @@ def two_seeds():
     }
 
 
-def test_summarise_seeds_gives_mean_and_std_per_run_and_the_per_seed_deltas(two_seeds):
+def test_summarise_seeds_gives_mean_and_std_per_run(two_seeds):
     out = summarise_seeds(two_seeds, ["test_bleu", "valid_loss"])
-    assert set(out) == {"baseline", "rdrop", "deltas"}
+    assert set(out) == {"baseline", "rdrop"}
     assert set(out["baseline"]) == {"test_bleu_mean", "test_bleu_std", "valid_loss_mean", "valid_loss_std"}
     assert out["baseline"]["test_bleu_mean"] == 21.0
     assert out["baseline"]["test_bleu_std"] == pytest.approx(math.sqrt(2))
     assert out["rdrop"]["test_bleu_mean"] == 23.0
     assert out["rdrop"]["test_bleu_std"] == pytest.approx(math.sqrt(8))
     assert out["rdrop"]["valid_loss_mean"] == pytest.approx(3.7)
-    bleu = out["deltas"]["test_bleu"]
+
+
+def test_seed_deltas_give_the_per_seed_deltas_and_their_mean_and_std(two_seeds):
+    out = seed_deltas(two_seeds, ["test_bleu", "valid_loss"], "baseline", "rdrop")
+    bleu = out["test_bleu"]
     assert bleu["per_seed"] == {1: 1.0, 2: 3.0}
     assert bleu["mean"] == 2.0
     assert bleu["std"] == pytest.approx(math.sqrt(2))
-    assert out["deltas"]["valid_loss"]["per_seed"] == pytest.approx({1: -0.5, 2: -0.3})
+    assert out["valid_loss"]["per_seed"] == pytest.approx({1: -0.5, 2: -0.3})
 
 
-def test_summarise_seeds_of_one_seed_has_no_std(two_seeds):
+def test_summarise_seeds_and_seed_deltas_of_one_seed_have_no_std(two_seeds):
     out = summarise_seeds({2: two_seeds[2]}, ["test_bleu"])
     assert out["baseline"] == {"test_bleu_mean": 22.0, "test_bleu_std": None}
-    assert out["deltas"]["test_bleu"] == {"mean": 3.0, "std": None, "per_seed": {2: 3.0}}
+    assert seed_deltas({2: two_seeds[2]}, ["test_bleu"], "baseline", "rdrop")["test_bleu"] == {
+        "mean": 3.0, "std": None, "per_seed": {2: 3.0}}
 
 
 def test_summarise_seeds_names_the_seed_and_run_missing_a_key(two_seeds):

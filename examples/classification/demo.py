@@ -165,7 +165,7 @@ def check_setup(args):
         import sklearn  # noqa: F401
     except ImportError as e:
         raise DemoError(f"{e.name} is missing: pip install -e '.[demo]'") from None
-    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train"))
+    check_fairseq(args, RDROP_CRITERION)
 
 
 def _fairseq_train(data_bin, task_flags, setting, save_dir, seed, extra):

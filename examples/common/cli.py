@@ -20,11 +20,10 @@ def seed_list(text):
     return seeds
 
 
-def flag_list(option, pattern, what, refused=None):
+def flag_list(option, pattern, what, refused):
     """An argparse type of ``option`` (``--rdrop-flags``): ``"--rdrop-fraction 0.5"`` ->
     ``("--rdrop-fraction", "0.5")``, each flag matching ``pattern`` (``what`` names them), none
     of ``refused`` (``{flag: what to do instead}``)."""
-    refused = refused or {}
 
     def parse(text):
         tokens = tuple(shlex.split(text))

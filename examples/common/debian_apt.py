@@ -4,6 +4,7 @@ suite's signed ``InRelease``, read however apt stored them, parsed as deb822.
 """
 
 import bz2
+import email
 import gzip
 import lzma
 import os
@@ -99,35 +100,28 @@ def list_file_name(mirror, suite, path_in_suite):
 
 
 def read_release(path):
-    """Fields of an (In)Release file: origin, suite, codename, version, date,
-    and ``sha256`` (``{path in the suite: sha256}`` from its SHA256 list)."""
-    info = {"sha256": {}}
+    """Fields of an (In)Release file: origin, label, suite, codename, version, date, and ``sha256``
+    (``{path in the suite: sha256}`` from its SHA256 list).  Its fields are RFC 822 headers, read
+    with :mod:`email` once the clearsigned message's armour is cut off."""
     if not os.path.exists(path):
-        return info
-    section = None
+        return {"sha256": {}}
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = re.match(r"^(Origin|Label|Suite|Codename|Version|Date):\s*(.*)$", line)
-            if m:
-                info[m.group(1).lower()] = m.group(2).strip()
-            if line.startswith("-----BEGIN PGP SIGNATURE"):
-                break
-            if line[:1] not in (" ", "\t"):
-                section = line.split(":", 1)[0]
-            elif section == "SHA256":
-                parts = line.split()
-                if len(parts) == 3:
-                    info["sha256"][parts[2]] = parts[0]
-    return info
+        text = f.read().split("-----BEGIN PGP SIGNATURE")[0]
+    if text.startswith("-----BEGIN PGP SIGNED MESSAGE"):
+        text = text.split("\n\n", 1)[-1]  # the armour's header ends at the first blank line
+    fields = email.message_from_string(text)
+    info = {k.lower(): fields[k].strip() for k in ("Origin", "Label", "Suite", "Codename", "Version", "Date")
+            if k in fields}
+    listed = (line.split() for line in (fields["SHA256"] or "").splitlines())
+    return dict(info, sha256={parts[2]: parts[0] for parts in listed if len(parts) == 3})
 
 
 def fetch_indexes(apt_dir, languages, packages=False, mirror=DEFAULT_MIRROR, suite=DEFAULT_SUITE,
                   component=DEFAULT_COMPONENT, architecture=DEFAULT_ARCHITECTURE, say=print):
     """Run ``apt-get update`` into ``apt_dir`` (lists, cache, status and sources below it); return
     ``(paths, release)``: the fetched ``Translation-<lang>`` of each of ``languages`` (and
-    ``Packages`` of ``architecture`` if ``packages``), stored uncompressed, and the suite's
-    ``InRelease`` fields, the mirror, component, fetch time and, per file, whether its sha256 was
-    listed in (and so checked against) the signed ``InRelease``."""
+    ``Packages`` of ``architecture`` if ``packages``), stored uncompressed and checked against the
+    sha256 the suite's signed ``InRelease`` lists, and its fields, the mirror, component and fetch time."""
     apt_get = shutil.which("apt-get")
     if not apt_get:
         raise CorpusError("apt-get not found: cannot rebuild the corpus from apt (use the snapshot)")
@@ -166,10 +160,9 @@ def fetch_indexes(apt_dir, languages, packages=False, mirror=DEFAULT_MIRROR, sui
     release.update(mirror=mirror, component=component, fetched=utc_now())
     if packages:
         release["architecture"] = architecture
-    listed = release.pop("sha256", {})
+    listed = release.pop("sha256")
     for name, p in paths.items():
         want = listed.get(in_suite[name])
         if want and want != sha256_file(p):
             raise CorpusError(f"{p} does not match the sha256 listed in the suite's InRelease (a broken download?)")
-        release[f"inrelease_lists_sha256_{name.replace('Translation-', '')}"] = bool(want)
     return paths, release

@@ -228,9 +228,5 @@ def settings(args):
     return out
 
 
-def _round(v):
-    return None if v is None else round(v, 4)
-
-
 def _rounded(d):
-    return {k: _round(v) for k, v in d.items()}
+    return {k: None if v is None else round(v, 4) for k, v in d.items()}

@@ -2,12 +2,12 @@
 and the machine.
 """
 
-import datetime
 import os
 import platform
 import shlex
 import subprocess
 import time
+from importlib.metadata import packages_distributions, version
 
 from examples.common.base import REPO, rel
 
@@ -19,8 +19,7 @@ def command_line(module, argv):
 
 def utc_now(seconds=None):
     """The UTC time of ``seconds`` since the epoch (default: now), as the records write it."""
-    moment = datetime.datetime.fromtimestamp(time.time() if seconds is None else seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def git_commit():
@@ -35,6 +34,8 @@ def git_commit():
 
 
 def machine_info(threads, jobs):
+    import torch
+
     info = {
         "system": platform.system(),
         "machine": platform.machine(),
@@ -43,20 +44,11 @@ def machine_info(threads, jobs):
         "threads": threads,
         "jobs": jobs,
         "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    except Exception:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in ("ve-fairseq", "fairseq-fixed", "fairseq"):
-        try:
-            info["fairseq"] = f"{dist} {version(dist)}"
-            break
-        except PackageNotFoundError:
-            pass
+    # the distribution that installed the fairseq package (ve-fairseq, fairseq-fixed or fairseq itself)
+    dists = packages_distributions().get("fairseq")
+    if dists:
+        info["fairseq"] = f"{dists[0]} {version(dists[0])}"
     return info

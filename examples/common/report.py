@@ -38,24 +38,21 @@ def seed_table(per_seed, rows, p_values=None, runs=RUNS, pairs=COMPARISONS):
     for label, key, f in rows:
         lines.append(label)
         values = {run: [res[run].get(key) for res in per_seed.values()] for run in runs}
-        deltas = {pair: [] for pair in pairs}
-        for i, (seed, res) in enumerate(per_seed.items()):
+        deltas = {(a, b): [None if x is None or y is None or isinstance(x, bool) else y - x
+                           for x, y in zip(values[a], values[b])] for a, b in pairs}
+        for i, seed in enumerate(per_seed):
             line = f"  seed {seed:<16}" + "".join(f"{_fmt(f, values[run][i]):>{w}}" for run in runs)
             for pair in pairs:
-                a, b = values[pair[0]][i], values[pair[1]][i]
-                d = None if a is None or b is None or isinstance(a, bool) else b - a
-                deltas[pair].append(d)
                 p = p_values.get(pair_name(pair), {}).get(key, {}).get(seed)
-                line += f"{_fmt_delta(f, d):>{dw}}{'' if p is None else f'{p:.4f}':>9}"
+                line += f"{_fmt_delta(f, deltas[pair][i]):>{dw}}{'' if p is None else f'{p:.4f}':>9}"
             lines.append(line)
         if len(per_seed) > 1 and all(isinstance(v, bool) for vs in values.values() for v in vs):
             lines.append(f"  {'in all':<21}" + "".join(f"{f'{sum(values[run])} of {len(values[run])}':>{w}}"
                                                       for run in runs))
         elif len(per_seed) > 1:
             line = f"  {'mean ± std':<21}" + "".join(f"{_fmt_mean_std(f, values[run]):>{w}}" for run in runs)
-            for pair in pairs:
-                known = [d for d in deltas[pair] if d is not None]
-                mean_delta = sum(known) / len(known) if len(known) == len(deltas[pair]) else None
+            for ds in deltas.values():
+                mean_delta = None if None in ds else sum(ds) / len(ds)
                 line += f"{_fmt_delta(f, mean_delta):>{dw}}{'':9}"
             lines.append(line.rstrip())
     return lines
@@ -89,15 +86,8 @@ def plot_seed_curves(per_seed, path, panels, title, alpha, runs=RUNS):
     """One panel per ``(metric, panel title, y label[, x])``: every seed's curve of each run
     (thin) and, against epochs, their mean over the seeds at each epoch that all of them
     reached (thick); ``x = "seconds"`` plots against the runs' training seconds instead."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.INFO)  # matplotlib logs at DEBUG (import, fonts) where logging is set up so
-    try:
-        _plot_panels(per_seed, path, panels, title, alpha, runs)
-    finally:
-        logging.disable(previous)
-
-
-def _plot_panels(per_seed, path, panels, title, alpha, runs):
+    # matplotlib logs at DEBUG (import, fonts) where logging is set up so
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")

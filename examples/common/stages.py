@@ -97,10 +97,9 @@ def mark_file_stage(output, key, **info):
     write_json(output + ".stamp", dict(key=key, **info))
 
 
-def dir_stage(name, out_dir, key, build, detail="", log=None):
+def dir_stage(name, out_dir, key, build, detail="", log=say):
     """Run ``build(tmp_dir)`` unless ``out_dir`` is done for ``key``: it writes into a temp dir beside
     ``out_dir``, which replaces ``out_dir`` once it succeeds, and may return a dict for the stamp."""
-    log = log or say
     if _stamp_holds(os.path.join(out_dir, ".stage.json"), key):
         log(f"{name}: done already ({show_path(out_dir)})")
         return out_dir
@@ -147,11 +146,8 @@ def train_sentencepiece(inputs, out_dir, vocab_size, threads):
 
 
 def fairseq_command(tool):
-    """How to run a fairseq CLI tool (``preprocess``, ``train``, ``generate``, ``eval-lm``)."""
-    script = os.path.join(os.path.dirname(sys.executable), f"fairseq-{tool}")
-    if os.path.exists(script):
-        return [script]
-    found = shutil.which(f"fairseq-{tool}")
-    if found:
-        return [found]
-    return [sys.executable, "-m", f"fairseq_cli.{tool.replace('-', '_')}"]
+    """How to run a fairseq CLI tool (``preprocess``, ``train``, ``generate``, ``eval-lm``): its script
+    beside this interpreter (a venv not activated) or on the PATH, else ``python -m fairseq_cli.<tool>``."""
+    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+    found = shutil.which(f"fairseq-{tool}", path=search)
+    return [found] if found else [sys.executable, "-m", f"fairseq_cli.{tool.replace('-', '_')}"]

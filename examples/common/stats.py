@@ -24,8 +24,7 @@ def mean_std(values):
 
 def summarise_seeds(per_seed, keys, runs=RUNS):
     """``{run: {"<key>_mean": m, "<key>_std": s, ...}}`` over the seeds of ``per_seed``
-    (``{seed: {run: {key: value}}}``), and ``"deltas"``: :func:`seed_deltas` of the second run
-    against the first.  Raises ``ValueError`` when a seed lacks a run or a run lacks a key."""
+    (``{seed: {run: {key: value}}}``); a ``ValueError`` where a seed lacks a run or a run a key."""
     for seed, by_run in per_seed.items():
         for run in runs:
             missing = [k for k in keys if (by_run.get(run) or {}).get(k) is None]
@@ -35,7 +34,6 @@ def summarise_seeds(per_seed, keys, runs=RUNS):
     for run in runs:
         for key in keys:
             out[run][f"{key}_mean"], out[run][f"{key}_std"] = mean_std(r[run][key] for r in per_seed.values())
-    out["deltas"] = seed_deltas(per_seed, keys, runs[0], runs[1])
     return out
 
 

@@ -59,11 +59,9 @@ def _print_seed_status(runs, metrics):
                                                                              metric in HIGHER_IS_BETTER)
             if best is not None:
                 print(f"{'':10}best valid {metric} {best[metric]:.2f} at epoch {best['epoch']}")
-    by_epoch = {}
-    for run, st in runs.items():
-        for e in st["epochs"]:
-            by_epoch.setdefault(e["epoch"], {})[run] = e
-    if not by_epoch:
+    rows_of = {run: {e["epoch"]: e for e in st["epochs"]} for run, st in runs.items()}  # each run's rows by epoch
+    epochs = sorted(set().union(*rows_of.values()))
+    if not epochs:
         return
     # validation values are named as in fairseq's log ("ppl"), training averages "train_ppl"
     names = [m if m.startswith("train_") else "valid_" + m for m in metrics]
@@ -74,11 +72,10 @@ def _print_seed_status(runs, metrics):
     columns = f"{'epoch':>5}" + "".join("  " + "".join(f"{RUN_LABELS[r]:>{w}}" for r in runs) + f"{'delta':>{w}}"
                                         for w in widths)
     print(header, columns, "-" * len(columns), sep="\n")
-    for epoch in sorted(by_epoch):
-        rows = by_epoch[epoch]
+    for epoch in epochs:
         line = f"{epoch:>5}"
         for m, w in zip(metrics, widths):
-            values = [rows.get(run, {}).get(m) for run in runs]
+            values = [rows_of[run].get(epoch, {}).get(m) for run in runs]
             a, b = values[:2]
             cells = ["-" if v is None else f"{v:.2f}" for v in values]
             cells.append("-" if a is None or b is None else f"{b - a:+.2f}")

@@ -3,7 +3,6 @@ decide whether it starts, is skipped, resumes, continues or starts afresh (:func
 
 import hashlib
 import os
-import shlex
 import subprocess
 import time
 
@@ -134,7 +133,7 @@ def train_run(cmd, save_dir, run, threads, metrics, data=None):
         return _with_log(finished, save_dir, metrics)
     if match == "budget":
         trained = max((e["epoch"] for e in finished.get("epochs", [])), default=0)
-        new_budget, old_budget = _budget(cmd), _budget(shlex.split(finished.get("command", "")))
+        new_budget, old_budget = _budget(cmd), finished["budget"]
         _refuse_fewer_epochs(run, save_dir, cmd, trained)
         if stopped_early(old_budget, trained) and new_budget.get("--patience") == old_budget.get("--patience"):
             say(f"train {run}: done already, stopped early at epoch {trained} ({rel(save_dir)})")

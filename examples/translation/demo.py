@@ -190,7 +190,7 @@ def check_setup(args):
         raise DemoError(f"corpus snapshot not found: {args.snapshot} (use --from-apt to rebuild it)")
     if not os.path.isdir(USER_DIR):
         raise DemoError(f"plugin directory not found: {USER_DIR}")
-    check_fairseq(args, RDROP_CRITERION, ("preprocess", "train", "generate"))
+    check_fairseq(args, RDROP_CRITERION)
 
 
 # ---------------------------------------------------------------------------

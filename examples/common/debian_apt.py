@@ -121,7 +121,8 @@ def fetch_indexes(apt_dir, languages, packages=False, mirror=DEFAULT_MIRROR, sui
     """Run ``apt-get update`` into ``apt_dir`` (lists, cache, status and sources below it); return
     ``(paths, release)``: the fetched ``Translation-<lang>`` of each of ``languages`` (and
     ``Packages`` of ``architecture`` if ``packages``), stored uncompressed and checked against the
-    sha256 the suite's signed ``InRelease`` lists for it (where it lists one), and its fields, the mirror, component and fetch time."""
+    sha256 the suite's signed ``InRelease`` lists for it (where it lists one), and its fields, the
+    mirror, component and fetch time."""
     apt_get = shutil.which("apt-get")
     if not apt_get:
         raise CorpusError("apt-get not found: cannot rebuild the corpus from apt (use the snapshot)")

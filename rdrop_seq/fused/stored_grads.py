@@ -46,7 +46,7 @@ def mul_in_float32(g: Tensor, factor: Tensor, elements: int = 1 << 22) -> Tensor
     ``factor`` on the host.  (``g.mul_(factor)`` would round ``factor`` to ``g``'s dtype
     first: a float16 loss scale of 2^16 would become infinity.)  Row blocks of about
     ``elements`` entries bound the float32 temporary."""
-    rows = max(1, elements // max(1, g[0].numel())) if g.dim() else 1
-    for block in (g.split(rows) if g.dim() else (g,)):
+    blocks = g.split(max(1, elements // max(1, g[0].numel()))) if g.dim() else (g,)
+    for block in blocks:
         block.copy_(block.float().mul_(factor))
     return g

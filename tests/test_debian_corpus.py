@@ -2,6 +2,7 @@
 
 import bz2
 import gzip
+import io
 import json
 import lzma
 import os
@@ -293,6 +294,19 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     with stages.atomic_write(str(p)) as f:
         f.write("new\n")
     assert p.read_text() == "new\n"
+
+
+def test_a_report_line_is_one_write_so_job_threads_cannot_split_it(monkeypatch):
+    writes = []
+
+    class Recorder(io.StringIO):
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    stages.speaker("demo")("rdrop seed 1:", "started", 3)
+    assert writes == ["[demo] rdrop seed 1: started 3\n"]
 
 
 def test_cli_build_compare_and_update_snapshot(tmp_path):

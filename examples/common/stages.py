@@ -6,7 +6,6 @@ interrupted stage leaves the previous output (or none), never a half-written one
 """
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -17,8 +16,14 @@ import time
 
 
 def speaker(prefix):
-    """A ``say(msg)`` that prints ``[prefix] msg`` at once: how every stage and demo reports."""
-    return functools.partial(print, f"[{prefix}]", flush=True)
+    """A ``say(*parts)`` that prints ``[prefix] parts...`` as one line, in one write, flushed: how
+    every stage and demo reports (the demo's job threads report at once: a line must not split)."""
+
+    def say(*parts):
+        sys.stdout.write(" ".join((f"[{prefix}]", *map(str, parts))) + "\n")
+        sys.stdout.flush()
+
+    return say
 
 
 say = speaker("prepare")

@@ -23,8 +23,10 @@ from typing import Callable, Tuple
 from examples.common.base import REPO
 from examples.common.naming import results_stem
 from examples.common.provenance import command_line, git_commit, machine_info, utc_now
-from examples.common.stages import atomic_write, write_json
+from examples.common.stages import atomic_write, speaker, write_json
 from examples.common.stats import mean_std
+
+say = speaker("sweep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,13 +128,19 @@ def parser(target, doc, names):
 
 def run(target, args, settings, groups=None):
     """Train every setting (``(name, options)``) that ``--only`` names (all without it; a name
-    may also be a group of ``groups``: ``{group: [setting names]}``), each through the demo;
-    returns the demo's exit code, 0 when all went well."""
+    may also be a group of ``groups``: ``{group: [setting names]}``), each through the demo,
+    but for those whose results file exists: they are done (the mode's own settings are the
+    demo's results file, ``make demo``'s, which a sweep reads and never rewrites; delete a
+    setting's file to train it again); returns the demo's exit code, 0 when all went well."""
     wanted = set()
     for name in args.only or []:
         wanted.update((groups or {}).get(name, [name]))
     for name, options in settings:
         if args.only and name not in wanted:
+            continue
+        path = results_path(target, args, options)
+        if os.path.exists(path):
+            say(f"{name}: done already ({os.path.relpath(path, REPO)})")
             continue
         code = target.demo.main(demo_argv(args, options))
         if code:

@@ -45,6 +45,20 @@ def test_variants_share_the_baseline_and_name_their_results_after_their_flags(tm
     assert "share-encoder" not in dict(lm_cost.VARIANTS)  # a decoder-only model has no encoder to share
 
 
+def test_a_setting_whose_results_file_exists_is_done_and_not_trained_again(tmp_path, monkeypatch, capsys):
+    # the alpha group holds the mode's own R-Drop (alpha 5): its file is make demo's, never rewritten
+    target = cost.TARGET
+    (tmp_path / "quick.json").write_text("{}")
+    (tmp_path / "quick-alpha1.json").write_text("{}")
+    trained = []
+    monkeypatch.setattr(target.demo, "main", lambda argv: trained.append(argv[argv.index("--alpha") + 1]) or 0)
+    args = SimpleNamespace(mode="quick", threads=1, seeds=None, results_dir=str(tmp_path), only=["alpha"])
+    assert sweep.run(target, args, ablations.SETTINGS, ablations.GROUP_NAMES) == 0
+    assert trained == ["0.5", "2", "10"]
+    out = capsys.readouterr().out
+    assert "alpha5: done already" in out and "alpha1: done already" in out
+
+
 def test_gain_share_and_time_ratio_are_over_full_rdrop_and_the_baseline(tmp_path):
     args = SimpleNamespace(mode="quick", threads=1, argv=[])
     found = {

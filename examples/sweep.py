@@ -20,7 +20,7 @@ import sys
 from types import ModuleType
 from typing import Callable, Tuple
 
-from examples.common.base import REPO
+from examples.common.base import REPO, rel
 from examples.common.naming import results_stem
 from examples.common.provenance import command_line, git_commit, machine_info, utc_now
 from examples.common.stages import atomic_write, speaker, write_json
@@ -140,7 +140,7 @@ def run(target, args, settings, groups=None):
             continue
         path = results_path(target, args, options)
         if os.path.exists(path):
-            say(f"{name}: done already ({os.path.relpath(path, REPO)})")
+            say(f"{name}: done already ({rel(path)})")
             continue
         code = target.demo.main(demo_argv(args, options))
         if code:

@@ -146,13 +146,13 @@ def test_another_dropout_gets_its_own_runs_and_results_name(name, tmp_path):
     same, same_cmds, _ = commands(["--baseline-dropout", str(modes["baseline"]), "--rdrop-dropout", str(modes["rdrop"])])
     assert same_cmds == default_cmds and results_stem(same) == "medium"
 
-    assert 0.2 not in modes.values()  # what follows needs a dropout that is not the mode's
-    other, _, parsed = commands(["--dropout", "0.2", "--alpha", "0.5"])
-    assert parsed["baseline"].dropout == parsed["rdrop"].dropout == 0.2
+    assert 0.15 not in modes.values()  # what follows needs a dropout that is not the mode's
+    other, _, parsed = commands(["--dropout", "0.15", "--alpha", "0.5"])
+    assert parsed["baseline"].dropout == parsed["rdrop"].dropout == 0.15
     assert parsed["rdrop"].rdrop_alpha == 0.5
-    assert demo.run_dir(other, "baseline", 1) == str(tmp_path / "w" / "baseline-dropout0.2-seed1")
-    assert demo.run_dir(other, "rdrop", 1) == str(tmp_path / "w" / "rdrop-dropout0.2-alpha0.5-seed1")
-    assert results_stem(other) == "medium-dropout0.2-alpha0.5"
+    assert demo.run_dir(other, "baseline", 1) == str(tmp_path / "w" / "baseline-dropout0.15-seed1")
+    assert demo.run_dir(other, "rdrop", 1) == str(tmp_path / "w" / "rdrop-dropout0.15-alpha0.5-seed1")
+    assert results_stem(other) == "medium-dropout0.15-alpha0.5"
 
     with pytest.raises(demo.DemoError, match="--dropout must be in"):
         demo.check_demo_args(demo.parse_args(base + ["--dropout", "1"]))
@@ -249,14 +249,35 @@ def test_translation_modes_pick_checkpoints_by_their_own_validation_metric(tmp_p
         assert parsed.eval_bleu == (metric == "bleu") and parsed.maximize_best_checkpoint_metric == (metric == "bleu")
         assert parsed.dropout == setting.get("rdrop_dropout", setting.get("dropout", demo.DROPOUT))
         assert parsed.dropout == args.default_dropout_of["rdrop"]
-    quick = demo.MODES["quick"]
-    assert quick["select"] == "loss"
-    # each criterion trains at the settings its search row chose, and the mode names those rows
-    chosen = quick["chosen_by"]
-    assert quick["dropout"] == chosen["baseline"]["dropout"]
-    assert quick["rdrop_dropout"] == chosen["rdrop"]["dropout"] and quick["alpha"] == chosen["rdrop"]["alpha"]
-    args = demo.parse_args(["--mode", "quick", "--work-dir", str(tmp_path / "w")])
+    assert demo.MODES["quick"]["select"] == "loss"
+
+
+def tuned_modes():
+    for name in DEMOS:
+        for mode, setting in load_demo(name).MODES.items():
+            if "chosen_by" in setting:
+                yield pytest.param(name, mode, id=f"{name}-{mode}")
+
+
+@pytest.mark.parametrize("name,mode", list(tuned_modes()))
+def test_a_tuned_mode_trains_each_criterion_at_the_settings_its_search_rows_chose(name, mode, tmp_path):
+    demo = load_demo(name)
+    setting = demo.MODES[mode]
+    chosen = setting["chosen_by"]
+    assert setting["dropout"] == chosen["baseline"]["dropout"]
+    assert setting["rdrop_dropout"] == chosen["rdrop"]["dropout"] and setting["alpha"] == chosen["rdrop"]["alpha"]
+    for run in ("baseline", "rdrop"):
+        # a choice is one of the values it was chosen among
+        for key, among in chosen[run]["among"].items():
+            assert chosen[run][key] in among, (run, key)
+    args = demo.parse_args(["--mode", mode, "--work-dir", str(tmp_path / "w")])
     assert args.default_dropout_of == {"baseline": chosen["baseline"]["dropout"], "rdrop": chosen["rdrop"]["dropout"]}
+    assert args.alpha == chosen["rdrop"]["alpha"]
+    cmds = {run: demo.train_command(args, setting, str(tmp_path / "d"), demo.run_dir(args, run, 1), run)
+            for run in ("baseline", "rdrop")}
+    parsed = {run: parse_with_fairseq(cmd[cmd.index(str(tmp_path / "d")):]) for run, cmd in cmds.items()}
+    assert parsed["baseline"].dropout == chosen["baseline"]["dropout"]
+    assert (parsed["rdrop"].dropout, parsed["rdrop"].rdrop_alpha) == (chosen["rdrop"]["dropout"], chosen["rdrop"]["alpha"])
 
 
 @pytest.mark.parametrize("setting, run_name, stem, parsed_has", [

@@ -53,8 +53,8 @@ from examples.classification import prepare as prep
 from examples.common.base import (
     DemoError, check_fairseq, device_flags, display, flags, rel, run_tool, say, train_run_flags,
 )
-from examples.common.cli import (check_demo_args, demo_parser, flag_list, modes_with_run, parse_demo_args,
-                                 rdrop_run_flags, train_flags)
+from examples.common.cli import (check_demo_args, chosen_settings, demo_parser, flag_list, modes_with_run,
+                                 parse_demo_args, rdrop_run_flags, train_flags)
 from examples.common.driver import DemoTask, run_demo
 from examples.common.fairseq_log import checkpoint_epoch
 from examples.common.naming import dropout_override, run_dir
@@ -110,10 +110,7 @@ QUICK = {
     "model": SMALL_MODEL,
     "pretrain": {"lr": "1e-3", "warmup-updates": 60, "max-update": 600, "max-tokens": 4096},
     "train": {"lr": "3e-4", "warmup-updates": 60, "max-epoch": 40, "patience": 3, "batch-size": 32},
-    "dropout": QUICK_CHOSEN["baseline"]["dropout"],
-    "rdrop_dropout": QUICK_CHOSEN["rdrop"]["dropout"],
-    "alpha": QUICK_CHOSEN["rdrop"]["alpha"],
-    "chosen_by": QUICK_CHOSEN,
+    **chosen_settings(QUICK_CHOSEN),
     "positions": 64,
     "seeds": (1, 2, 3),
     # the semi-supervised run does not fit the 25-minute budget beside the other two (its

@@ -49,6 +49,14 @@ def rdrop_run_flags(args, criterion):
     return ["--criterion", criterion, "--rdrop-alpha", str(args.alpha), *args.rdrop_flags]
 
 
+def chosen_settings(chosen):
+    """A mode's ``dropout``, ``rdrop_dropout``, ``alpha`` and ``chosen_by`` from the search rows
+    ``chosen`` names (``{"baseline": {"dropout": ...}, "rdrop": {"dropout": ..., "alpha": ...}, ...}``):
+    each criterion at the settings its validation search chose."""
+    return {"dropout": chosen["baseline"]["dropout"], "rdrop_dropout": chosen["rdrop"]["dropout"],
+            "alpha": chosen["rdrop"]["alpha"], "chosen_by": chosen}
+
+
 def demo_parser(doc, modes, alpha, alpha_note, dropout, runs=RUNS, comparisons=COMPARISONS):
     """The options every demo takes; a demo adds its own before :func:`parse_demo_args`.
     ``runs``: the demo's runs, the baseline first; ``comparisons``: the pairs it tests."""

@@ -89,7 +89,7 @@ import sys
 
 from examples.common.base import DemoError, check_fairseq, device_flags, flags, rel, say, train_run_flags
 from examples.common.cli import (
-    rdrop_run_flags,
+    rdrop_run_flags, chosen_settings,
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
 )
 from examples.common.driver import DemoTask, run_demo
@@ -154,10 +154,7 @@ MODES = {
         "data": {"train_lines": 3000, "valid_lines": 1000, "test_lines": None},
         "model": SMALL_MODEL,
         "train": {"lr": "2e-3", "warmup-updates": 100, "max-epoch": 60, "patience": 3},
-        "dropout": QUICK_CHOSEN["baseline"]["dropout"],
-        "rdrop_dropout": QUICK_CHOSEN["rdrop"]["dropout"],
-        "alpha": QUICK_CHOSEN["rdrop"]["alpha"],
-        "chosen_by": QUICK_CHOSEN,
+        **chosen_settings(QUICK_CHOSEN),
         "tokens_per_sample": 64,
         "seeds": (1, 2),
     },
@@ -169,10 +166,7 @@ MODES = {
         "data": {"train_lines": 6000, "valid_lines": None, "test_lines": None},
         "model": SMALL_MODEL,
         "train": {"lr": "2e-3", "warmup-updates": 100, "max-epoch": 60, "patience": 3},
-        "dropout": MEDIUM_CHOSEN["baseline"]["dropout"],
-        "rdrop_dropout": MEDIUM_CHOSEN["rdrop"]["dropout"],
-        "alpha": MEDIUM_CHOSEN["rdrop"]["alpha"],
-        "chosen_by": MEDIUM_CHOSEN,
+        **chosen_settings(MEDIUM_CHOSEN),
         "tokens_per_sample": 64,
         "seeds": (1, 2, 3),
     },

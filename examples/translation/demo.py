@@ -76,7 +76,7 @@ import sys
 
 from examples.common.base import USER_DIR, DemoError, check_fairseq, device_flags, flags, rel, say, train_run_flags
 from examples.common.cli import (
-    rdrop_run_flags,
+    rdrop_run_flags, chosen_settings,
     check_demo_args, demo_parser, parse_demo_args, text_dir_name, text_dir_source, train_flags,
 )
 from examples.common.driver import DemoTask, run_demo
@@ -149,10 +149,7 @@ MODES = {
         "data": {"limit": 2000, "valid_limit": 300, "test_limit": 1000, "vocab_size": 2000},
         **SMALL,
         "train": dict(SMALL["train"], **{"max-epoch": 80}),
-        "dropout": QUICK_CHOSEN["baseline"]["dropout"],
-        "rdrop_dropout": QUICK_CHOSEN["rdrop"]["dropout"],
-        "alpha": QUICK_CHOSEN["rdrop"]["alpha"],
-        "chosen_by": QUICK_CHOSEN,
+        **chosen_settings(QUICK_CHOSEN),
         "seeds": (1, 2),
     },
     # chosen on validation (RESULTS.md, "Choosing the medium mode"): the quick mode's model and

@@ -136,7 +136,7 @@ MEDIUM_CHOSEN = {
     "search": "examples/translation/results/search.jsonl",
     "baseline": {"dropout": 0.3, "valid_loss": 6.135, "among": {"dropout": [0.1, 0.2, 0.3, 0.4]}},
     "rdrop": {"dropout": 0.2, "alpha": 5.0, "valid_loss": 5.627,
-              "among": {"dropout": [0.1, 0.2], "alpha": [1.0, 2.0, 5.0]}},
+              "among": {"dropout": [0.1, 0.2, 0.3], "alpha": [1.0, 2.0, 5.0, 10.0]}},
     "seed": 1,
 }
 # Per-mode settings.  "data" goes to prepare.prepare(); "model" and "train"
